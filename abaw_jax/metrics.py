@@ -1,0 +1,165 @@
+"""Challenge metrics over a whole split (numpy, float64).
+
+Every function takes arrays concatenated over all frames of a split, with a boolean `valid` mask of
+the same layout as the labels (see docs/architecture.md). Scores are computed once over all valid
+frames, never averaged over windows or videos: that is how the ABAW challenges rank entries.
+
+- VA: concordance correlation coefficient (CCC) per column, and their mean.
+- EXPR: macro F1 over the 8 classes (a class with no true and no predicted frame scores 0).
+- AU: binary F1 of each AU over that AU's valid frames (prediction = p >= 0.5), and their mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+NUM_EXPR_CLASSES = 8
+
+
+def _as_array(name: str, x: Any, ndim: int, dtype: Any = None) -> np.ndarray:
+    a = np.asarray(x, dtype=dtype)
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {a.shape}")
+    return a
+
+
+def _check_same_shape(**arrays: np.ndarray) -> None:
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise ValueError(f"shapes differ: {listed}")
+
+
+def _check_finite(name: str, x: np.ndarray, valid: np.ndarray) -> None:
+    bad = ~np.isfinite(x) & valid
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}: {int(bad.sum())} non-finite values on valid frames "
+                         f"(first at index {first})")
+
+
+def _check_binary(name: str, x: np.ndarray, valid: np.ndarray) -> None:
+    bad = (x != 0) & (x != 1) & valid
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{name}: values must be 0 or 1 on valid frames, got {x[first]!r} "
+                         f"at index {first}")
+
+
+def ccc(x: Any, y: Any) -> float:
+    """Concordance correlation coefficient of two 1-D series (population variances, float64).
+
+    CCC = 2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2). Degenerate input returns 0.0,
+    never NaN: fewer than 2 samples, or either series constant (if only one is constant the
+    formula gives exactly 0; if both are, it is 0/0, and rounding could otherwise turn it into any
+    value).
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"ccc: x has {x.size} values, y has {y.size}")
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    mx, my = x.mean(), y.mean()
+    dx, dy = x - mx, y - my
+    cov = np.mean(dx * dy)
+    denom = np.mean(dx * dx) + np.mean(dy * dy) + (mx - my) ** 2
+    return float(2.0 * cov / denom)
+
+
+def va_score(pred: Any, true: Any, valid: Any) -> dict[str, float]:
+    """CCC of valence and arousal, each over its own valid frames; `mean` is the VA challenge score."""
+    pred = _as_array("pred", pred, 2, np.float64)
+    true = _as_array("true", true, 2, np.float64)
+    valid = _as_array("valid", valid, 2, bool)
+    _check_same_shape(pred=pred, true=true, valid=valid)
+    if pred.shape[1] != 2:
+        raise ValueError(f"pred: expected [N, 2] (valence, arousal), got shape {pred.shape}")
+    _check_finite("pred", pred, valid)
+    _check_finite("true", true, valid)
+    v = ccc(pred[valid[:, 0], 0], true[valid[:, 0], 0])
+    a = ccc(pred[valid[:, 1], 1], true[valid[:, 1], 1])
+    return {"valence": v, "arousal": a, "mean": (v + a) / 2.0}
+
+
+def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    # 2tp / (2tp + fp + fn) equals the harmonic mean of precision and recall, and is defined as 0
+    # when the denominator is 0 (zero_division=0 in scikit-learn).
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    denom = 2.0 * tp + fp + fn
+    return np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
+
+
+def expr_f1(pred_labels: Any, true: Any, valid: Any,
+            num_classes: int = NUM_EXPR_CLASSES) -> dict[str, Any]:
+    """Macro F1 over all `num_classes` classes (absent classes count as 0), per-class F1, accuracy."""
+    pred = _as_array("pred_labels", pred_labels, 1)
+    true = _as_array("true", true, 1)
+    valid = _as_array("valid", valid, 1, bool)
+    _check_same_shape(pred_labels=pred, true=true, valid=valid)
+    for name, a in (("pred_labels", pred), ("true", true)):
+        if a.size and not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name}: expected integer class labels, got dtype {a.dtype}")
+    p, t = pred[valid].astype(np.int64), true[valid].astype(np.int64)
+    for name, a in (("pred_labels", p), ("true", t)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            bad = a[(a < 0) | (a >= num_classes)][0]
+            raise ValueError(f"{name}: class {bad} on a valid frame is outside 0..{num_classes - 1}")
+    confusion = np.bincount(t * num_classes + p, minlength=num_classes ** 2)
+    confusion = confusion.reshape(num_classes, num_classes)   # [true, pred]
+    tp = np.diag(confusion)
+    fp = confusion.sum(axis=0) - tp
+    fn = confusion.sum(axis=1) - tp
+    per_class = _f1_from_counts(tp, fp, fn)
+    accuracy = float(tp.sum() / t.size) if t.size else 0.0
+    return {"f1": float(per_class.mean()), "per_class": per_class.tolist(), "accuracy": accuracy}
+
+
+def au_f1(pred_probs: Any, true: Any, valid: Any, threshold: float = 0.5) -> dict[str, Any]:
+    """Binary F1 of each AU over its valid frames (predicted where p >= threshold) and their mean."""
+    probs = _as_array("pred_probs", pred_probs, 2, np.float64)
+    true = _as_array("true", true, 2)
+    valid = _as_array("valid", valid, 2, bool)
+    _check_same_shape(pred_probs=probs, true=true, valid=valid)
+    _check_finite("pred_probs", probs, valid)
+    _check_binary("true", true, valid)
+    pred = probs >= threshold
+    positive = true == 1
+    tp = np.sum(pred & positive & valid, axis=0)
+    fp = np.sum(pred & ~positive & valid, axis=0)
+    fn = np.sum(~pred & positive & valid, axis=0)
+    per_au = _f1_from_counts(tp, fp, fn)
+    return {"f1": float(per_au.mean()) if per_au.size else 0.0, "per_au": per_au.tolist()}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # The tanh form never overflows, unlike 1 / (1 + exp(-x)) for large negative x.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def task_score(task: str, outputs: Any, labels: Any, valid: Any) -> tuple[float, dict[str, Any]]:
+    """The challenge score of raw model outputs (VA values, EXPR logits, AU logits) and its details.
+
+    Returns (score, details): VA -> mean CCC and `va_score`'s dict; EXPR -> macro F1 of the argmax
+    and `expr_f1`'s dict; AU -> mean F1 of sigmoid(logits) >= 0.5 and `au_f1`'s dict.
+    """
+    outputs = np.asarray(outputs)
+    if task == "VA":
+        details = va_score(outputs, labels, valid)
+        return details["mean"], details
+    if task == "EXPR":
+        logits = _as_array("outputs", outputs, 2, np.float64)
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != logits.shape[:1]:
+            raise ValueError(f"shapes differ: outputs {logits.shape} (frames first), "
+                             f"valid {valid.shape}")
+        _check_finite("outputs", logits, np.broadcast_to(valid[:, None], logits.shape))
+        details = expr_f1(np.argmax(logits, axis=-1), labels, valid, num_classes=logits.shape[1])
+        return details["f1"], details
+    if task == "AU":
+        logits = _as_array("outputs", outputs, 2, np.float64)
+        details = au_f1(_sigmoid(logits), labels, valid)
+        return details["f1"], details
+    raise ValueError(f"task must be one of 'VA', 'EXPR', 'AU', got {task!r}")

@@ -1,0 +1,384 @@
+"""Trains a temporal model on per-frame features for one ABAW challenge.
+
+  python -m abaw_jax.train --config configs/va.py:demo --workdir runs/va_demo
+
+Sections, top to bottom: devices and mesh, input, model and optimizer, update step, checkpoint
+resume, evaluation, loop. Re-running the same command resumes from the workdir's checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import signal
+import sys
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from abaw_jax import checkpoints, losses, metrics, sharding, writers
+from abaw_jax import config as config_lib
+from abaw_jax.data import affwild2, features as features_lib, pipeline
+from abaw_jax.models import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the message names the step."""
+
+
+@dataclasses.dataclass
+class Data:
+    """The datasets of a run, resolved from the config."""
+    root: pathlib.Path
+    train: list[affwild2.Video]
+    val: list[affwild2.Video]
+    features: Any  # FeatureStore (or FeatureSets for fusion models)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.dim
+
+
+def resolve_data(config: ml_collections.ConfigDict, splits=("train", "val")) -> Data:
+    """Loads annotations and opens the feature store; builds the demo dataset when none is set."""
+    if config.data.root:
+        root = pathlib.Path(config.data.root).expanduser()
+    else:
+        from abaw_jax.data import demo
+        d = config.data.demo
+        root = demo.ensure_demo(num_videos=d.num_videos, seed=d.seed, length_scale=d.length_scale,
+                                feature_sets={"vit": d.dim, "openface": 17})
+        if jax.process_index() == 0:
+            print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
+                  f"{root}", file=sys.stderr, flush=True)
+    feature_path = pathlib.Path(config.data.features or root / "features" / "vit")
+    store = features_lib.FeatureStore(feature_path)
+    loaded = {s: affwild2.load_split(root, config.task, s) if s != "test"
+              else affwild2.test_videos(root, config.task) for s in splits}
+    for split, videos in loaded.items():
+        missing = [v.name for v in videos if v.name not in store]
+        if missing:
+            raise features_lib.StoreError(
+                f"feature store {feature_path} has no features for {len(missing)} {split} videos "
+                f"of {config.task}, e.g. {missing[:3]}")
+    return Data(root=root, train=loaded.get("train", []), val=loaded.get("val", []),
+                features=store)
+
+
+def make_optimizer(config: ml_collections.ConfigDict):
+    """AdamW on a warmup-cosine schedule, with global-norm clipping."""
+    o = config.optimizer
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
+        decay_steps=config.total_steps, end_value=o.lr * o.end_lr_factor)
+    chain = []
+    if o.grad_clip > 0:
+        chain.append(optax.clip_by_global_norm(o.grad_clip))
+    chain.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    tx = optax.chain(*chain)
+    if config.skip_nonfinite:
+        # Skips (and counts) updates whose gradients are not finite instead of stopping the run.
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=1_000_000)
+    return tx, schedule
+
+
+def make_loss(config: ml_collections.ConfigDict):
+    """The task loss named by `config.loss.name`, with its hyperparameters."""
+    kwargs = {}
+    if config.loss.name == "focal":
+        kwargs = dict(alpha=config.loss.alpha, gamma=config.loss.gamma)
+    return losses.get_loss(config.task, config.loss.name, **kwargs)
+
+
+def model_inputs(batch: dict) -> tuple:
+    return batch["features"], batch["present"], batch["frame_mask"]
+
+
+def init_state(model, tx, feature_dim: int, seq_len: int, rng) -> dict:
+    """Params and optimizer state of a fresh run (traceable: jitted with output shardings)."""
+    x = jnp.zeros((1, seq_len, feature_dim), jnp.float32)
+    m = jnp.ones((1, seq_len), bool)
+    params = model.init({"params": rng}, x, m, m, train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """The model, optimizer and the (abstract) train state of a config, shared by train and evaluate."""
+    model: Any
+    tx: Any
+    schedule: Any
+    init_fn: Any          # jitted rng -> state, replicated over the mesh
+    init_rng: Any
+    train_rng: Any
+    abstract_state: Any   # shapes, dtypes and shardings: the orbax restore target
+
+
+def setup_model(config: ml_collections.ConfigDict, feature_dim: int, mesh) -> ModelSetup:
+    """Builds the model and optimizer of `config` and the shape of their state on `mesh`."""
+    repl = sharding.replicated(mesh)
+    dtype = sharding.compute_dtype(config.compute_dtype)
+    model = build_model(config.model, affwild2.NUM_OUTPUTS[config.task], dtype)
+    tx, schedule = make_optimizer(config)
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    init_fn = jax.jit(lambda r: init_state(model, tx, feature_dim, config.data.seq_len, r),
+                      out_shardings=repl)
+    abstract_state = checkpoints.abstract_like(jax.eval_shape(init_fn, init_rng), repl)
+    return ModelSetup(model, tx, schedule, init_fn, init_rng, train_rng, abstract_state)
+
+
+def make_train_step(model, tx, loss_fn, schedule, rng):
+    """The pure update: (state, batch) -> (state, metrics)."""
+
+    def train_step(state, batch):
+        step_rng = jax.random.fold_in(rng, state["step"])
+        mask_rng, dropout_rng = jax.random.split(step_rng)
+
+        def compute_loss(params):
+            out = model.apply({"params": params}, *model_inputs(batch), train=True,
+                              rngs={"masking": mask_rng, "dropout": dropout_rng})
+            return loss_fn(out, batch["labels"], batch["valid"])
+
+        loss, grads = jax.value_and_grad(compute_loss)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        stats = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                 "lr": schedule(state["step"])}
+        if hasattr(opt_state, "notfinite_count"):
+            stats["skipped_updates"] = opt_state.total_notfinite
+        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, stats
+
+    return train_step
+
+
+def make_predict(model):
+    """Per-frame outputs of a batch at evaluation (no masking, no dropout)."""
+
+    def predict(params, batch):
+        return model.apply({"params": params}, *model_inputs(batch), train=False)
+
+    return predict
+
+
+def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
+    """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps averaged)."""
+    seq_len = config.data.seq_len
+    bs = config.eval_batch_size or config.batch_size
+    sharding.check_batch_size(bs, mesh, "eval_batch_size")
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    batches = pipeline.eval_batches(
+        videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    keys = ("features", "present", "frame_mask")
+    for batch in batches:
+        out = predict_fn(params, sharding.to_global({k: batch[k] for k in keys}, mesh))
+        rows = {"out": out}
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            rows = multihost_utils.process_allgather(
+                {"out": out, "video": batch["video"], "start": batch["start"],
+                 "frame_mask": batch["frame_mask"], "batch_mask": batch["batch_mask"]}, tiled=True)
+            local = rows
+        else:
+            local = batch
+        keep = np.asarray(local["batch_mask"])
+        assembler.add(np.asarray(rows["out"], np.float32)[keep], np.asarray(local["video"])[keep],
+                      np.asarray(local["start"])[keep], np.asarray(local["frame_mask"])[keep])
+    return assembler.result()
+
+
+def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Video]) -> tuple[float, dict]:
+    """The official metric over all valid frames of a split."""
+    out = np.concatenate(outputs)
+    labels = np.concatenate([v.labels for v in videos])
+    valid = np.concatenate([v.valid for v in videos])
+    return metrics.task_score(task, out, labels, valid)
+
+
+def _install_sigterm() -> dict:
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits cleanly."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside some test runners)
+        pass
+    return flag
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Runs (or resumes) training in `workdir`; returns the last validation metrics."""
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    # Devices and mesh.
+    mesh = sharding.make_mesh(config.mesh_data)
+    sharding.check_batch_size(config.batch_size, mesh)
+    repl = sharding.replicated(mesh)
+
+    # Input.
+    data = resolve_data(config)
+    seq_len = config.data.seq_len
+    train_iter = pipeline.train_dataset(
+        data.train, data.features, seq_len=seq_len, stride=config.data.train_stride or seq_len,
+        batch_size=config.batch_size, seed=config.seed, num_threads=config.data.num_threads,
+        prefetch=config.data.prefetch, process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+    # Model and optimizer.
+    setup = setup_model(config, data.feature_dim, mesh)
+    model, tx, schedule = setup.model, setup.tx, setup.schedule
+    abstract_state = setup.abstract_state
+    loss_fn = make_loss(config)
+
+    # Update step: one pure jitted function; the old state's buffers are donated.
+    train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, setup.train_rng),
+                         in_shardings=(repl, sharding.batch_sharding(mesh)),
+                         out_shardings=(repl, repl), donate_argnums=(0,))
+    predict = jax.jit(make_predict(model), in_shardings=(repl, sharding.batch_sharding(mesh)),
+                      out_shardings=sharding.batch_sharding(mesh))
+
+    # Checkpoint resume: the workdir's own checkpoint, then config.model_init, then scratch.
+    ckpt = checkpoints.RunCheckpoints(workdir, keep=config.keep_checkpoints)
+    if ckpt.latest_step() is not None:
+        step, state = ckpt.restore_latest(abstract_state, train_iter)
+        logging.info("resumed from %s at step %d", workdir, step)
+        if is_main:
+            print(f"Resuming from step {step} in {workdir}", file=sys.stderr, flush=True)
+    else:
+        state = setup.init_fn(setup.init_rng)
+        if config.model_init:
+            _, init_from = checkpoints.restore_params(config.model_init, abstract_state)
+            state = dict(state, params=init_from["params"])
+    step = int(state["step"])
+
+    writer = writers.MetricWriter(workdir)
+    progress = writers.Progress(config.total_steps, config.batch_size * seq_len, step,
+                                enabled=is_main and config.progress)
+    stop = _install_sigterm()
+    pending: list[tuple[int, dict]] = []   # device-side step metrics not yet fetched
+    last_eval: dict = {}
+
+    def flush_metrics() -> None:
+        """Fetches pending step metrics, stops on a non-finite loss, logs the mean."""
+        if not pending:
+            return
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            if not config.skip_nonfinite and not np.isfinite(m["loss"]):
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"non-finite training loss ({m['loss']}) at step {s}; the last good "
+                    f"checkpoint in {workdir / 'checkpoints'} is intact")
+        last_step = pending[-1][0]
+        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        mean["train/lr"] = float(fetched[-1]["lr"])
+        mean.update({f"perf/{k}": v for k, v in progress.update(
+            last_step, f"loss {mean['train/loss']:.4f}").items()})
+        writer.write(last_step, mean)
+        pending.clear()
+
+    def evaluate_now(s: int) -> dict:
+        outputs = predict_split(predict, state["params"], data.val, data.features, config, mesh)
+        score, details = score_split(config.task, outputs, data.val)
+        result = {"val/score": score, **{f"val/{k}": v for k, v in details.items()
+                                         if isinstance(v, (int, float))}}
+        writer.write(s, result)
+        if is_main:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in result.items())
+            print(f"eval at step {s}: {shown}", file=sys.stderr, flush=True)
+        ckpt.save_best(s, state, score)
+        return result
+
+    # Loop.
+    try:
+        while step < config.total_steps:
+            batch = sharding.to_global(_train_keys(next(train_iter)), mesh)
+            state, stats = train_step(state, batch)
+            step += 1
+            pending.append((step, stats))
+            final = step == config.total_steps
+            if step % config.log_every == 0 or final or stop["stop"]:
+                flush_metrics()
+            preempted = stop["stop"] or ckpt.latest.reached_preemption(step)
+            if step % config.checkpoint_every == 0 or final or preempted:
+                flush_metrics()   # never save a state that followed a non-finite loss
+                ckpt.save(step, state, train_iter, force=True)
+                if preempted:
+                    ckpt.wait()
+                    if is_main:
+                        print(f"Preempted: saved step {step}; re-run the same command to resume",
+                              file=sys.stderr, flush=True)
+                    return last_eval
+            if step % config.eval_every == 0 or final:
+                last_eval = evaluate_now(step)
+        if not last_eval and data.val:
+            last_eval = evaluate_now(step)
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    if is_main:
+        (workdir / "final_metrics.json").write_text(json.dumps({"step": step, **last_eval}, indent=2))
+    return last_eval
+
+
+_TRAIN_KEYS = ("features", "present", "frame_mask", "labels", "valid")
+
+
+def _train_keys(batch: dict) -> dict:
+    return {k: batch[k] for k in _TRAIN_KEYS}
+
+
+def main(argv) -> None:
+    del argv
+    from absl import flags
+    cfg = flags.FLAGS.config
+    sharding.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                                    flags.FLAGS.process_id)
+    train_and_evaluate(cfg, flags.FLAGS.workdir)
+
+
+def _define_flags() -> None:
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, predictions)")
+    flags.DEFINE_string("coordinator", "", "host:port of process 0 for multi-process runs "
+                        "launched by hand (SLURM, Open MPI and TPU pods are detected)")
+    flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator)")
+    flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator)")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(main_fn) -> None:
+    """absl entry with config validation before anything touches a device."""
+    from absl import app, flags
+    _define_flags()
+
+    def wrapped(argv):
+        try:
+            config_lib.validate(flags.FLAGS.config)
+        except config_lib.ConfigError as e:
+            sys.exit(f"error: {e}")
+        main_fn(argv)
+
+    app.run(wrapped)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,19 @@
+"""System A, the masked temporal Transformer, on the 8 expressions (softmax focal loss).
+
+Paper defaults, for precomputed ViT-B/16 features of real Aff-Wild2 on accelerators:
+  python -m abaw_jax.train --config configs/expr.py --workdir runs/expr \
+      --config.data.root=/data/affwild2 --config.data.features=/data/feats/vit
+Laptop run on the built-in demo data (a few minutes on a 2-core CPU):
+  python -m abaw_jax.train --config configs/expr.py:demo --workdir runs/expr_demo
+Variants after the colon (comma separated): demo, seq_len=N, mask=P (0 disables masking), steps=N.
+"""
+
+from abaw_jax import config as config_lib
+
+
+def get_config(arg=None):
+    config = config_lib.base_config("EXPR")
+    config.loss.name = "focal"
+    config.loss.alpha = 0.25
+    config.loss.gamma = 2.0
+    return config_lib.apply_variants(config, arg)
