@@ -44,7 +44,7 @@ def _check_binary(name: str, x: np.ndarray, valid: np.ndarray) -> None:
     bad = (x != 0) & (x != 1) & valid
     if bad.any():
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}: values must be 0 or 1 on valid frames, got {x[first]!r} "
+        raise ValueError(f"{name}: values must be 0 or 1 on valid frames, got {x[first].item()!r} "
                          f"at index {first}")
 
 
@@ -70,7 +70,7 @@ def ccc(x: Any, y: Any) -> float:
 
 
 def va_score(pred: Any, true: Any, valid: Any) -> dict[str, float]:
-    """CCC of valence and arousal, each over its own valid frames; `mean` is the VA challenge score."""
+    """CCC of valence and arousal, each over its own valid frames; `mean` is the VA score."""
     pred = _as_array("pred", pred, 2, np.float64)
     true = _as_array("true", true, 2, np.float64)
     valid = _as_array("valid", valid, 2, bool)
@@ -94,7 +94,7 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
 
 def expr_f1(pred_labels: Any, true: Any, valid: Any,
             num_classes: int = NUM_EXPR_CLASSES) -> dict[str, Any]:
-    """Macro F1 over all `num_classes` classes (absent classes count as 0), per-class F1, accuracy."""
+    """Macro F1 over all `num_classes` classes (absent ones count as 0), per-class F1, accuracy."""
     pred = _as_array("pred_labels", pred_labels, 1)
     true = _as_array("true", true, 1)
     valid = _as_array("valid", valid, 1, bool)
@@ -106,7 +106,8 @@ def expr_f1(pred_labels: Any, true: Any, valid: Any,
     for name, a in (("pred_labels", p), ("true", t)):
         if a.size and (a.min() < 0 or a.max() >= num_classes):
             bad = a[(a < 0) | (a >= num_classes)][0]
-            raise ValueError(f"{name}: class {bad} on a valid frame is outside 0..{num_classes - 1}")
+            raise ValueError(
+                f"{name}: class {bad} on a valid frame is outside 0..{num_classes - 1}")
     confusion = np.bincount(t * num_classes + p, minlength=num_classes ** 2)
     confusion = confusion.reshape(num_classes, num_classes)   # [true, pred]
     tp = np.diag(confusion)
@@ -118,7 +119,7 @@ def expr_f1(pred_labels: Any, true: Any, valid: Any,
 
 
 def au_f1(pred_probs: Any, true: Any, valid: Any, threshold: float = 0.5) -> dict[str, Any]:
-    """Binary F1 of each AU over its valid frames (predicted where p >= threshold) and their mean."""
+    """Binary F1 of each AU over its valid frames (positive where p >= threshold) and their mean."""
     probs = _as_array("pred_probs", pred_probs, 2, np.float64)
     true = _as_array("true", true, 2)
     valid = _as_array("valid", valid, 2, bool)

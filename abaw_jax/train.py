@@ -285,8 +285,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     f"non-finite training loss ({m['loss']}) at step {s}; the last good "
                     f"checkpoint in {workdir / 'checkpoints'} is intact")
         last_step = pending[-1][0]
+        # Losses are averaged over the logging interval; the schedule and counters are current.
         mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        mean["train/lr"] = float(fetched[-1]["lr"])
+        for k in ("lr", "skipped_updates"):
+            if k in fetched[-1]:
+                mean[f"train/{k}"] = float(fetched[-1][k])
         mean.update({f"perf/{k}": v for k, v in progress.update(
             last_step, f"loss {mean['train/loss']:.4f}").items()})
         writer.write(last_step, mean)

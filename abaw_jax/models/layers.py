@@ -1,0 +1,182 @@
+"""Transformer building blocks shared by the temporal models (flax.linen).
+
+All modules compute in `dtype` (bfloat16 on accelerators) and keep float32 parameters
+(`param_dtype`). Attention is `jax.nn.dot_product_attention`, so the backend kernel is chosen by
+`attention_impl`: "default" lets JAX pick (XLA in jax 0.10), "xla" forces it, "cudnn" asks for
+cuDNN flash attention (GPU only, bfloat16/float16 compute, head dim a multiple of 8).
+
+Key masking: a boolean `key_mask` [B, L] says which frames may be attended to (real frames with a
+face). Every query attends only to allowed keys. A row with no allowed key at all (a window of
+padding or of frames without a face) attends to all its keys instead, so its outputs stay finite
+(a softmax over nothing is NaN); whatever those frames predict is then masked out of the loss by
+their labels or ignored at assembly.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+ATTENTION_IMPLS = ("default", "xla", "cudnn")
+NORMS = ("post", "pre")
+ACTIVATIONS = ("relu", "gelu")
+
+_dense_init = nn.initializers.xavier_uniform()
+
+
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Raises ValueError naming `key` when `value` is not one of `choices`."""
+    if value not in choices:
+        raise ValueError(f"{key} must be one of {choices}, got {value!r}")
+
+
+def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10_000.0) -> np.ndarray:
+    """The fixed position table of "Attention is all you need": float32 [length, dim].
+
+    PE[t, 2i] = sin(t / max_timescale^(2i / dim)) and PE[t, 2i + 1] = cos(same angle).
+    """
+    positions = np.arange(length, dtype=np.float64)[:, None]
+    even = np.arange(0, dim, 2, dtype=np.float64)
+    angles = positions / max_timescale ** (even / dim)
+    table = np.zeros((length, dim), dtype=np.float64)
+    table[:, 0::2] = np.sin(angles)
+    table[:, 1::2] = np.cos(angles[:, : dim // 2])
+    return table.astype(np.float32)
+
+
+def attention_mask(key_mask: jax.Array) -> jax.Array:
+    """Key mask [B, L] -> attention mask [B, 1, 1, L]; a row with no allowed key allows all."""
+    key_mask = jnp.asarray(key_mask, bool)
+    allowed = key_mask | ~jnp.any(key_mask, axis=-1, keepdims=True)
+    return allowed[:, None, None, :]
+
+
+class LearnedPositions(nn.Module):
+    """Adds a learned position embedding (one float32 row per position, up to max_len) to x."""
+
+    max_len: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        length, dim = x.shape[-2:]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        table = self.param("embedding", nn.initializers.normal(stddev=0.02),
+                           (self.max_len, dim), self.param_dtype)
+        return x.astype(self.dtype) + table[:length].astype(self.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Multi-head self-attention with a key mask, computed by jax.nn.dot_product_attention."""
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str = "default"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        dim = x.shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(f"model width {dim} is not divisible by num_heads {self.num_heads}")
+        dense = functools.partial(nn.DenseGeneral, features=(self.num_heads, dim // self.num_heads),
+                                  dtype=self.dtype, param_dtype=self.param_dtype,
+                                  kernel_init=_dense_init)
+        q, k, v = (dense(name=n)(x) for n in ("query", "key", "value"))   # [B, L, H, D/H]
+        mask = None
+        if key_mask is not None:
+            mask = attention_mask(key_mask)
+            if self.attention_impl == "cudnn":
+                # cuDNN takes the mask as a bias and wants the full [B, 1, T, S] shape.
+                length = x.shape[-2]
+                mask = jnp.broadcast_to(mask, (x.shape[0], 1, length, length))
+        impl = None if self.attention_impl == "default" else self.attention_impl
+        y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+        return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
+                               kernel_init=_dense_init, name="out")(y)
+
+
+class EncoderBlock(nn.Module):
+    """One Transformer encoder layer: self-attention and an MLP, each with a residual.
+
+    norm "post" (the original Transformer and PyTorch's default): x = LN(x + drop(f(x)));
+    norm "pre": x = x + drop(f(LN(x))). Dropout is applied to the attention output, after the
+    MLP activation and to the MLP output, like torch.nn.TransformerEncoderLayer; attention weights
+    are not dropped (the fused attention kernels take no dropout).
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    norm: str = "post"
+    activation: str = "relu"
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str = "default"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
+        check_choice("norm", self.norm, NORMS)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        layer_norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps,
+                                       dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                                  kernel_init=_dense_init)
+        drop = functools.partial(nn.Dropout(self.dropout), deterministic=not train)
+        attention = MultiHeadSelfAttention(self.num_heads, dtype=self.dtype,
+                                           param_dtype=self.param_dtype,
+                                           attention_impl=self.attention_impl, name="attention")
+
+        def mlp(y):
+            y = dense(self.mlp_dim, name="mlp_in")(y)
+            y = nn.relu(y) if self.activation == "relu" else nn.gelu(y, approximate=False)
+            return dense(x.shape[-1], name="mlp_out")(drop(y))
+
+        x = x.astype(self.dtype)
+        if self.norm == "pre":
+            x = x + drop(attention(layer_norm(name="norm_attention")(x), key_mask))
+            return x + drop(mlp(layer_norm(name="norm_mlp")(x)))
+        x = layer_norm(name="norm_attention")(x + drop(attention(x, key_mask)))
+        return layer_norm(name="norm_mlp")(x + drop(mlp(x)))
+
+
+class Encoder(nn.Module):
+    """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm."""
+
+    num_layers: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    norm: str = "post"
+    activation: str = "relu"
+    layer_norm_eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    attention_impl: str = "default"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
+        for i in range(self.num_layers):
+            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout, norm=self.norm,
+                             activation=self.activation, layer_norm_eps=self.layer_norm_eps,
+                             dtype=self.dtype, param_dtype=self.param_dtype,
+                             attention_impl=self.attention_impl, name=f"block_{i}")(
+                                 x, key_mask, train=train)
+        if self.norm == "pre":
+            # The residual stream of a pre-norm stack is never normalised inside the blocks.
+            x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
+                             param_dtype=self.param_dtype, name="norm_final")(x)
+        return x

@@ -1,0 +1,181 @@
+"""System A: a Transformer over per-frame features trained with random frame masking.
+
+Min et al., "Emotion Recognition Using Transformers with Masked Learning" (6th ABAW): precomputed
+ViT features of a window of frames are randomly masked during training (p = 0.2), projected,
+given positions, passed through a 6-layer, 8-head post-norm Transformer encoder (d 768, feed-
+forward 2048, dropout 0.2, as in the authors' PyTorch code) and a per-frame linear head.
+
+Frames without a face image (`present` False) and padding (`frame_mask` False) are excluded from
+the attention keys, so their placeholder features cannot leak into other frames; they still get
+outputs from their context. `attend_absent=True` lets absent frames be attended to as well.
+
+rngs: "masking" for the random masking (train only), "dropout" for dropout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from abaw_jax.models import layers
+
+MASK_MODES = ("frame", "element")
+MASK_VALUES = ("zero", "token")
+POS_ENCODINGS = ("sinusoidal", "learned")
+OUTPUT_ACTIVATIONS = ("none", "tanh")
+
+
+class FeatureMasking(nn.Module):
+    """Random masking of input features during training (identity when train is False).
+
+    mode "frame" (the paper) masks whole frames with probability `prob`; "element" (the authors'
+    code) masks each feature element independently. Masked entries become 0 ("zero") or the
+    matching entries of a learned [D] token ("token"). The drawn mask is sown into
+    "intermediates" as `mask` ([B, L, 1] or [B, L, D]).
+    """
+
+    prob: float
+    mode: str = "frame"
+    value: str = "zero"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        layers.check_choice("mask_mode", self.mode, MASK_MODES)
+        layers.check_choice("mask_value", self.value, MASK_VALUES)
+        if not 0.0 <= self.prob < 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1), got {self.prob!r}")
+        fill = jnp.zeros((), x.dtype)
+        if self.value == "token":
+            # Created whether or not masking runs, so train and eval share one parameter tree.
+            fill = self.param("mask_token", nn.initializers.normal(stddev=0.02),
+                              (x.shape[-1],), jnp.float32).astype(x.dtype)
+        if not train or self.prob == 0.0:
+            return x
+        shape = x.shape[:-1] + (1,) if self.mode == "frame" else x.shape
+        mask = jax.random.bernoulli(self.make_rng("masking"), self.prob, shape)
+        self.sow("intermediates", "mask", mask)
+        return jnp.where(mask, fill, x)
+
+
+class TemporalTransformer(nn.Module):
+    """Masked temporal Transformer: features [B, L, D] -> per-frame outputs [B, L, num_outputs].
+
+    output_activation "tanh" bounds outputs to [-1, 1] (VA); "none" returns logits (EXPR, AU).
+    `max_len` bounds the window length for both position encodings.
+    """
+
+    num_outputs: int
+    d_model: int = 768
+    num_layers: int = 6
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    dropout: float = 0.2
+    mask_prob: float = 0.2
+    mask_mode: str = "frame"
+    mask_value: str = "zero"
+    pos_encoding: str = "sinusoidal"
+    norm: str = "post"
+    max_len: int = 1024
+    activation: str = "relu"
+    attend_absent: bool = False
+    output_activation: str = "none"
+    attention_impl: str = "default"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jax.Array, present: jax.Array, frame_mask: jax.Array, *,
+                 train: bool) -> jax.Array:
+        layers.check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
+        layers.check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        if features.ndim != 3:
+            raise ValueError(f"features: expected [B, L, D], got shape {features.shape}")
+        for key, m in (("present", present), ("frame_mask", frame_mask)):
+            if m.shape != features.shape[:2]:
+                raise ValueError(f"{key}: expected shape {features.shape[:2]} (features "
+                                 f"{features.shape}), got {m.shape}")
+        length = features.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+
+        key_mask = jnp.asarray(frame_mask, bool)
+        if not self.attend_absent:
+            key_mask &= jnp.asarray(present, bool)
+
+        x = FeatureMasking(self.mask_prob, self.mask_mode, self.mask_value, name="masking")(
+            jnp.asarray(features, jnp.float32), train=train)
+        x = nn.Dense(self.d_model, dtype=self.dtype, name="input_proj")(x)
+        if self.pos_encoding == "sinusoidal":
+            x = x + jnp.asarray(layers.sinusoidal_positions(length, self.d_model), self.dtype)
+        else:
+            x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
+        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+                           norm=self.norm, activation=self.activation, dtype=self.dtype,
+                           attention_impl=self.attention_impl, name="encoder")(
+                               x, key_mask, train=train)
+        # The head is tiny; computing it in float32 keeps logits and VA values precise.
+        out = nn.Dense(self.num_outputs, dtype=jnp.float32, name="head")(x.astype(jnp.float32))
+        if self.output_activation == "tanh":
+            out = jnp.tanh(out)
+        return out
+
+
+# Fields a config may set; num_outputs and dtype come from the task and the device.
+_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TemporalTransformer)
+                       if f.name not in ("num_outputs", "dtype", "parent", "name"))
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's model (with the authors' code's d_model, feed-forward size and post-norm)."""
+    return ml_collections.ConfigDict({
+        "d_model": 768,
+        "num_layers": 6,
+        "num_heads": 8,
+        "mlp_dim": 2048,
+        "dropout": 0.2,
+        "mask_prob": 0.2,
+        "mask_mode": "frame",
+        "mask_value": "zero",
+        "pos_encoding": "sinusoidal",
+        "norm": "post",
+        "max_len": 1024,
+        "activation": "relu",
+        "attend_absent": False,
+        "output_activation": "none",
+        "attention_impl": "default",
+    })
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+    """A tiny variant for tests: d_model 32, 2 layers, 2 heads, feed-forward 64."""
+    config = default_config()
+    config.d_model = 32
+    config.num_layers = 2
+    config.num_heads = 2
+    config.mlp_dim = 64
+    config.max_len = 64
+    return config
+
+
+def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
+                dtype: Any = jnp.float32) -> TemporalTransformer:
+    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
+
+    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
+    any other unknown key is an error naming it.
+    """
+    kwargs = {}
+    for key in model_cfg.keys():
+        if key == "name":
+            continue
+        if key not in _CONFIG_FIELDS:
+            raise ValueError(f"model.{key}: not a TemporalTransformer option; options: "
+                             f"{', '.join(_CONFIG_FIELDS)}")
+        kwargs[key] = model_cfg[key]
+    return TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)

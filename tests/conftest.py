@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny demo dataset in the official layout and tiny training configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+TINY_DIM = 32
+
+
+def load_config(name: str, arg: str | None = None):
+    """Loads `configs/<name>.py` the way the command line does."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> pathlib.Path:
+    """A small demo dataset (a dozen short videos, 32-d features) built once per test session."""
+    from abaw_jax.data import demo
+    out = tmp_path_factory.mktemp("demo")
+    return demo.build_demo(out / "affwild2", num_videos=12, seed=0, length_scale=0.03,
+                           feature_sets={"vit": TINY_DIM, "openface": 17})
+
+
+def tiny_config(task: str, root: pathlib.Path, **overrides):
+    """A config of `task` with a tiny model and a short run on `root`."""
+    c = load_config(task.lower(), "demo")
+    c.data.root = str(root)
+    c.data.seq_len = 16
+    c.data.num_threads = 1
+    c.model.d_model = 16
+    c.model.num_heads = 2
+    c.model.mlp_dim = 32
+    c.model.num_layers = 1
+    c.batch_size = 8
+    c.total_steps = 6
+    c.optimizer.warmup_steps = 2
+    c.log_every = 2
+    c.eval_every = 3
+    c.checkpoint_every = 3
+    c.progress = False
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return c
