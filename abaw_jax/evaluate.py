@@ -24,6 +24,7 @@ import numpy as np
 from abaw_jax import checkpoints, sharding, submission
 from abaw_jax import config as config_lib
 from abaw_jax import train as train_lib
+from abaw_jax.data import affwild2
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
@@ -50,7 +51,10 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             videos = data.val
         elif split == "test":
             try:
-                videos = train_lib.affwild2.test_videos(data.root, config.task)
+                # Frame counts from the feature store, which covers frames past the last face.
+                videos = affwild2.test_videos(
+                    data.root, config.task,
+                    frame_counts={v: data.features.num_frames(v) for v in data.features.videos})
             except FileNotFoundError as e:
                 if is_main:
                     print(f"No test-set video list for {config.task}: skipping the test split "

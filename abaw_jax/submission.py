@@ -74,7 +74,8 @@ def read_submission(path: str | pathlib.Path, task: str) -> dict[str, dict[int, 
     expected = ["image_location", *COLUMNS[task]]
     if flat != expected:
         raise SubmissionError(f"{path}:1: header {','.join(flat)!r} is not {','.join(expected)!r}")
-    ncol = len(COLUMNS[task])
+    # EXPR rows carry one class index under the eight-name header.
+    ncol = 1 if task == "EXPR" else len(COLUMNS[task])
     out: dict[str, dict[int, np.ndarray]] = {}
     for lineno, row in enumerate(rows[1:], start=2):
         if not row or all(not c.strip() for c in row):

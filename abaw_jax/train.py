@@ -60,8 +60,7 @@ def resolve_data(config: ml_collections.ConfigDict, splits=("train", "val")) -> 
                   f"{root}", file=sys.stderr, flush=True)
     feature_path = pathlib.Path(config.data.features or root / "features" / "vit")
     store = features_lib.FeatureStore(feature_path)
-    loaded = {s: affwild2.load_split(root, config.task, s) if s != "test"
-              else affwild2.test_videos(root, config.task) for s in splits}
+    loaded = {s: affwild2.load_split(root, config.task, s) for s in splits}
     for split, videos in loaded.items():
         missing = [v.name for v in videos if v.name not in store]
         if missing:
@@ -149,7 +148,7 @@ def make_train_step(model, tx, loss_fn, schedule, rng):
         loss, grads = jax.value_and_grad(compute_loss)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        stats = {"loss": loss, "grad_norm": optax.global_norm(grads),
+        stats = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                  "lr": schedule(state["step"])}
         if hasattr(opt_state, "notfinite_count"):
             stats["skipped_updates"] = opt_state.total_notfinite

@@ -14,6 +14,7 @@ import pytest
 from abaw_jax import evaluate as evaluate_lib
 from abaw_jax import submission, train
 from abaw_jax.data import affwild2
+from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
 
 
@@ -28,7 +29,8 @@ def test_train_then_evaluate(tiny_demo, tmp_path, task):
     assert np.isfinite(result["val/score"])
     rows = read_metrics(tmp_path)
     losses = [r for r in rows if "train/loss" in r]
-    assert [r["step"] for r in losses] == [2, 4, 6]
+    # Logged every 2 steps, and at checkpoints (every 3), whose state is checked finite first.
+    assert [r["step"] for r in losses] == [2, 3, 4, 6]
     assert all(np.isfinite(r["train/loss"]) for r in losses)
     assert [r["step"] for r in rows if "val/score" in r] == [3, 6]
     assert (tmp_path / "config.json").exists()
@@ -39,9 +41,10 @@ def test_train_then_evaluate(tiny_demo, tmp_path, task):
     # The submission holds one row per frame of every validation video, faceless frames included.
     submission.check_submission(tmp_path / "predictions" / "val" / f"{task}.txt", task,
                                 {v.name: v.num_frames for v in val})
-    test = affwild2.test_videos(tiny_demo, task)
+    store = FeatureStore(tiny_demo / "features" / "vit")
+    test_names = affwild2.read_test_list(affwild2.test_list_path(tiny_demo, task))
     submission.check_submission(tmp_path / "predictions" / "test" / f"{task}.txt", task,
-                                {v.name: v.num_frames for v in test})
+                                {n: store.num_frames(n) for n in test_names})
     # The best checkpoint's score is the best validation score seen in training.
     best = max(r["val/score"] for r in rows if "val/score" in r)
     assert results["val"]["score"] == pytest.approx(best, abs=1e-5)
