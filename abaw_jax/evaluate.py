@@ -35,8 +35,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     workdir = pathlib.Path(workdir)
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "predictions"
     mesh = sharding.make_mesh(config.mesh_data)
-    data = train_lib.resolve_data(config, splits=("val",))
-    setup = train_lib.setup_model(config, data.feature_dim, mesh)
+    data = train_lib.resolve_data(config)
+    setup = train_lib.setup_model(config, data.feature_dims, mesh)
     step, state = checkpoints.restore_params(workdir, setup.abstract_state, checkpoint)
     predict = jax.jit(train_lib.make_predict(setup.model),
                       in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),

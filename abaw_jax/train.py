@@ -39,15 +39,31 @@ class Data:
     root: pathlib.Path
     train: list[affwild2.Video]
     val: list[affwild2.Video]
-    features: Any  # FeatureStore (or FeatureSets for fusion models)
+    features: Any  # FeatureStore, or FeatureSets for the fusion model
 
     @property
-    def feature_dim(self) -> int:
+    def feature_dims(self) -> int | dict[str, int]:
+        """The input width, or {set: width} for several feature sets."""
+        if isinstance(self.features, features_lib.FeatureSets):
+            return dict(self.features.dims)
         return self.features.dim
 
 
-def resolve_data(config: ml_collections.ConfigDict, splits=("train", "val")) -> Data:
-    """Loads annotations and opens the feature store; builds the demo dataset when none is set."""
+def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
+    """The feature store of the run, or the aligned feature sets a fusion model reads."""
+    if config.model.name != "fusion":
+        return features_lib.FeatureStore(config.data.features or root / "features" / "vit")
+    given = dict(item.split("=", 1) for item in config.data.features.split(",") if "=" in item)
+    if config.data.features and not given:
+        raise config_lib.ConfigError(
+            f"config.data.features = {config.data.features!r}: a fusion model needs "
+            f"'name=path,name=path' (or empty for <root>/features/<name>)")
+    return features_lib.FeatureSets(
+        {name: given.get(name, root / "features" / name) for name in config.model.feature_sets})
+
+
+def resolve_data(config: ml_collections.ConfigDict) -> Data:
+    """Loads annotations and opens the features; builds the demo dataset when none is set."""
     if config.data.root:
         root = pathlib.Path(config.data.root).expanduser()
     else:
@@ -58,17 +74,19 @@ def resolve_data(config: ml_collections.ConfigDict, splits=("train", "val")) -> 
         if jax.process_index() == 0:
             print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
                   f"{root}", file=sys.stderr, flush=True)
-    feature_path = pathlib.Path(config.data.features or root / "features" / "vit")
-    store = features_lib.FeatureStore(feature_path)
-    loaded = {s: affwild2.load_split(root, config.task, s) for s in splits}
-    for split, videos in loaded.items():
+    store = open_features(config, root)
+    train = affwild2.load_split(root, config.task, "train")
+    val = affwild2.load_split(root, config.task, "val")
+    if config.data.fold >= 0:
+        from abaw_jax.data.folds import fold_split
+        train, val = fold_split(train + val, config.data.fold, config.data.num_folds)
+    for split, videos in (("train", train), ("val", val)):
         missing = [v.name for v in videos if v.name not in store]
         if missing:
             raise features_lib.StoreError(
-                f"feature store {feature_path} has no features for {len(missing)} {split} videos "
-                f"of {config.task}, e.g. {missing[:3]}")
-    return Data(root=root, train=loaded.get("train", []), val=loaded.get("val", []),
-                features=store)
+                f"features at {config.data.features or root / 'features'} lack {len(missing)} "
+                f"{split} videos of {config.task}, e.g. {missing[:3]}")
+    return Data(root=root, train=train, val=val, features=store)
 
 
 def make_optimizer(config: ml_collections.ConfigDict):
@@ -88,21 +106,32 @@ def make_optimizer(config: ml_collections.ConfigDict):
     return tx, schedule
 
 
-def make_loss(config: ml_collections.ConfigDict):
+def make_loss(config: ml_collections.ConfigDict, train_videos: list[affwild2.Video]):
     """The task loss named by `config.loss.name`, with its hyperparameters."""
-    kwargs = {}
-    if config.loss.name == "focal":
+    name = config.loss.name
+    kwargs: dict[str, Any] = {}
+    if name == "focal":
         kwargs = dict(alpha=config.loss.alpha, gamma=config.loss.gamma)
-    return losses.get_loss(config.task, config.loss.name, **kwargs)
+    elif name == "ce" and config.loss.label_smoothing:
+        kwargs = dict(label_smoothing=config.loss.label_smoothing)
+    elif name == "wal":
+        # Per-AU weights from each AU's occurrence rate over the valid frames of the train split.
+        labels = np.concatenate([v.labels for v in train_videos]).astype(np.float64)
+        valid = np.concatenate([v.valid for v in train_videos])
+        rates = (labels * valid).sum(0) / np.maximum(valid.sum(0), 1)
+        kwargs = dict(weights=losses.au_weights_from_rates(np.clip(rates, 1e-3, 1.0)))
+    return losses.get_loss(config.task, name, **kwargs)
 
 
 def model_inputs(batch: dict) -> tuple:
-    return batch["features"], batch["present"], batch["frame_mask"]
+    """(features, present, frame_mask); features is {set: array} when several sets are read."""
+    sets = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("features/")}
+    return (sets or batch["features"]), batch["present"], batch["frame_mask"]
 
 
-def init_state(model, tx, feature_dim: int, seq_len: int, rng) -> dict:
+def init_state(model, tx, feature_dims: int | dict[str, int], seq_len: int, rng) -> dict:
     """Params and optimizer state of a fresh run (traceable: jitted with output shardings)."""
-    x = jnp.zeros((1, seq_len, feature_dim), jnp.float32)
+    x = jax.tree.map(lambda d: jnp.zeros((1, seq_len, d), jnp.float32), feature_dims)
     m = jnp.ones((1, seq_len), bool)
     params = model.init({"params": rng}, x, m, m, train=False)["params"]
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
@@ -120,14 +149,14 @@ class ModelSetup:
     abstract_state: Any   # shapes, dtypes and shardings: the orbax restore target
 
 
-def setup_model(config: ml_collections.ConfigDict, feature_dim: int, mesh) -> ModelSetup:
+def setup_model(config: ml_collections.ConfigDict, feature_dims, mesh) -> ModelSetup:
     """Builds the model and optimizer of `config` and the shape of their state on `mesh`."""
     repl = sharding.replicated(mesh)
     dtype = sharding.compute_dtype(config.compute_dtype)
     model = build_model(config.model, affwild2.NUM_OUTPUTS[config.task], dtype)
     tx, schedule = make_optimizer(config)
     init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-    init_fn = jax.jit(lambda r: init_state(model, tx, feature_dim, config.data.seq_len, r),
+    init_fn = jax.jit(lambda r: init_state(model, tx, feature_dims, config.data.seq_len, r),
                       out_shardings=repl)
     abstract_state = checkpoints.abstract_like(jax.eval_shape(init_fn, init_rng), repl)
     return ModelSetup(model, tx, schedule, init_fn, init_rng, train_rng, abstract_state)
@@ -175,9 +204,8 @@ def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.nd
     batches = pipeline.eval_batches(
         videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
         process_index=jax.process_index(), process_count=jax.process_count())
-    keys = ("features", "present", "frame_mask")
     for batch in batches:
-        out = predict_fn(params, sharding.to_global({k: batch[k] for k in keys}, mesh))
+        out = predict_fn(params, sharding.to_global(_model_keys(batch), mesh))
         rows = {"out": out}
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
@@ -239,10 +267,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         process_count=jax.process_count())
 
     # Model and optimizer.
-    setup = setup_model(config, data.feature_dim, mesh)
+    setup = setup_model(config, data.feature_dims, mesh)
     model, tx, schedule = setup.model, setup.tx, setup.schedule
     abstract_state = setup.abstract_state
-    loss_fn = make_loss(config)
+    loss_fn = make_loss(config, data.train)
 
     # Update step: one pure jitted function; the old state's buffers are donated.
     train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, setup.train_rng),
@@ -339,11 +367,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     return last_eval
 
 
-_TRAIN_KEYS = ("features", "present", "frame_mask", "labels", "valid")
+def _model_keys(batch: dict) -> dict:
+    """The arrays the model reads (features, or features/<set>, and the two frame masks)."""
+    return {k: v for k, v in batch.items()
+            if k in ("features", "present", "frame_mask") or k.startswith("features/")}
 
 
 def _train_keys(batch: dict) -> dict:
-    return {k: batch[k] for k in _TRAIN_KEYS}
+    return dict(_model_keys(batch), labels=batch["labels"], valid=batch["valid"])
 
 
 def main(argv) -> None:

@@ -5,7 +5,9 @@ Paper defaults, for precomputed ViT-B/16 features of real Aff-Wild2 on accelerat
       --config.data.root=/data/affwild2 --config.data.features=/data/feats/vit
 Laptop run on the built-in demo data (a few minutes on a 2-core CPU):
   python -m abaw_jax.train --config configs/au.py:demo --workdir runs/au_demo
-Variants after the colon (comma separated): demo, seq_len=N, mask=P (0 disables masking), steps=N.
+Variants after the colon (comma separated): demo; model=tcn (system B) or model=fusion (system C),
+each with its paper's hyperparameters; seq_len=N; mask=P (system A, 0 disables masking);
+no_tcn / no_transformer (system B ablations); sets=vit+openface (system C feature sets); steps=N.
 """
 
 from abaw_jax import config as config_lib
@@ -13,7 +15,5 @@ from abaw_jax import config as config_lib
 
 def get_config(arg=None):
     config = config_lib.base_config("AU")
-    config.loss.name = "focal"
-    config.loss.alpha = 0.25
-    config.loss.gamma = 2.0
+    config_lib.use_model(config, "transformer")
     return config_lib.apply_variants(config, arg)

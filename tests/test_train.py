@@ -91,7 +91,7 @@ def test_eight_devices_match_one(tiny_demo, tmp_path):
     np.testing.assert_allclose(eight, one, rtol=1e-5, atol=1e-6)
 
 
-def _nan_loss(config):
+def _nan_loss(config, videos):
     import jax.numpy as jnp
     return lambda outputs, labels, valid: jnp.nan * jnp.sum(outputs)
 

@@ -188,10 +188,10 @@ def test_position_embedding_resize_224_to_112_matches_timm(timm, torch, tmp_path
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     torch.manual_seed(3)
-    model224 = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    model224 = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2)
     path = tmp_path / "ti224.safetensors"
     _save_state(torch, model224, path)
-    model112 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112).eval()
+    model112 = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=112, depth=2).eval()
     model112.load_state_dict(checkpoint_filter_fn(model224.state_dict(), model112))
     x = torch.randn(2, 3, 112, 112)
     ref = _timm_tokens(torch, model112, x)
@@ -233,8 +233,10 @@ def _timm_to_npz(model, layout: str) -> dict[str, np.ndarray]:
                f"{ln1}/scale": sd[b + "norm2.weight"], f"{ln1}/bias": sd[b + "norm2.bias"],
                f"{mha}/out/kernel": sd[b + "attn.proj.weight"].T.reshape(h, d // h, d),
                f"{mha}/out/bias": sd[b + "attn.proj.bias"],
-               f"{mlp}/Dense_0/kernel": sd[b + "mlp.fc1.weight"].T, f"{mlp}/Dense_0/bias": sd[b + "mlp.fc1.bias"],
-               f"{mlp}/Dense_1/kernel": sd[b + "mlp.fc2.weight"].T, f"{mlp}/Dense_1/bias": sd[b + "mlp.fc2.bias"]}
+               f"{mlp}/Dense_0/kernel": sd[b + "mlp.fc1.weight"].T,
+               f"{mlp}/Dense_0/bias": sd[b + "mlp.fc1.bias"],
+               f"{mlp}/Dense_1/kernel": sd[b + "mlp.fc2.weight"].T,
+               f"{mlp}/Dense_1/bias": sd[b + "mlp.fc2.bias"]}
         for j, name in enumerate(("query", "key", "value")):
             blk[f"{mha}/{name}/kernel"] = qkv_w[j * d:(j + 1) * d].T.reshape(d, h, d // h)
             blk[f"{mha}/{name}/bias"] = qkv_b[j * d:(j + 1) * d].reshape(h, d // h)
@@ -252,24 +254,24 @@ def _timm_to_npz(model, layout: str) -> dict[str, np.ndarray]:
 
 def test_original_npz_layout_loads_and_matches(timm, torch, tmp_path):
     torch.manual_seed(4)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=3).eval()
     path = tmp_path / "ViT-Ti_16.npz"
     np.savez(path, **_timm_to_npz(model, "original"))
     x = torch.randn(2, 3, 64, 64)
     ref = _timm_tokens(torch, model, x)
     # timm's own .npz reader agrees that the file is in the original layout.
-    check = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64).eval()
+    check = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=3).eval()
     check.load_pretrained(str(path))
     np.testing.assert_allclose(_timm_tokens(torch, check, x), ref, atol=1e-5)
 
     m, params, info = weights.load_vit(path, pool="mean")
-    assert (info["format"], info["variant"], info["mean"]) == ("npz", "Ti/16", (0.5, 0.5, 0.5))
+    assert (info["format"], info["mean"], m.num_heads, m.depth) == ("npz", (0.5, 0.5, 0.5), 3, 3)
     assert info["ignored_keys"] == ["head/bias", "head/kernel"]
     pooled, tokens = m.apply({"params": params}, _nhwc(x))
     assert _rel(tokens, ref) < 1e-4 and _rel(pooled, ref.mean(1)) < 1e-4
 
     # At another size the .npz is resampled as timm's .npz loader does (bilinear, no antialias).
-    bigger = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96).eval()
+    bigger = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, depth=3).eval()
     bigger.load_pretrained(str(path))
     x96 = torch.randn(1, 3, 96, 96)
     m, params, info = weights.load_vit(path, image_size=96)
@@ -433,7 +435,8 @@ def test_errors_name_keys_and_file(tmp_path):
     both["blocks.0.attn.q_norm.weight"] = np.ones(16, np.float32)
     path = tmp_path / "both.safetensors"
     save_numpy(both, str(path))
-    with pytest.raises(weights.WeightsError, match="missing keys: norm.bias; unexpected keys: blocks.0.attn.q_norm.weight"):
+    with pytest.raises(weights.WeightsError,
+                       match="missing keys: norm.bias; unexpected keys: blocks.0.attn.q_norm.weight"):
         weights.load_vit(path, num_heads=4)
 
     with pytest.raises(weights.WeightsError, match="cannot infer num_heads for width 32"):
@@ -510,7 +513,8 @@ def test_npz_and_hf_errors_name_keys(tmp_path):
 
 def test_load_encoder_and_feature_fn(tmp_path):
     m, variables, info = weights.load_encoder("Ti/16", image_size=32, depth=1, pool="mean")
-    assert isinstance(m, vit.ViT) and (m.width, m.depth, info["dim"], info["format"]) == (192, 1, 192, "random")
+    assert isinstance(m, vit.ViT)
+    assert (m.width, m.depth, info["dim"], info["format"]) == (192, 1, 192, "random")
     fn = jax.jit(weights.feature_fn(m, info))
     images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
     features = fn(variables, images)
@@ -520,13 +524,30 @@ def test_load_encoder_and_feature_fn(tmp_path):
     np.testing.assert_allclose(fn(variables, images.astype(np.float32) / 255), features, atol=1e-5)
 
     save_numpy(_timm_state(width=192, depth=1, mlp=768), str(tmp_path / "ti.safetensors"))
-    m, variables, info = weights.load_encoder(tmp_path / "ti.safetensors", mean=(0.2,) * 3, std=(0.1,) * 3)
-    assert set(variables) == {"params"} and info["format"] == "timm" and info["norm_source"] == "argument"
-    assert fn is not None and weights.feature_fn(m, info)(variables, images).shape == (3, 192)
+    m, variables, info = weights.load_encoder(
+        tmp_path / "ti.safetensors", mean=(0.2,) * 3, std=(0.1,) * 3)
+    assert set(variables) == {"params"} and info["format"] == "timm"
+    assert (info["mean"], info["std"], info["norm_source"]) == ((0.2,) * 3, (0.1,) * 3, "argument")
+    # The given statistics are the ones the feature function normalises with.
+    expected = m.apply(variables, weights.preprocess(images, mean=(0.2,) * 3, std=(0.1,) * 3,
+                                                     image_size=32))[0]
+    np.testing.assert_allclose(weights.feature_fn(m, info)(variables, images), expected, atol=1e-5)
 
-    rm, rvariables, rinfo = weights.load_encoder("resnet18", num_classes=0)
-    assert isinstance(rm, resnet.ResNet) and rinfo["dim"] == 512 and "batch_stats" in rvariables
-    with pytest.raises(weights.WeightsError, match="neither an existing weights path nor a usable variant"):
+    rm = resnet.resnet_from_config(resnet.tiny_config())
+    shapes = jax.eval_shape(rm.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    state = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+        names = [p.key for p in path]
+        key = ".".join(n.replace("_", ".") for n in names[1:-1])
+        suffix = {"kernel": "weight", "scale": "weight", "bias": "bias",
+                  "mean": "running_mean", "var": "running_var"}[names[-1]]
+        shape = leaf.shape if names[-1] != "kernel" else tuple(leaf.shape[i] for i in (3, 2, 0, 1))
+        state[f"{key}.{suffix}"] = np.ones(shape, np.float32)
+    save_numpy(state, str(tmp_path / "resnet.safetensors"))
+    rm, rvariables, rinfo = weights.load_encoder(tmp_path / "resnet.safetensors")
+    assert isinstance(rm, resnet.ResNet) and rinfo["dim"] == 64 and "batch_stats" in rvariables
+    assert weights.feature_fn(rm, rinfo)(rvariables, images).shape == (3, 64)
+    with pytest.raises(weights.WeightsError, match="neither an existing weights path nor a usable"):
         weights.load_encoder("vit_base_patch16")
 
 

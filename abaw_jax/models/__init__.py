@@ -1,4 +1,5 @@
-"""Temporal models, built by name from `config.model`."""
+"""Temporal models, built by name from `config.model`: "transformer" (system A), "tcn" (system B),
+"fusion" (system C). Each module exposes `from_config`, `default_config` and `tiny_config`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import ml_collections
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, dtype):
-    """Returns the Flax module named by `model_config.name` ("transformer": system A)."""
-    name = model_config.name
-    if name == "transformer":
-        from abaw_jax.models import temporal
-        return temporal.from_config(model_config, num_outputs, dtype)
-    raise ValueError(f"config.model.name={name!r}: unknown model; known: 'transformer'")
+    """Returns the Flax module named by `model_config.name`."""
+    from abaw_jax.models import fusion, tcn, temporal
+    modules = {"transformer": temporal, "tcn": tcn, "fusion": fusion}
+    if model_config.name not in modules:
+        raise ValueError(f"model.name={model_config.name!r}: unknown model; known: "
+                         f"{', '.join(modules)}")
+    return modules[model_config.name].from_config(model_config, num_outputs, dtype)

@@ -13,6 +13,10 @@ onto it by a few renames (see ``abaw_jax.models.weights``)::
 
 Variants are named ``"<size>/<patch>"`` (``"Ti/16"``, ``"B/16"``, ``"L/14"``, ``"S/32"``, ...) and
 are decoded only by :func:`decode_variant`.
+
+Pretrained weights are loaded by ``abaw_jax.models.weights.load_vit``; at an image size other than
+the checkpoint's it resamples the position embeddings the way the checkpoint's library does
+(timm state dicts: bicubic with antialiasing; ``.npz``: bilinear; Hugging Face: bicubic).
 """
 
 from __future__ import annotations

@@ -153,9 +153,8 @@ def _resolve(path: str | os.PathLike) -> tuple[list[Path], Path]:
             if not isinstance(weight_map, dict):
                 raise WeightsError(f"{index}: no 'weight_map' object")
             return [path / name for name in dict.fromkeys(weight_map.values())], path
-        for name in ("model.safetensors", "pytorch_model.safetensors"):
-            if (path / name).is_file():
-                return [path / name], path
+        if (path / "model.safetensors").is_file():
+            return [path / "model.safetensors"], path
         found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.npz"))
         if len(found) != 1:
             raise WeightsError(
@@ -348,10 +347,16 @@ def _detect(arrays: Mapping[str, np.ndarray], where: str) -> tuple[str, str]:
         f"first keys: {_listing(sorted(arrays), 8)}")
 
 
-def _shape(arrays: Mapping[str, np.ndarray], key: str, where: str, why: str) -> tuple[int, ...]:
+def _shape(
+    arrays: Mapping[str, np.ndarray], key: str, where: str, why: str, ndim: int | None = None,
+) -> tuple[int, ...]:
+    """Shape of ``arrays[key]``, which must exist (and have ``ndim`` axes) to infer ``why``."""
     if key not in arrays:
         raise WeightsError(f"{where}: missing key {key!r} (needed to infer {why})")
-    return tuple(arrays[key].shape)
+    shape = tuple(arrays[key].shape)
+    if ndim is not None and len(shape) != ndim:
+        raise WeightsError(f"{where}: {key} has shape {list(shape)}; expected {ndim} axes")
+    return shape
 
 
 def _count(arrays: Mapping[str, np.ndarray], pattern: str) -> int:
@@ -364,7 +369,8 @@ def _norm_pair(mean, std, where: str) -> tuple[tuple[float, ...], tuple[float, .
     try:
         mean_t, std_t = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     except TypeError:
-        raise WeightsError(f"{where}: mean/std must be sequences of numbers, got {mean!r}, {std!r}") from None
+        raise WeightsError(
+            f"{where}: mean/std must be sequences of numbers, got {mean!r}, {std!r}") from None
     if len(mean_t) != len(std_t) or not mean_t or any(s <= 0 for s in std_t):
         raise WeightsError(f"{where}: bad normalisation mean {mean_t} / std {std_t}")
     return mean_t, std_t
@@ -479,11 +485,7 @@ def _source_grid(pos_shape: tuple[int, ...], prefix: int, key: str, where: str,
     return side, side
 
 
-def _vit_fields(overrides: Mapping[str, Any], inferred: Mapping[str, Any], where: str) -> dict[str, Any]:
-    known = set(vit_lib.ViT.__dataclass_fields__) - {"parent", "name"}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise WeightsError(f"{where}: unknown ViT override(s) {unknown}; known: {sorted(known)}")
+def _vit_fields(overrides: Mapping[str, Any], inferred: Mapping[str, Any]) -> dict[str, Any]:
     fields = {**inferred, **overrides}
     if isinstance(fields.get("image_size"), list):
         fields["image_size"] = tuple(fields["image_size"])
@@ -493,7 +495,9 @@ def _vit_fields(overrides: Mapping[str, Any], inferred: Mapping[str, Any], where
     return fields
 
 
-def _heads(width: int, declared: int | None, where: str) -> int:
+def _heads(width: int, declared: int | None, overrides: Mapping[str, Any], where: str) -> int:
+    """Heads from an override, else the checkpoint's config, else the standard ViT of that width."""
+    declared = overrides.get("num_heads") or declared
     if declared:
         return int(declared)
     if width in _HEADS_BY_WIDTH:
@@ -517,7 +521,7 @@ def _timm_vit(arrays, where, folder, overrides, resize):
         config = {}
     pretrained = config.get("pretrained_cfg", {}) or {}
     model_args = config.get("model_args", {}) or {}
-    d, in_ch, p, p2 = _shape(arrays, "patch_embed.proj.weight", where, "width and patch size")
+    d, in_ch, p, p2 = _shape(arrays, "patch_embed.proj.weight", where, "width and patch size", 4)
     if p != p2:
         raise WeightsError(f"{where}: patch_embed.proj.weight has a non-square patch {p}x{p2}")
     declared_heads = model_args.get("num_heads")
@@ -537,12 +541,12 @@ def _timm_vit(arrays, where, folder, overrides, resize):
                                int(class_token), "pos_embed", where, grid_hint)
     inferred = dict(
         width=d, depth=_count(arrays, r"blocks\.(\d+)\."),
-        num_heads=_heads(d, declared_heads, where),
-        mlp_dim=_shape(arrays, "blocks.0.mlp.fc1.weight", where, "mlp_dim")[0], patch_size=p,
+        num_heads=_heads(d, declared_heads, overrides, where),
+        mlp_dim=_shape(arrays, "blocks.0.mlp.fc1.weight", where, "mlp_dim", 2)[0], patch_size=p,
         image_size=(source_grid[0] * p, source_grid[1] * p), class_token=class_token, pool=pool,
         final_norm="norm.weight" in arrays, fc_norm=fc_norm,
         layer_norm_eps=1e-6, qkv_bias="blocks.0.attn.qkv.bias" in arrays)
-    m = _build(_vit_fields(overrides, inferred, where), where)
+    m = _build(_vit_fields(overrides, inferred), where)
     method, antialias = resize or ("bicubic", True)
     entries = _patch_entries("patch_embed.proj.weight", "patch_embed.proj.bias", m, in_ch)
     if m.class_token:
@@ -575,7 +579,7 @@ def _hf_vit(arrays, where, folder, overrides, resize):
     if act != "gelu":
         raise WeightsError(f"{folder / 'config.json'}: hidden_act {act!r}; only exact 'gelu' is supported")
     proj = "embeddings.patch_embeddings.projection"
-    d, in_ch, p, p2 = _shape(arrays, f"{proj}.weight", where, "width and patch size")
+    d, in_ch, p, p2 = _shape(arrays, f"{proj}.weight", where, "width and patch size", 4)
     if p != p2:
         raise WeightsError(f"{where}: {proj}.weight has a non-square patch {p}x{p2}")
     legacy = any(k.startswith("encoder.layer.") for k in arrays)
@@ -591,17 +595,17 @@ def _hf_vit(arrays, where, folder, overrides, resize):
         mlp_dim = config["intermediate_size"]
     else:
         mlp_dim = _shape(arrays, f"{block_prefix}0.{names['MlpBlock_0/Dense_0']}.weight", where,
-                         "mlp_dim")[0]
+                         "mlp_dim", 2)[0]
     inferred = dict(
         width=config.get("hidden_size", d),
         depth=config.get("num_hidden_layers", _count(arrays, re.escape(block_prefix) + r"(\d+)\.")),
-        num_heads=_heads(d, config.get("num_attention_heads"), where),
+        num_heads=_heads(d, config.get("num_attention_heads"), overrides, where),
         mlp_dim=mlp_dim, patch_size=config.get("patch_size", p),
         image_size=(source_grid[0] * p, source_grid[1] * p), class_token=class_token,
         pool="cls" if class_token else "gap", final_norm=True, fc_norm=False,
         layer_norm_eps=config.get("layer_norm_eps", 1e-12),
         qkv_bias=config.get("qkv_bias", f"{block_prefix}0.{names['query']}.bias" in arrays))
-    m = _build(_vit_fields(overrides, inferred, where), where)
+    m = _build(_vit_fields(overrides, inferred), where)
     method, antialias = resize or ("bicubic", False)
     entries = _patch_entries(f"{proj}.weight", f"{proj}.bias", m, in_ch)
     if m.class_token:
@@ -612,21 +616,22 @@ def _hf_vit(arrays, where, folder, overrides, resize):
             f"{block_prefix}{i}", ("Transformer", f"encoderblock_{i}"), mapping, m)
     entries += _layer_norm("layernorm", ("Transformer", "encoder_norm"), m.width)
 
+    # A ViTMAEForPreTraining file without its config.json is still recognisable by its decoder.
+    mae = model_type == "vit_mae" or any(k.startswith("decoder.") for k in arrays)
     processor = _read_json(folder / "preprocessor_config.json") or {}
     if "image_mean" in processor and "image_std" in processor:
         norm = (processor["image_mean"], processor["image_std"], "preprocessor_config.json")
-    elif model_type == "vit_mae":
+    elif mae:
         norm = (IMAGENET_MEAN, IMAGENET_STD, "default for Hugging Face ViTMAE (ImageNet statistics)")
     else:
         norm = (HALF, HALF, "default for Hugging Face ViT (ViTImageProcessor: 0.5 / 0.5)")
-    fmt = "hf_vit_mae" if model_type == "vit_mae" or any(k.startswith("decoder.") for k in arrays) \
-        else "hf_vit"
+    fmt = "hf_vit_mae" if mae else "hf_vit"
     return m, in_ch, entries, source_grid, (method, antialias), norm, fmt
 
 
 def _npz_vit(arrays, where, overrides, resize):
     """Module and entries for an original ViT / big_vision ``.npz`` (prefix already stripped)."""
-    p, _, in_ch, d = _shape(arrays, "embedding/kernel", where, "width and patch size")
+    p, _, in_ch, d = _shape(arrays, "embedding/kernel", where, "width and patch size", 4)
     big_vision = "pos_embedding" in arrays or "Transformer/encoderblock/LayerNorm_0/scale" in arrays
     scanned = "Transformer/encoderblock/LayerNorm_0/scale" in arrays
     mha, ln1, mlp_block = ("MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision \
@@ -637,8 +642,9 @@ def _npz_vit(arrays, where, overrides, resize):
     else:
         depth = _count(arrays, r"Transformer/encoderblock_(\d+)/")
         first = "Transformer/encoderblock_0/"
-    q_shape = _shape(arrays, f"{first}{mha}/query/kernel", where, "num_heads")
-    mlp_shape = _shape(arrays, f"{first}{mlp_block}/Dense_0/kernel", where, "mlp_dim")
+    lead = int(scanned)
+    q_shape = _shape(arrays, f"{first}{mha}/query/kernel", where, "num_heads", 3 + lead)
+    mlp_shape = _shape(arrays, f"{first}{mlp_block}/Dense_0/kernel", where, "mlp_dim", 2 + lead)
     class_token = "cls" in arrays
     pos_key = "pos_embedding" if big_vision else "Transformer/posembed_input/pos_embedding"
     pos_shape = _shape(arrays, pos_key, where, "the image size")
@@ -649,11 +655,12 @@ def _npz_vit(arrays, where, overrides, resize):
         pool="cls" if class_token else "gap", final_norm="Transformer/encoder_norm/scale" in arrays,
         fc_norm=False, layer_norm_eps=1e-6,
         qkv_bias=f"{first}{mha}/query/bias" in arrays)
-    m = _build(_vit_fields(overrides, inferred, where), where)
+    m = _build(_vit_fields(overrides, inferred), where)
     method, antialias = resize or ("bilinear", False)
     d, h, mlp = m.width, m.num_heads, m.mlp_dim
     hd = d // h
-    entries = [_Entry("embedding/kernel", (p, p, in_ch, d), ("embedding", "kernel")),
+    ps = m.patch_size
+    entries = [_Entry("embedding/kernel", (ps, ps, in_ch, d), ("embedding", "kernel")),
                _Entry("embedding/bias", (d,), ("embedding", "bias"))]
     if m.class_token:
         entries.append(_Entry("cls", (1, 1, d), ("cls",)))
@@ -707,8 +714,12 @@ def load_vit(
     ``info``: format, path, variant, config (JSON-able module fields), dim, mean, std,
     norm_source, source_image_size, posemb_resized, ignored_keys.
     """
-    files, folder = _resolve(path)
     where = str(path)
+    known = set(vit_lib.ViT.__dataclass_fields__) - {"parent", "name"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise WeightsError(f"{where}: unknown ViT override(s) {unknown}; known: {sorted(known)}")
+    files, folder = _resolve(path)
     if interpolation is not None and interpolation not in ("bilinear", "bicubic"):
         raise WeightsError(f"{where}: interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
     arrays = _read_arrays(files)
@@ -808,7 +819,7 @@ def load_resnet(
     if fmt != "torch_resnet":
         raise WeightsError(f"{where}: not a ResNet checkpoint (looks like {fmt}); use load_vit")
     arrays = _strip_prefix(arrays, prefix)
-    width, in_ch, _, _ = _shape(arrays, "conv1.weight", where, "the stem width")
+    width, in_ch, _, _ = _shape(arrays, "conv1.weight", where, "the stem width", 4)
     block = "bottleneck" if "layer1.0.conv3.weight" in arrays else "basic"
     stages = tuple(_count(arrays, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
     num_classes = _shape(arrays, "fc.weight", where, "num_classes")[0] if "fc.weight" in arrays else 0
@@ -872,8 +883,9 @@ def load_encoder(
     """
     if Path(spec).exists():
         files, _ = _resolve(spec)
-        arrays = _read_arrays(files)
-        if _detect(arrays, str(spec))[0] == "torch_resnet":
+        # Safetensors are memory-mapped, so peeking at the keys reads no tensor data.
+        if all(f.suffix == ".safetensors" for f in files) and _detect(
+                _read_arrays(files), str(spec))[0] == "torch_resnet":
             return load_resnet(spec, mean=mean, std=std, **overrides)
         m, params, info = load_vit(spec, mean=mean, std=std, **overrides)
         return m, {"params": params}, info
@@ -888,7 +900,8 @@ def load_encoder(
             sample = (1, *vit_lib.image_hw(m.image_size), 3)
             norm = (HALF, HALF)
     except (TypeError, ValueError) as e:
-        raise WeightsError(f"{name!r} is neither an existing weights path nor a usable variant: {e}") from None
+        raise WeightsError(
+            f"{name!r} is neither an existing weights path nor a usable variant: {e}") from None
     variables = jax.jit(m.init)(jax.random.key(seed), jnp.zeros(sample, jnp.float32))
     mean_t, std_t = _norm_pair(norm[0] if mean is None else mean, norm[1] if std is None else std, name)
     info = dict(

@@ -1,0 +1,70 @@
+"""Every shipped config (systems A, B, C on VA, EXPR, AU) loads, validates and trains 2 steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from abaw_jax import config as config_lib
+from abaw_jax import train
+from conftest import load_config
+
+MODELS = ["transformer", "tcn", "fusion"]
+
+
+def short(config, root, **extra):
+    config.data.root = str(root)
+    config.data.num_threads = 1
+    config.batch_size = 8
+    config.total_steps = 2
+    config.optimizer.warmup_steps = 1
+    config.log_every = config.eval_every = config.checkpoint_every = 2
+    config.progress = False
+    for k, v in extra.items():
+        setattr(config.data, k, v)
+    return config
+
+
+@pytest.mark.parametrize("task", ["va", "expr", "au"])
+@pytest.mark.parametrize("model", MODELS)
+def test_demo_variant_trains(tiny_demo, tmp_path, task, model):
+    config = short(load_config(task, f"demo,model={model}"), tiny_demo, seq_len=32,
+                   train_stride=0, eval_stride=0)
+    config_lib.validate(config)
+    result = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(result["val/score"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,model", [("va", "transformer"), ("expr", "tcn"), ("au", "fusion")])
+def test_paper_size_config_trains(tiny_demo, tmp_path, task, model):
+    """The paper-size models (not only the laptop variants) build and take 2 steps."""
+    config = short(load_config(task, f"model={model}"), tiny_demo, seq_len=32,
+                   train_stride=0, eval_stride=0)
+    config_lib.validate(config)
+    result = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(result["val/score"])
+
+
+def test_folds_are_video_disjoint_and_deterministic(tiny_demo):
+    from abaw_jax.data import affwild2
+    from abaw_jax.data.folds import fold_split
+    videos = affwild2.load_split(tiny_demo, "VA", "train") + affwild2.load_split(tiny_demo, "VA", "val")
+    seen = []
+    for k in range(3):
+        tr, va = fold_split(videos, k, 3)
+        assert not {v.name for v in tr} & {v.name for v in va}
+        assert {v.name for v in tr} | {v.name for v in va} == {v.name for v in videos}
+        # _left/_right crops of one source video never straddle train and val.
+        assert not ({affwild2.source_video(v.name) for v in tr}
+                    & {affwild2.source_video(v.name) for v in va})
+        seen += [v.name for v in va]
+        assert [v.name for v in fold_split(videos, k, 3)[1]] == [v.name for v in va]
+    assert sorted(seen) == sorted(v.name for v in videos)
+
+
+def test_fold_config_trains(tiny_demo, tmp_path):
+    config = short(load_config("va", "demo"), tiny_demo, seq_len=16)
+    config.data.fold, config.data.num_folds = 1, 3
+    result = train.train_and_evaluate(config, tmp_path)
+    assert np.isfinite(result["val/score"])
