@@ -149,8 +149,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
     need(config.optimizer.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0 disables)")
     need(0.0 <= config.optimizer.end_lr_factor <= 1.0, "optimizer.end_lr_factor", "must be in [0, 1]")
-    need(config.optimizer.warmup_steps <= config.total_steps, "optimizer.warmup_steps",
-         "must not exceed total_steps")
+    need(config.optimizer.warmup_steps < config.total_steps, "optimizer.warmup_steps",
+         "must be below total_steps (the cosine decay needs at least one step)")
     need(config.model.get("max_len", config.data.seq_len) >= config.data.seq_len,
          "model.max_len", "must be >= data.seq_len")
     if "mask_prob" in config.model:

@@ -72,9 +72,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             metrics.update(score=score, **details)
         if is_main:
             submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, outputs)
-            _save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
+            save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
             if split == "val":
-                _write_json(split_dir / "metrics.json", metrics)
+                write_json(split_dir / "metrics.json", metrics)
                 shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                   if isinstance(v, float))
                 print(f"{split}: {shown}", file=sys.stderr)
@@ -84,7 +84,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     return results
 
 
-def _save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]) -> None:
+def save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Raw per-frame outputs keyed by video name, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -93,7 +93,7 @@ def _save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray
     os.replace(tmp, path)
 
 
-def _write_json(path: pathlib.Path, obj: dict) -> None:
+def write_json(path: pathlib.Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
@@ -113,8 +113,18 @@ def main(argv) -> None:
     from absl import flags
     f = flags.FLAGS
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id)
-    evaluate(f.config, f.workdir, checkpoint=f.checkpoint,
-             splits=tuple(s for s in f.splits.split(",") if s), out_dir=f.out or None)
+    splits = tuple(s for s in f.splits.split(",") if s)
+    if f.ensemble:
+        # Members: this workdir and the listed ones; each is evaluated with its own config.
+        from abaw_jax import ensemble
+        members = [f.workdir, *[w for w in f.ensemble.split(",") if w]]
+        out = f.out or pathlib.Path(f.workdir) / "ensemble"
+        for split, m in ensemble.ensemble(members, out, splits).items():
+            if "score" in m:
+                print(f"ensemble of {len(members)} on {split}: score={m['score']:.4f}",
+                      file=sys.stderr)
+        return
+    evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
 
 
 if __name__ == "__main__":
@@ -122,4 +132,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number")
     flags.DEFINE_string("splits", "val,test", "comma-separated splits to predict")
     flags.DEFINE_string("out", "", "output directory (default <workdir>/predictions)")
+    flags.DEFINE_string("ensemble", "", "comma-separated further workdirs (folds or systems) to "
+                        "average with --workdir, per frame; writes to <workdir>/ensemble")
     train_lib.run(main)

@@ -404,6 +404,10 @@ def run(main_fn) -> None:
     _define_flags()
 
     def wrapped(argv):
+        from absl import logging as absl_logging
+        if not flags.FLAGS["verbosity"].present:
+            # Library INFO lines (every orbax save) drown the progress line; -v 0 brings them back.
+            absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             config_lib.validate(flags.FLAGS.config)
         except config_lib.ConfigError as e:

@@ -68,3 +68,37 @@ def test_fold_config_trains(tiny_demo, tmp_path):
     config.data.fold, config.data.num_folds = 1, 3
     result = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(result["val/score"])
+
+
+def test_ensemble_averages_members(tiny_demo, tmp_path):
+    from abaw_jax import ensemble
+    members = []
+    for seed in (0, 1):
+        config = short(load_config("expr", "demo"), tiny_demo, seq_len=16)
+        config.seed = seed
+        train.train_and_evaluate(config, tmp_path / f"m{seed}")
+        members.append(tmp_path / f"m{seed}")
+    result = ensemble.ensemble(members, tmp_path / "ens", splits=("val",))
+    assert np.isfinite(result["val"]["score"])
+    outs = [np.load(m / "predictions" / "val" / "EXPR_outputs.npz") for m in members]
+    ens = np.load(tmp_path / "ens" / "val" / "EXPR_outputs.npz")
+    for name in ens.files:
+        # Averaged softmax probabilities, computed here independently.
+        p = [np.exp(o[name]) / np.exp(o[name]).sum(-1, keepdims=True) for o in outs]
+        np.testing.assert_allclose(np.exp(ens[name]), (p[0] + p[1]) / 2, rtol=1e-5, atol=1e-7)
+
+
+def test_ablation_script_writes_table(tiny_demo, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    r = subprocess.run(
+        [sys.executable, "scripts/ablations.py", "--set", "B", "--out", str(tmp_path),
+         "--tasks", "va", "--steps", "2", "--size", "demo", "--override", f"data.root={tiny_demo}",
+         "--override", "batch_size=8", "--override", "data.seq_len=32",
+         "--override", "data.train_stride=0", "--override", "data.eval_stride=0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    table = (tmp_path / "table.md").read_text()
+    assert "w/o TCN" in table and "w/o Transformer" in table
+    assert (tmp_path / "table.png").stat().st_size > 1000

@@ -203,8 +203,12 @@ class _WindowReader:
         stop = np.minimum(start + self.seq_len, self.lengths[video])
         return cumulative[self.base[video] + stop] > cumulative[self.base[video] + start]
 
-    def load(self, windows: np.ndarray, rows: int | None = None) -> dict[str, np.ndarray]:
-        """Batch of `windows` [n, 2]; with `rows`, padded to that many rows plus "batch_mask"."""
+    def load(self, windows: np.ndarray, rows: int | None = None,
+             read_features: bool = True) -> dict[str, np.ndarray]:
+        """Batch of `windows` [n, 2]; with `rows`, padded to that many rows plus "batch_mask".
+
+        `read_features` False leaves the feature keys out (a device bank holds the features).
+        """
         n = len(windows)
         size = n if rows is None else rows
         video = np.zeros(size, np.int32)
@@ -232,7 +236,7 @@ class _WindowReader:
         }
         absent = ~present
         video_l, start_l = video[:n].tolist(), start[:n].tolist()
-        for key, dim, views, usable in self.sources:
+        for key, dim, views, usable in self.sources if read_features else ():
             out = self._pool.empty((size, self.seq_len, dim))
             stops = np.clip(usable[video[:n]] - start[:n], 0, self.seq_len).tolist()
             for i, (v, s, r) in enumerate(zip(video_l, start_l, stops)):
@@ -249,11 +253,14 @@ class _WindowReader:
 class _LoadGlobalBatch:
     """Maps a global batch of window indices to this process's rows, loaded."""
 
-    def __init__(self, reader: _WindowReader, windows: np.ndarray, lo: int, hi: int):
+    def __init__(self, reader: _WindowReader, windows: np.ndarray, lo: int, hi: int,
+                 read_features: bool = True):
         self.reader, self.windows, self.lo, self.hi = reader, windows, lo, hi
+        self.read_features = read_features
 
     def __call__(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return self.reader.load(self.windows[indices[self.lo : self.hi]])
+        return self.reader.load(self.windows[indices[self.lo : self.hi]],
+                                read_features=self.read_features)
 
 
 def _stack_indices(indices: Sequence[int]) -> np.ndarray:
@@ -274,6 +281,7 @@ def train_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     length_tolerance: int = 0,
+    read_features: bool = True,
 ) -> grain.DatasetIterator:
     """Endless shuffled batches of training windows; a grain iterator with get_state/set_state.
 
@@ -291,6 +299,8 @@ def train_dataset(
       skip_unlabelled: leave out windows without any valid label.
       length_tolerance: accept stores whose frame count differs from the video's by up to this
         much; frames missing from the store are not present.
+      read_features: False delivers every key but the features (for `device_bank`, which
+        gathers them on the devices); the windows and their order do not change.
     """
     stride = _check_window_args(seq_len, stride)
     process_index, process_count = _process(process_index, process_count, batch_size)
@@ -308,7 +318,8 @@ def train_dataset(
         .shuffle(seed=seed)
         .repeat()
         .batch(batch_size, drop_remainder=True, batch_fn=_stack_indices)
-        .map(_LoadGlobalBatch(reader, windows, process_index * local, (process_index + 1) * local))
+        .map(_LoadGlobalBatch(reader, windows, process_index * local, (process_index + 1) * local,
+                              read_features))
     )
     prefetch = 2 * num_threads if prefetch is None else prefetch
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)

@@ -1,0 +1,104 @@
+"""Ensembles of several runs (folds or systems) by averaging their per-frame outputs.
+
+Each workdir's `evaluate` writes raw per-frame outputs (`predictions/<split>/<TASK>_outputs.npz`).
+The ensemble averages them in probability space (EXPR softmax, AU sigmoid; VA as is), scores the
+average on the validation split and writes the submission files like `evaluate` does.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+
+from abaw_jax import submission
+
+
+def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Raw outputs -> the space in which members are averaged."""
+    x = np.asarray(outputs, np.float64)
+    if task == "EXPR":
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if task == "AU":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x
+
+
+def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
+    """Averaged probabilities -> raw-output form (log-probabilities / logits) for scoring."""
+    p = np.clip(probs, 1e-7, 1 - 1e-7) if task != "VA" else probs
+    if task == "EXPR":
+        return np.log(p)
+    if task == "AU":
+        return np.log(p) - np.log1p(-p)
+    return p
+
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    # JSON turns tuples into lists; model fields such as TCN channels expect tuples.
+    for key, value in config.model.items():
+        if isinstance(value, list):
+            config.model[key] = tuple(value)
+    return config
+
+
+def member_outputs(workdir: pathlib.Path, task: str, split: str) -> dict[str, np.ndarray]:
+    """A member's per-video outputs, produced by its `evaluate` run if not there yet."""
+    path = workdir / "predictions" / split / f"{task}_outputs.npz"
+    if not path.exists():
+        from abaw_jax import evaluate
+        evaluate.evaluate(load_run_config(workdir), workdir, splits=(split,))
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
+             splits: tuple[str, ...] = ("val", "test")) -> dict:
+    """Averages the members' outputs per frame; returns {split: metrics} (metrics for "val")."""
+    from abaw_jax import evaluate, train
+    workdirs = [pathlib.Path(w) for w in workdirs]
+    configs = [load_run_config(w) for w in workdirs]
+    tasks = {c.task for c in configs}
+    if len(tasks) != 1:
+        raise ValueError(f"ensemble members must share one task, got {sorted(tasks)} from "
+                         f"{[str(w) for w in workdirs]}")
+    task = tasks.pop()
+    out_dir = pathlib.Path(out_dir)
+    results = {}
+    for split in splits:
+        try:
+            members = [member_outputs(w, task, split) for w in workdirs]
+        except FileNotFoundError:
+            if split == "test":
+                continue
+            raise
+        names = sorted(members[0])
+        for w, m in zip(workdirs, members):
+            if sorted(m) != names:
+                raise ValueError(f"{w}: predicted videos of {split} differ from {workdirs[0]}")
+            for n in names:
+                if m[n].shape != members[0][n].shape:
+                    raise ValueError(f"{w}: video {n} has {m[n].shape[0]} frames, "
+                                     f"{workdirs[0]} has {members[0][n].shape[0]}")
+        outputs = [from_probabilities(task, np.mean(
+            [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
+        split_dir = out_dir / split
+        submission.write_submission(split_dir / f"{task}.txt", task, names, outputs)
+        evaluate.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
+        metrics: dict = {"members": [str(w) for w in workdirs]}
+        if split == "val":
+            data = train.resolve_data(configs[0])
+            by_name = {v.name: v for v in data.val}
+            score, details = train.score_split(task, outputs, [by_name[n] for n in names])
+            metrics.update(score=score, **details)
+            evaluate.write_json(split_dir / "metrics.json", metrics)
+        results[split] = metrics
+    return results

@@ -1,0 +1,124 @@
+"""Runs a named set of ablations and writes a markdown table and a bar chart.
+
+  python scripts/ablations.py --set A --out runs/ablations_A          # demo data
+  python scripts/ablations.py --set B --out runs/ablations_B --override data.root=/data/affwild2
+
+Sets, in the shape of the seed papers' tables:
+- A: system A with and without random masking (table 5) and with sequence lengths 1 / 10 / 100 /
+  200 (table 6), on VA, EXPR and AU.
+- B: system B, full / without TCN / without the Transformer encoder (table 5), on VA, EXPR, AU.
+  (`--override data.features=<store of the encoder before fine-tuning>` gives the "w/o
+  fine-tuning" row on real data.)
+- C: system C with each non-empty subset of its feature sets (table 1), on VA, EXPR and AU.
+With no data root the demo dataset (and the laptop-size variants) is used. Each run has its own
+workdir under --out, so an interrupted table resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.common import load_config_arg, set_override  # noqa: E402
+
+TASKS = ("va", "expr", "au")
+
+
+def runs_of(name: str, demo: bool, sets: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(row label, variant string) of each ablation row."""
+    d = "demo," if demo else ""
+    if name == "A":
+        return [("full (masking p=0.2, 100 frames)", f"{d}"), ("w/o masking", f"{d}mask=0"),
+                ("seq_len 1", f"{d}seq_len=1"), ("seq_len 10", f"{d}seq_len=10"),
+                ("seq_len 100", f"{d}seq_len=100"), ("seq_len 200", f"{d}seq_len=200")]
+    if name == "B":
+        return [("full (TCN + Transformer)", f"{d}model=tcn"),
+                ("w/o TCN", f"{d}model=tcn,no_tcn"),
+                ("w/o Transformer", f"{d}model=tcn,no_transformer")]
+    if name == "C":
+        subsets = [c for r in range(1, len(sets) + 1) for c in itertools.combinations(sets, r)]
+        return [(" + ".join(c), f"{d}model=fusion,sets={'+'.join(c)}") for c in subsets]
+    raise SystemExit(f"unknown ablation set {name!r}: use A, B or C")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--set", required=True, choices=("A", "B", "C"))
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--tasks", default="va,expr,au")
+    parser.add_argument("--feature-sets", default="vit,openface", help="system C's sets")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--steps", type=int, default=0, help="shorten every run")
+    parser.add_argument("--size", choices=("auto", "demo", "paper"), default="auto",
+                        help="laptop-size demo variants or the papers' model sizes; auto: demo "
+                             "sizes on the demo data, paper sizes with data.root set")
+    args = parser.parse_args()
+
+    from abaw_jax import train
+    out = pathlib.Path(args.out)
+    has_root = any(o.startswith("data.root=") for o in args.override)
+    demo = args.size == "demo" or (args.size == "auto" and not has_root)
+    tasks = [t for t in args.tasks.split(",") if t]
+    rows = runs_of(args.set, demo, tuple(args.feature_sets.split(",")))
+    table: dict[str, dict[str, float]] = {}
+    start = time.time()
+    for label, variant in rows:
+        for task in tasks:
+            config = load_config_arg(f"{ROOT / 'configs' / task}.py:{variant}")
+            for item in args.override:
+                set_override(config, item)
+            if args.steps:
+                config.total_steps = args.steps
+                config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, args.steps // 4)
+                config.eval_every = config.checkpoint_every = args.steps
+            config.progress = False
+            slug = variant.replace(",", "_").replace("=", "-").replace("+", "-") or "full"
+            result = train.train_and_evaluate(config, out / f"{task}_{slug}")
+            table.setdefault(label, {})[task] = result["val/score"]
+            print(f"{label:40s} {task:5s} {result['val/score']:.4f}", flush=True)
+    minutes = (time.time() - start) / 60
+    metric = {"va": "CCC (V+A)/2", "expr": "F1", "au": "F1"}
+    lines = [f"Ablation set {args.set} ({'configured data' if has_root else 'demo data'}, "
+             f"{minutes:.1f} min)", "",
+             "| variant | " + " | ".join(f"{t.upper()} {metric[t]}" for t in tasks) + " |",
+             "| --- |" + " --- |" * len(tasks)]
+    for label, scores in table.items():
+        lines.append(f"| {label} | " + " | ".join(f"{scores[t]:.4f}" for t in tasks) + " |")
+    markdown = "\n".join(lines) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown)
+    (out / "table.json").write_text(json.dumps(table, indent=2))
+    print(markdown)
+    _bar_chart(table, tasks, out / "table.png", f"Ablation set {args.set}")
+
+
+def _bar_chart(table, tasks, path, title) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(table)
+    width = 0.8 / len(tasks)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))
+    for i, task in enumerate(tasks):
+        xs = [j + i * width for j in range(len(labels))]
+        ax.bar(xs, [table[l][task] for l in labels], width, label=task.upper())
+    ax.set_xticks([j + width * (len(tasks) - 1) / 2 for j in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("validation score")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

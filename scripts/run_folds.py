@@ -1,0 +1,53 @@
+"""Trains every fold of a config and reports the mean and spread of the validation score.
+
+  python scripts/run_folds.py --config configs/va.py:model=tcn,demo --workdir runs/va_folds \
+      [--folds 5] [--set data.root=/data/affwild2 --set total_steps=1000]
+
+Fold k trains on the other folds of Train_Set + Validation_Set and validates on fold k
+(`--config.data.fold=k`); each fold gets `<workdir>/fold<k>` and resumes if re-run. The folds
+validate on different videos, so their scores are reported side by side (mean and standard
+deviation, also in `<workdir>/folds.json`); `python -m abaw_jax.evaluate --ensemble` averages the
+fold models' outputs on a common split such as the test set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.common import load_config_arg, set_override  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file with optional :variants")
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, repeatable (e.g. total_steps=300)")
+    args = parser.parse_args()
+
+    from abaw_jax import train
+    scores = []
+    for k in range(args.folds):
+        config = load_config_arg(args.config)
+        for item in args.set:
+            set_override(config, item)
+        config.data.fold, config.data.num_folds = k, args.folds
+        result = train.train_and_evaluate(config, pathlib.Path(args.workdir) / f"fold{k}")
+        scores.append(result["val/score"])
+        print(f"fold {k}: {result['val/score']:.4f}", flush=True)
+    summary = {"folds": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores))}
+    (pathlib.Path(args.workdir) / "folds.json").write_text(json.dumps(summary, indent=2))
+    print(f"{args.folds} folds: {summary['mean']:.4f} +- {summary['std']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
