@@ -3,19 +3,75 @@
 `<workdir>/checkpoints/<step>/{state,data}`: the most recent states (for resuming; the grain
 iterator position is saved with the state so a resumed run sees exactly the data it would have).
 `<workdir>/best/<step>/state`: the state with the best validation score so far (for `evaluate`).
-Orbax writes each checkpoint into a temporary directory and renames it when complete, and
-`cleanup_tmp_directories` removes what a killed save left behind, so an interrupted save never
+Orbax writes each checkpoint into a temporary directory, writes `commit_success.txt` into it
+and renames it when complete. `cleanup_tmp_directories` removes temporary directories a killed
+save left behind, and `RunCheckpoints` also removes step directories without the commit file
+(a save killed in orbax's commit-file mode, or a partial copy), so an interrupted save never
 looks like a checkpoint.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import pathlib
+import shutil
+import sys
+import tempfile
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+COMMIT_FILE = "commit_success.txt"
+
+
+def complete_steps(directory: str | pathlib.Path) -> list[int]:
+    """Steps in `directory` whose checkpoint was committed, ascending."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir()
+                  if p.name.isdigit() and (p / COMMIT_FILE).is_file())
+
+
+def discard_incomplete(directory: str | pathlib.Path) -> list[pathlib.Path]:
+    """Deletes step directories of `directory` that were never committed; returns them."""
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for p in sorted(directory.iterdir()):
+        if p.is_dir() and p.name.isdigit() and not (p / COMMIT_FILE).is_file():
+            logging.warning("removing incomplete checkpoint %s (no %s)", p, COMMIT_FILE)
+            print(f"Removing incomplete checkpoint {p} (no {COMMIT_FILE}: its save was "
+                  f"interrupted)", file=sys.stderr, flush=True)
+            shutil.rmtree(p)
+            removed.append(p)
+    return removed
+
+
+def write_atomic(path: str | pathlib.Path, data: str | bytes) -> pathlib.Path:
+    """Writes `data` to `path` through a synced temporary file and a rename.
+
+    Readers see the old file or the complete new one, never a partial write, even if the
+    process is killed (or the machine loses power) in between.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class RunCheckpoints:
@@ -23,6 +79,13 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
         workdir = pathlib.Path(workdir).absolute()
+        if jax.process_index() == 0:
+            for sub in ("checkpoints", "best"):
+                discard_incomplete(workdir / sub)
+        if jax.process_count() > 1:
+            # No process may list the steps before process 0 has removed the incomplete ones.
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("abaw_jax.checkpoints.discard_incomplete")
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
@@ -51,11 +114,18 @@ class RunCheckpoints:
                        metrics={"score": float(score)}, force=True)
 
     def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[int, Any]:
-        """Restores the newest state (onto the shardings of `abstract_state`) and the iterator."""
+        """Restores the newest state (onto the shardings of `abstract_state`) and the iterator.
+
+        The state restores on any device count. The iterator position is the same in every
+        process (each iterates the global batches and keeps its rows), so a run saved by N
+        processes resumes on M: a process without its own file takes process 0's.
+        """
         step = self.latest.latest_step()
         restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(data_iter)))
+            state=ocp.args.StandardRestore(abstract_state)))
+        data_iter.set_state(_iterator_state(self.latest.directory / str(step) / "data"))
+        if hasattr(data_iter, "start_prefetch"):
+            data_iter.start_prefetch()   # as grain's own restore does: read ahead from here
         return step, restored.state
 
     def wait(self) -> None:
@@ -79,21 +149,40 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     if not directory.exists():
         raise FileNotFoundError(f"no checkpoints in {directory}: train first (python -m abaw_jax.train)")
     items = ("state",) if sub == "best" else ("state", "data")
+    # Read-only: steps whose save was interrupted are skipped here, not deleted.
+    steps = complete_steps(directory)
     with ocp.CheckpointManager(directory, item_names=items,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {directory}")
         if which in ("best", "latest"):
             # The best directory keeps a single checkpoint, so its newest is the best.
-            step = mngr.latest_step()
+            step = steps[-1]
         else:
             step = int(which)
-            if step not in mngr.all_steps():
+            if step not in steps:
                 raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; "
-                                        f"have {sorted(mngr.all_steps())}")
-        if step is None:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
+                                        f"have {steps}")
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
     return step, restored.state
+
+
+def _iterator_state(directory: Any) -> dict:
+    """The grain iterator state saved in `directory` for this process (see restore_latest)."""
+    directory = pathlib.Path(directory)
+    i, n = jax.process_index(), jax.process_count()
+    path = directory / f"process_{i}-of-{n}.json"
+    if not path.is_file():
+        saved = sorted(directory.glob("process_0-of-*.json"))
+        if not saved:
+            raise FileNotFoundError(f"{directory}: no data iterator state (process_*-of-*.json)")
+        path = saved[0]
+        logging.info("no iterator state for process %d of %d: using %s", i, n, path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: the data iterator state is not valid JSON ({e})") from None
 
 
 def abstract_like(tree: Any, sharding: Any) -> Any:

@@ -89,6 +89,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.num_folds = 5
     c.data.num_threads = 4         # grain reader threads
     c.data.prefetch = 4            # batches read ahead per thread pool
+    # Train features held on the devices, windows gathered in the step ("auto": when they fit).
+    c.data.device_bank = "auto"    # "auto" | "on" | "off"
     c.data.demo = ml_collections.ConfigDict()
     c.data.demo.num_videos = 40
     c.data.demo.seed = 0
@@ -160,6 +162,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "'auto', 'float32', 'bfloat16' or 'float16'")
     need(config.mesh_data == -1 or config.mesh_data >= 1, "mesh_data", "-1 (all devices) or >= 1")
     need(config.data.num_threads >= 1, "data.num_threads", "must be >= 1")
+    need(config.data.device_bank in ("auto", "on", "off"), "data.device_bank",
+         "'auto', 'on' or 'off'")
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:

@@ -11,11 +11,10 @@ video, for ensembling) and, for labelled splits, `metrics.json`.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pathlib
 import sys
-import tempfile
 
 import jax
 import ml_collections
@@ -86,18 +85,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
 def save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]) -> None:
     """Raw per-frame outputs keyed by video name, written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **{n: o for n, o in zip(names, outputs)})
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{n: o for n, o in zip(names, outputs)})
+    checkpoints.write_atomic(path, buffer.getvalue())
 
 
 def write_json(path: pathlib.Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_plain) + "\n")
-    os.replace(tmp, path)
+    """`obj` as indented JSON (numpy scalars and arrays as plain values), written atomically."""
+    checkpoints.write_atomic(path, json.dumps(obj, indent=2, default=_plain) + "\n")
 
 
 def _plain(x):

@@ -25,12 +25,12 @@ import optax
 
 from abaw_jax import checkpoints, losses, metrics, sharding, writers
 from abaw_jax import config as config_lib
-from abaw_jax.data import affwild2, features as features_lib, pipeline
+from abaw_jax.data import affwild2, device_bank, features as features_lib, pipeline
 from abaw_jax.models import build_model
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the step."""
+    """Training produced a NaN or infinite loss or gradient; the message names the step."""
 
 
 @dataclasses.dataclass
@@ -230,17 +230,30 @@ def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Vide
 
 
 def _install_sigterm() -> dict:
-    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits cleanly."""
-    flag = {"stop": False}
+    """SIGTERM (preemption) sets a flag; the loop saves a checkpoint and exits cleanly.
+
+    With several processes the flag of one would not stop the others, so the handler stays
+    JAX's: `jax.distributed.initialize` starts a preemption service that catches SIGTERM and
+    agrees on a step at which every process saves (`reached_preemption` in the loop).
+    """
+    flag = {"stop": False, "previous": None}
+    if jax.process_count() > 1:
+        return flag
 
     def handler(signum, frame):
         flag["stop"] = True
 
     try:
-        signal.signal(signal.SIGTERM, handler)
+        flag["previous"] = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. inside some test runners)
         pass
     return flag
+
+
+def _restore_sigterm(flag: dict) -> None:
+    """Puts back the SIGTERM handler that `_install_sigterm` replaced."""
+    if flag["previous"] is not None:
+        signal.signal(signal.SIGTERM, flag["previous"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
@@ -250,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        checkpoints.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)
@@ -260,11 +273,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # Input.
     data = resolve_data(config)
     seq_len = config.data.seq_len
+    # With a device bank the train features live on the devices; grain delivers only indices,
+    # labels and masks.
+    bank = device_bank.maybe_build(config.data.device_bank, data.train, data.features, seq_len,
+                                   mesh)
     train_iter = pipeline.train_dataset(
         data.train, data.features, seq_len=seq_len, stride=config.data.train_stride or seq_len,
         batch_size=config.batch_size, seed=config.seed, num_threads=config.data.num_threads,
         prefetch=config.data.prefetch, process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_count=jax.process_count(), read_features=bank is None)
+    batch_keys = _train_keys if bank is None else bank.batch_keys
 
     # Model and optimizer.
     setup = setup_model(config, data.feature_dims, mesh)
@@ -273,9 +291,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     loss_fn = make_loss(config, data.train)
 
     # Update step: one pure jitted function; the old state's buffers are donated.
-    train_step = jax.jit(make_train_step(model, tx, loss_fn, schedule, setup.train_rng),
-                         in_shardings=(repl, sharding.batch_sharding(mesh)),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
+    step_fn = make_train_step(model, tx, loss_fn, schedule, setup.train_rng)
+    if bank is None:
+        train_step = jax.jit(step_fn, in_shardings=(repl, sharding.batch_sharding(mesh)),
+                             out_shardings=(repl, repl), donate_argnums=(0,))
+    else:
+        train_step = bank.jit_step(step_fn, mesh)
     predict = jax.jit(make_predict(model), in_shardings=(repl, sharding.batch_sharding(mesh)),
                       out_shardings=sharding.batch_sharding(mesh))
 
@@ -296,21 +317,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     writer = writers.MetricWriter(workdir)
     progress = writers.Progress(config.total_steps, config.batch_size * seq_len, step,
                                 enabled=is_main and config.progress)
-    stop = _install_sigterm()
     pending: list[tuple[int, dict]] = []   # device-side step metrics not yet fetched
     last_eval: dict = {}
 
     def flush_metrics() -> None:
-        """Fetches pending step metrics, stops on a non-finite loss, logs the mean."""
+        """Fetches pending step metrics, stops on a non-finite loss or gradient, logs the mean."""
         if not pending:
             return
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
-            if not config.skip_nonfinite and not np.isfinite(m["loss"]):
+            # A finite loss can still come with NaN gradients (and so NaN parameters).
+            bad = [k for k in ("loss", "grad_norm") if not np.isfinite(m[k])]
+            if not config.skip_nonfinite and bad:
                 ckpt.wait()
+                what = " and ".join(f"{k} ({m[k]})" for k in bad)
                 raise NonFiniteLossError(
-                    f"non-finite training loss ({m['loss']}) at step {s}; the last good "
-                    f"checkpoint in {workdir / 'checkpoints'} is intact")
+                    f"non-finite training {what} at step {s}; the last good checkpoint in "
+                    f"{workdir / 'checkpoints'} is intact"
+                    f"{_nonfinite_features_hint(data.features, data.train)}")
         last_step = pending[-1][0]
         # Losses are averaged over the logging interval; the schedule and counters are current.
         mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -323,6 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         pending.clear()
 
     def evaluate_now(s: int) -> dict:
+        flush_metrics()   # the state offered as the best must have followed finite steps
         outputs = predict_split(predict, state["params"], data.val, data.features, config, mesh)
         score, details = score_split(config.task, outputs, data.val)
         result = {"val/score": score, **{f"val/{k}": v for k, v in details.items()
@@ -334,10 +359,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         ckpt.save_best(s, state, score)
         return result
 
-    # Loop.
+    # Loop. A SIGTERM before it (loading, restoring) ends the process: nothing new to save yet.
+    stop = _install_sigterm()
     try:
         while step < config.total_steps:
-            batch = sharding.to_global(_train_keys(next(train_iter)), mesh)
+            batch = sharding.to_global(batch_keys(next(train_iter)), mesh)
             state, stats = train_step(state, batch)
             step += 1
             pending.append((step, stats))
@@ -359,12 +385,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if not last_eval and data.val:
             last_eval = evaluate_now(step)
     finally:
+        _restore_sigterm(stop)
         ckpt.wait()
         ckpt.close()
         writer.close()
     if is_main:
-        (workdir / "final_metrics.json").write_text(json.dumps({"step": step, **last_eval}, indent=2))
+        checkpoints.write_atomic(workdir / "final_metrics.json",
+                                 json.dumps({"step": step, **last_eval}, indent=2) + "\n")
     return last_eval
+
+
+def _nonfinite_features_hint(features, videos: list[affwild2.Video]) -> str:
+    """"; <store>: video V frame t holds NaN/inf features" for the first such frame, else "".
+
+    Stores written by FeatureStoreWriter reject NaN, but files changed afterwards are read
+    unchecked (checking every batch would cost a pass over the data), so the check runs here,
+    once a step has already failed.
+    """
+    stores = (features.stores.values() if isinstance(features, features_lib.FeatureSets)
+              else [features])
+    for store in stores:
+        for v in videos:
+            if v.name not in store:
+                continue
+            rows = store.read(v.name)
+            finite = np.isfinite(rows).all(axis=1) | ~store.present(v.name)
+            if not finite.all():
+                return (f"; {store.path}: video {v.name!r} frame index {int(np.argmin(finite))} "
+                        f"holds NaN/inf features")
+    return ""
 
 
 def _model_keys(batch: dict) -> dict:
@@ -398,6 +447,18 @@ def _define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _is_input_error(e: BaseException) -> bool:
+    """Errors that describe bad input or a failed run, not a bug: shown as one line at the CLI.
+
+    These are the project's ValueError subclasses (AnnotationError, LayoutError, StoreError,
+    ConfigError, SubmissionError, WeightsError, ...; each names the file, line or key),
+    NonFiniteLossError, and missing files.
+    """
+    if isinstance(e, (NonFiniteLossError, FileNotFoundError)):
+        return True
+    return isinstance(e, ValueError) and type(e).__module__.startswith("abaw_jax.")
+
+
 def run(main_fn) -> None:
     """absl entry with config validation before anything touches a device."""
     from absl import app, flags
@@ -410,9 +471,11 @@ def run(main_fn) -> None:
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             config_lib.validate(flags.FLAGS.config)
-        except config_lib.ConfigError as e:
+            main_fn(argv)
+        except Exception as e:
+            if not _is_input_error(e):
+                raise   # a bug: keep the traceback
             sys.exit(f"error: {e}")
-        main_fn(argv)
 
     app.run(wrapped)
 

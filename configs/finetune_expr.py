@@ -1,0 +1,54 @@
+"""Fine-tuning an MAE-pretrained ViT on expression labels (system B: FC head on the encoder,
+AdamW, batch 256, lr 1e-4 in the seed paper; here with MAE's recipe of layer-wise lr decay 0.75,
+label smoothing 0.1 and a warmup-cosine schedule).
+
+  python -m abaw_jax.pretrain --config configs/finetune_expr.py --workdir runs/ft_expr \
+      --config.init_from=runs/mae --config.data.source=affwild2 --config.data.root=/data/affwild2
+CK+ (6 classes, subjects held out), from a CK+ MAE run:
+  python -m abaw_jax.pretrain --config configs/finetune_expr.py:ckplus --workdir runs/ft_ckplus \
+      --config.data.root=../shared/data/ckplus48 --config.init_from=runs/mae_ckplus
+The encoder's architecture comes from init_from; config.model sets pooling and regularisation.
+Variants after the colon: ckplus; tiny (tests); steps=N.
+"""
+
+from abaw_jax import config as config_lib
+from abaw_jax import pretrain
+from abaw_jax.models import vit
+
+
+def get_config(arg=None):
+    v = config_lib.parse_arg(arg, ckplus=False, tiny=False, steps=0)
+    config = pretrain.base_config("finetune")
+    config.model = vit.default_config()
+    config.model.update(pool="gap", drop_path_rate=0.1)
+    config.model.head_dropout = 0.0
+    config.num_classes = 8
+    config.batch_size = 256
+    config.total_steps = 20_000
+    config.optimizer.update(lr=1e-4, weight_decay=0.05, warmup_steps=1000, b2=0.999, layer_decay=0.75)
+    config.loss.class_weights = "balanced"
+    config.eval_every = config.checkpoint_every = 2000
+    if v.ckplus or v.tiny:
+        config.model.update(variant=None, width=192, depth=4, num_heads=3, mlp_dim=768, patch_size=6,
+                            image_size=48)
+        config.num_classes = 6
+        config.data.update(val_fraction=0.2, group_pattern=r"^(S\d+)_", mean=(0.5, 0.5, 0.5),
+                           std=(0.25, 0.25, 0.25), scale=(0.5, 1.0))
+        config.batch_size = 64
+        config.total_steps = 600
+        config.optimizer.update(lr=1e-3, warmup_steps=60)
+        config.log_every = 50
+        config.eval_every = config.checkpoint_every = 200
+        config.eval_batch_size = 128
+    if v.tiny:
+        config.model.update(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=32)
+        config.batch_size = config.eval_batch_size = 8
+        config.total_steps = 6
+        config.optimizer.warmup_steps = 2
+        config.log_every = config.eval_every = config.checkpoint_every = 3
+        config.data.num_threads = 1
+        config.progress = False
+    if v.steps:
+        config.total_steps = v.steps
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, v.steps // 10)
+    return config

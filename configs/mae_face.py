@@ -1,0 +1,60 @@
+"""MAE pretraining of a ViT-B/16 on face images (system B's encoder; seed paper: 75% masking,
+pixel loss on masked patches, AdamW lr 5e-4, batch 1024).
+
+  python -m abaw_jax.pretrain --config configs/mae_face.py --workdir runs/mae \
+      --config.data.root=/data/affectnet/train --config.data.mapping=affectnet
+Aff-Wild2 frames instead of a folder of images:
+  python -m abaw_jax.pretrain --config configs/mae_face.py --workdir runs/mae \
+      --config.data.source=affwild2 --config.data.root=/data/affwild2 --config.data.every=10
+CK+ (48 px grey faces, subjects held out) on a laptop CPU in a few minutes:
+  python -m abaw_jax.pretrain --config configs/mae_face.py:ckplus --workdir runs/mae_ckplus \
+      --config.data.root=../shared/data/ckplus48
+Variants after the colon: ckplus (small ViT at 48 px, CPU scale); tiny (tests); steps=N.
+"""
+
+from abaw_jax import config as config_lib
+from abaw_jax import pretrain
+from abaw_jax.models import mae
+
+
+def get_config(arg=None):
+    v = config_lib.parse_arg(arg, ckplus=False, tiny=False, steps=0)
+    config = pretrain.base_config("mae")
+    config.model = mae.default_config()
+    config.batch_size = 1024
+    config.total_steps = 100_000
+    config.optimizer.lr = 5e-4
+    config.optimizer.warmup_steps = 5000
+    if v.ckplus or v.tiny:
+        _small(config, tiny=v.tiny)
+    if v.steps:
+        config.total_steps = v.steps
+        config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, v.steps // 10)
+    return config
+
+
+def _small(config, tiny: bool) -> None:
+    """A 48 px ViT (patch 6, 192 wide, 4 deep) with a 2 x 128 decoder; ``tiny``: 32 px, 2 x 32."""
+    config.model.update(width=192, depth=4, num_heads=3, mlp_dim=768, patch_size=6, image_size=48,
+                        decoder_width=128, decoder_depth=2, decoder_num_heads=4, decoder_mlp_dim=512,
+                        norm_pix_loss=True)
+    config.data.update(val_fraction=0.2, group_pattern=r"^(S\d+)_", mean=(0.5, 0.5, 0.5),
+                       std=(0.25, 0.25, 0.25), scale=(0.35, 1.0))
+    config.batch_size = 64
+    config.total_steps = 1500
+    config.optimizer.update(lr=1.5e-3, warmup_steps=100)
+    config.log_every = 50
+    config.eval_every = 500
+    config.checkpoint_every = 500
+    config.eval_batch_size = 128
+    if tiny:
+        config.model.update(width=32, depth=2, num_heads=2, mlp_dim=64, patch_size=8, image_size=32,
+                            decoder_width=32, decoder_depth=1, decoder_num_heads=2, decoder_mlp_dim=64)
+        config.batch_size = 8
+        config.eval_batch_size = 8
+        config.total_steps = 6
+        config.optimizer.warmup_steps = 2
+        config.log_every = config.eval_every = config.checkpoint_every = 3
+        config.num_recon_images = 4
+        config.data.num_threads = 1
+        config.progress = False

@@ -1,0 +1,150 @@
+"""Two processes on this machine (jax.distributed on localhost, gloo CPU collectives) train like
+one process with the same global batch, each reading only its own rows, and stop together on a
+preemption notice sent to one of them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+_DRIVER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+from abaw_jax import sharding, train
+from abaw_jax.data import pipeline
+coordinator, count, index = {coordinator!r}, {count}, int(sys.argv[1])
+if count > 1:
+    sharding.initialize_distributed(coordinator, count, index)
+import jax
+from conftest import tiny_config
+
+loaded = []
+real_load = pipeline._WindowReader.load
+
+def load(self, windows, rows=None, **kwargs):
+    if rows is None:   # training batches; evaluation pads to `rows`
+        loaded.append(np.asarray(windows).tolist())
+    return real_load(self, windows, rows, **kwargs)
+
+pipeline._WindowReader.load = load
+c = tiny_config("VA", {root!r}, batch_size=16, log_every=1, progress=index == 0, **{overrides!r})
+train.train_and_evaluate(c, {workdir!r})
+with open({workdir!r} + f"/loaded-{{index}}.json", "w") as f:
+    json.dump({{"loaded": loaded, "processes": jax.process_count(),
+               "devices": jax.device_count()}}, f)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(count: int, root, workdir: pathlib.Path, **overrides) -> list[subprocess.Popen]:
+    """`count` processes of one run (one process: no jax.distributed)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    code = _DRIVER.format(tests=str(ROOT / "tests"), coordinator=f"127.0.0.1:{free_port()}",
+                          count=count, root=str(root), workdir=str(workdir), overrides=overrides)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(JAX_PLATFORMS="cpu")
+    return [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(count)]
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    errs = []
+    try:
+        for p in procs:
+            errs.append(p.communicate(timeout=timeout)[1])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, err in zip(procs, errs):
+        assert p.returncode == 0, err[-3000:]
+    return errs
+
+
+def train_losses(workdir: pathlib.Path) -> dict[int, float]:
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_two_processes_train_like_one(tiny_demo, tmp_path):
+    overrides = dict(total_steps=4, eval_every=4, checkpoint_every=2)
+    finish(start(1, tiny_demo, tmp_path / "one", **overrides))
+    finish(start(2, tiny_demo, tmp_path / "two", **overrides))
+
+    one = json.loads((tmp_path / "one" / "loaded-0.json").read_text())
+    two = [json.loads((tmp_path / "two" / f"loaded-{i}.json").read_text()) for i in (0, 1)]
+    assert one["processes"] == 1 and [t["processes"] for t in two] == [2, 2]
+    assert [t["devices"] for t in two] == [2, 2]
+    # Each process loads only its half of every global batch: rows [0, 8) and [8, 16).
+    for step in range(4):
+        rows = one["loaded"][step]
+        assert len(rows) == 16
+        assert two[0]["loaded"][step] == rows[:8]
+        assert two[1]["loaded"][step] == rows[8:]
+
+    # Same global batches, same losses (the cross-process sums may round differently).
+    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5, atol=1e-6)
+    # Only process 0 writes run files; both processes wrote their part of the checkpoints.
+    state = tmp_path / "two" / "checkpoints" / "4" / "state"
+    assert (state / "ocdbt.process_0").exists() and (state / "ocdbt.process_1").exists()
+    data = tmp_path / "two" / "checkpoints" / "4" / "data"
+    assert sorted(p.name for p in data.glob("process_*")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def test_two_process_checkpoint_resumes_in_one(tiny_demo, tmp_path):
+    # One warmup step: the learning rates of steps 0 and 1 do not depend on total_steps.
+    overrides = {"total_steps": 2, "eval_every": 2, "checkpoint_every": 2,
+                 "optimizer.warmup_steps": 1}
+    finish(start(2, tiny_demo, tmp_path / "run", **overrides))
+    # One process takes over the run: the iterator state of the two is the global position.
+    finish(start(1, tiny_demo, tmp_path / "run", **dict(overrides, total_steps=4)))
+    finish(start(1, tiny_demo, tmp_path / "straight", **dict(overrides, total_steps=4)))
+    a, b = train_losses(tmp_path / "straight"), train_losses(tmp_path / "run")
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5, atol=1e-6)
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(tiny_demo, tmp_path):
+    procs = start(2, tiny_demo, tmp_path / "run", total_steps=300, eval_every=1000,
+                  checkpoint_every=1000)
+    lines = []
+    try:
+        for line in procs[0].stderr:
+            lines.append(line)
+            if line.startswith("step 3/"):
+                # The notice reaches process 1 only; JAX's preemption service tells process 0.
+                procs[1].send_signal(signal.SIGTERM)
+                break
+        else:
+            pytest.fail("process 0 ended before step 3:\n" + "".join(lines)[-3000:])
+    finally:
+        errs = finish(procs, timeout=180)
+    err0 = "".join(lines) + errs[0]
+    saved = [l for l in err0.splitlines() if l.startswith("Preempted: saved step ")]
+    assert len(saved) == 1, err0[-3000:]
+    step = int(saved[0].split()[3].rstrip(";"))
+    assert 3 <= step < 300
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [step]
+    assert sorted(p.name for p in (ckpt / str(step) / "data").glob("process_*")) == [
+        "process_0-of-2.json", "process_1-of-2.json"]
