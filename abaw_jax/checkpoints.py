@@ -109,7 +109,14 @@ class RunCheckpoints:
             force=force)
 
     def save_best(self, step: int, state: Any, score: float) -> None:
-        """Offers `state` as the best one; orbax keeps it only if `score` beats the kept one."""
+        """Offers `state` as the best one; orbax keeps it only if `score` beats the kept one.
+
+        A resumed run evaluates again at steps past its checkpoint, which may include the step
+        of the kept best state (saved before the interruption): that state is the same, so it
+        is not saved twice.
+        """
+        if step in self.best.all_steps():
+            return
         self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                        metrics={"score": float(score)}, force=True)
 

@@ -517,6 +517,7 @@ class _Prefetcher:
             yield item
 
     def close(self) -> None:
+        """Stops decoding ahead and waits for the thread (it is never blocked for long)."""
         self._stop.set()
         self._thread.join()
 
