@@ -157,6 +157,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "model.max_len", "must be >= data.seq_len")
     if "mask_prob" in config.model:
         need(0.0 <= config.model.mask_prob < 1.0, "model.mask_prob", "must be in [0, 1)")
+    if "norm" in config.model:
+        need(config.model.norm in ("pre", "post"), "model.norm", "'pre' or 'post'")
+    if "d_model" in config.model and "num_heads" in config.model:
+        need(config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0,
+             "model.d_model", f"must be divisible by model.num_heads={config.model.num_heads}")
     _check_model(config)
     need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
          "'auto', 'float32', 'bfloat16' or 'float16'")

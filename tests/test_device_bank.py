@@ -177,14 +177,16 @@ def train_losses(root, workdir, mode):
 
 def test_training_losses_identical_with_bank_on_and_off(tiny_demo, tmp_path, monkeypatch):
     built = []
-    monkeypatch.setattr(device_bank, "build", lambda *a, **k: built.append(1) or
-                        _real_build(*a, **k))
+    real_build = device_bank.build
+
+    def counting_build(*args, **kwargs):
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(device_bank, "build", counting_build)
     off = train_losses(tiny_demo, tmp_path / "off", "off")
     assert not built
     on = train_losses(tiny_demo, tmp_path / "on", "on")
     assert built
     assert [s for s, *_ in on] == [1, 2, 3]
     np.testing.assert_array_equal(np.array(on), np.array(off))
-
-
-_real_build = device_bank.build

@@ -192,15 +192,15 @@ def test_interrupted_saves_are_ignored_and_removed(tiny_demo, tmp_path, capsys):
 
 
 def test_resume_reevaluates_a_step_whose_best_state_was_kept(tiny_demo, tmp_path):
-    # Evaluated (and the best kept) at step 5, the checkpoint of step 6 lost: the resumed run
+    # Evaluated (and the best kept) at step 5, the checkpoint of step 5 lost: the resumed run
     # starts at 4 and evaluates step 5 again.
-    config = tiny_config("VA", tiny_demo, total_steps=6, eval_every=5, checkpoint_every=4)
+    config = tiny_config("VA", tiny_demo, total_steps=5, eval_every=5, checkpoint_every=4)
     train.train_and_evaluate(config, tmp_path)
-    shutil.rmtree(tmp_path / "checkpoints" / "6")
-    kept = committed(tmp_path / "best")
+    shutil.rmtree(tmp_path / "checkpoints" / "5")
+    assert committed(tmp_path / "best") == [5]
     train.train_and_evaluate(config, tmp_path)
-    assert committed(tmp_path / "checkpoints") == [4, 6]
-    assert committed(tmp_path / "best") == kept
+    assert committed(tmp_path / "checkpoints") == [4, 5]
+    assert committed(tmp_path / "best") == [5]
 
 
 def _nan_grad_loss(real_make_loss):
