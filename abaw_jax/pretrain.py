@@ -153,12 +153,6 @@ def _get(config, dotted: str):
 # Data.
 
 
-def image_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """The model's input size ``(H, W)``."""
-    return vit_lib.image_hw(tuple(config.model.image_size) if isinstance(config.model.image_size, (list, tuple))
-                            else config.model.image_size)
-
-
 def make_sources(config: ml_collections.ConfigDict):
     """``(train, val)`` sources of the config (val may be empty)."""
     d = config.data

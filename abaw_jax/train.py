@@ -263,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        checkpoints.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        checkpoints.write_atomic(workdir / "config.json",
+                                 config.to_json_best_effort(indent=2) + "\n")
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)

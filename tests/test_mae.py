@@ -164,4 +164,3 @@ def test_hf_checkpoint_without_decoder_is_rejected(tmp_path):
     model.vit.save_pretrained(tmp_path / "encoder_only")
     with pytest.raises(weights_lib.WeightsError, match="encoder_only: no MAE decoder blocks"):
         mae_lib.load_hf_mae(tmp_path / "encoder_only")
-    del torch, vit_lib

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -267,7 +266,8 @@ def _break_nan_features(root):
     frame = int(np.argmax(store.present(video)))
     entry = [json.loads(l) for l in (store.path / "index-p0.jsonl").read_text().splitlines()
              if json.loads(l)["video"] == video][0]
-    rows = np.memmap(store.path / entry["shard"], dtype=store.dtype, mode="r+").reshape(-1, store.dim)
+    rows = np.memmap(store.path / entry["shard"], dtype=store.dtype, mode="r+")
+    rows = rows.reshape(-1, store.dim)
     rows[entry["offset"] : entry["offset"] + entry["length"]] = np.nan
     rows.flush()
     return f"video {video!r} frame index {frame} holds NaN/inf features"
