@@ -14,8 +14,7 @@ import logging
 import pathlib
 import signal
 import sys
-import time
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -236,7 +235,7 @@ def _install_sigterm() -> dict:
     JAX's: `jax.distributed.initialize` starts a preemption service that catches SIGTERM and
     agrees on a step at which every process saves (`reached_preemption` in the loop).
     """
-    flag = {"stop": False, "previous": None}
+    flag = {"stop": False, "installed": False, "previous": None}
     if jax.process_count() > 1:
         return flag
 
@@ -245,15 +244,21 @@ def _install_sigterm() -> dict:
 
     try:
         flag["previous"] = signal.signal(signal.SIGTERM, handler)
+        flag["installed"] = True
     except ValueError:  # not the main thread (e.g. inside some test runners)
         pass
     return flag
 
 
 def _restore_sigterm(flag: dict) -> None:
-    """Puts back the SIGTERM handler that `_install_sigterm` replaced."""
-    if flag["previous"] is not None:
-        signal.signal(signal.SIGTERM, flag["previous"])
+    """Puts back the SIGTERM handler that `_install_sigterm` replaced.
+
+    A previous handler installed outside Python reads as None and cannot be put back; the
+    default action is restored then.
+    """
+    if flag["installed"]:
+        previous = flag["previous"]
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:

@@ -156,7 +156,7 @@ def _tiny_resnet_state(seed=0):
     state = {}
     for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
         names = [p.key for p in path]
-        collection, module, leaf_name = names[0], names[1:-1], names[-1]
+        module, leaf_name = names[1:-1], names[-1]
         key = ".".join(n.replace("_", ".") for n in module)
         suffix = {"kernel": "weight", "scale": "weight", "bias": "bias",
                   "mean": "running_mean", "var": "running_var"}[leaf_name]

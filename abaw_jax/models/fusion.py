@@ -22,7 +22,6 @@ rngs: "dropout" for dropout (train only).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,10 +104,6 @@ class MultiEncoderFusion(nn.Module):
         return out
 
 
-# Fields a config may set; num_outputs and dtype come from the task and the device.
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(MultiEncoderFusion)
-                       if f.name not in ("num_outputs", "dtype", "parent", "name"))
-
 
 def default_config() -> ml_collections.ConfigDict:
     """The authors' model for EXPR and AU (d_affine 256; their VA model uses 512)."""
@@ -146,17 +141,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
     any other unknown key, or a bad value, is an error naming it.
     """
-    kwargs = {}
-    for key in model_cfg.keys():
-        if key == "name":
-            continue
-        if key not in _CONFIG_FIELDS:
-            raise ValueError(f"model.{key}: not a MultiEncoderFusion option; options: "
-                             f"{', '.join(_CONFIG_FIELDS)}")
-        value = model_cfg[key]
-        if key == "feature_sets":
-            value = (value,) if isinstance(value, str) else tuple(value)
-        kwargs[key] = value
+    kwargs = layers.module_kwargs(MultiEncoderFusion, model_cfg, ("feature_sets",))
     model = MultiEncoderFusion(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
     _validate(model)
     return model

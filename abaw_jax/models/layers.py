@@ -14,6 +14,7 @@ their labels or ignored at assembly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -180,3 +181,26 @@ class Encoder(nn.Module):
             x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                              param_dtype=self.param_dtype, name="norm_final")(x)
         return x
+
+
+def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...] = ()) -> dict:
+    """Constructor arguments of a temporal model from `config.model`.
+
+    Keys are the module's dataclass fields (`num_outputs` and `dtype` come from the task and the
+    device, `name` names the model family); any other key is an error naming `model.<key>`.
+    Sequence fields listed in `tuple_fields` are made tuples (JSON and ConfigDicts give lists).
+    """
+    fields = [f.name for f in dataclasses.fields(module_cls)
+              if f.name not in ("num_outputs", "dtype", "parent", "name")]
+    kwargs = {}
+    for key in model_cfg.keys():
+        if key == "name":
+            continue
+        if key not in fields:
+            raise ValueError(f"model.{key}: not a {module_cls.__name__} option; options: "
+                             f"{', '.join(fields)}")
+        value = model_cfg[key]
+        if key in tuple_fields:
+            value = (value,) if isinstance(value, str) else tuple(value)
+        kwargs[key] = value
+    return kwargs

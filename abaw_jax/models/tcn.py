@@ -30,7 +30,6 @@ rngs: "dropout" for dropout (train only).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -319,11 +318,6 @@ class TCNTransformer(nn.Module):
         return out
 
 
-# Fields a config may set; num_outputs and dtype come from the task and the device.
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TCNTransformer)
-                       if f.name not in ("num_outputs", "dtype", "parent", "name"))
-
-
 def default_config() -> ml_collections.ConfigDict:
     """The authors' model: TCN [768, 256, 128] (kernel 5, dilations 1/2/4) -> encoder d 512 x 8."""
     return ml_collections.ConfigDict({
@@ -375,15 +369,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
     any other unknown key, or a bad value, is an error naming it.
     """
-    kwargs = {}
-    for key in model_cfg.keys():
-        if key == "name":
-            continue
-        if key not in _CONFIG_FIELDS:
-            raise ValueError(f"model.{key}: not a TCNTransformer option; options: "
-                             f"{', '.join(_CONFIG_FIELDS)}")
-        value = model_cfg[key]
-        kwargs[key] = tuple(value) if key in ("channels", "dilations") else value
+    kwargs = layers.module_kwargs(TCNTransformer, model_cfg, ("channels", "dilations"))
     model = TCNTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
     _validate(model)
     return model

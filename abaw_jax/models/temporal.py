@@ -14,7 +14,6 @@ rngs: "masking" for the random masking (train only), "dropout" for dropout.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -126,11 +125,6 @@ class TemporalTransformer(nn.Module):
         return out
 
 
-# Fields a config may set; num_outputs and dtype come from the task and the device.
-_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(TemporalTransformer)
-                       if f.name not in ("num_outputs", "dtype", "parent", "name"))
-
-
 def default_config() -> ml_collections.ConfigDict:
     """The paper's model (with the authors' code's d_model, feed-forward size and post-norm)."""
     return ml_collections.ConfigDict({
@@ -170,12 +164,5 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
     any other unknown key is an error naming it.
     """
-    kwargs = {}
-    for key in model_cfg.keys():
-        if key == "name":
-            continue
-        if key not in _CONFIG_FIELDS:
-            raise ValueError(f"model.{key}: not a TemporalTransformer option; options: "
-                             f"{', '.join(_CONFIG_FIELDS)}")
-        kwargs[key] = model_cfg[key]
+    kwargs = layers.module_kwargs(TemporalTransformer, model_cfg)
     return TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
