@@ -274,16 +274,3 @@ def test_command_line_rejects_bad_config(tmp_path):
         [sys.executable, "-m", "abaw_jax.pretrain", "--config", "configs/mae_face.py:tiny",
          "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "config.data.root = ''" in proc.stderr
-
-
-@pytest.mark.slow
-def test_ckplus_experiment_reduced(tmp_path):
-    if not (DATA / "ckplus48").is_dir():
-        pytest.skip(f"{DATA / 'ckplus48'} is absent (the shared real-data folder)")
-    proc = subprocess.run(
-        [sys.executable, "scripts/ckplus_mae.py", "--workdir", str(tmp_path), "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "results.json").read_text())
-    assert result["mae_val_loss_last"] < result["mae_val_loss_first"]
-    assert result["pretrained"]["val/accuracy"] > result["majority"]
