@@ -793,30 +793,6 @@ def main(argv) -> None:
     extract(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-def _run() -> None:
-    from absl import app, flags
-    from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "extraction config file", lock_config=True)
-    flags.DEFINE_string("workdir", None, "the feature store directory to write (or resume)")
-    flags.DEFINE_string("coordinator", "", "host:port of process 0 for multi-process runs "
-                        "launched by hand (SLURM, Open MPI and TPU pods are detected)")
-    flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator)")
-    flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator)")
-    flags.mark_flags_as_required(["config", "workdir"])
-
-    def wrapped(argv):
-        try:
-            validate(flags.FLAGS.config)
-        except config_lib.ConfigError as e:
-            sys.exit(f"error: {e}")
-        try:
-            main(argv)
-        except (config_lib.ConfigError, ExtractError, weights.WeightsError,
-                features_lib.StoreError) as e:
-            sys.exit(f"error: {e}")
-
-    app.run(wrapped)
-
-
 if __name__ == "__main__":
-    _run()
+    from abaw_jax import train as _train
+    _train.run(main, validate)

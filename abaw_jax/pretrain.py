@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import pathlib
 import sys
 from typing import Any, Callable
@@ -602,22 +601,6 @@ def main(argv) -> None:
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
-def run(main_fn) -> None:
-    """absl entry with config validation before anything touches a device."""
-    from absl import app, flags
-    from abaw_jax.train import _define_flags
-    _define_flags()
-
-    def wrapped(argv):
-        try:
-            validate(flags.FLAGS.config)
-        except config_lib.ConfigError as e:
-            sys.exit(f"error: {e}")
-        main_fn(argv)
-
-    app.run(wrapped)
-
-
 if __name__ == "__main__":
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    run(main)
+    from abaw_jax import train as _train
+    _train.run(main, validate)

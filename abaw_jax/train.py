@@ -444,7 +444,7 @@ def main(argv) -> None:
 def _define_flags() -> None:
     from absl import flags
     from ml_collections import config_flags
-    config_flags.DEFINE_config_file("config", None, "training config file", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, "config file (with :variants)", lock_config=True)
     flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, predictions)")
     flags.DEFINE_string("coordinator", "", "host:port of process 0 for multi-process runs "
                         "launched by hand (SLURM, Open MPI and TPU pods are detected)")
@@ -465,8 +465,13 @@ def _is_input_error(e: BaseException) -> bool:
     return isinstance(e, ValueError) and type(e).__module__.startswith("abaw_jax.")
 
 
-def run(main_fn) -> None:
-    """absl entry with config validation before anything touches a device."""
+def run(main_fn, validate_fn=config_lib.validate) -> None:
+    """The absl entry of every config-driven command (train, evaluate, extract, pretrain).
+
+    Defines --config, --workdir and the multi-process flags, validates the config with
+    `validate_fn` before anything touches a device, and prints the project's input errors as one
+    `error:` line.
+    """
     from absl import app, flags
     _define_flags()
 
@@ -476,7 +481,7 @@ def run(main_fn) -> None:
             # Library INFO lines (every orbax save) drown the progress line; -v 0 brings them back.
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:
-            config_lib.validate(flags.FLAGS.config)
+            validate_fn(flags.FLAGS.config)
             main_fn(argv)
         except Exception as e:
             if not _is_input_error(e):
