@@ -1,9 +1,10 @@
 """Transformer building blocks shared by the temporal models (flax.linen).
 
 All modules compute in `dtype` (bfloat16 on accelerators) and keep float32 parameters
-(`param_dtype`). Attention is `jax.nn.dot_product_attention`, so the backend kernel is chosen by
-`attention_impl`: "default" lets JAX pick (XLA in jax 0.10), "xla" forces it, "cudnn" asks for
-cuDNN flash attention (GPU only, bfloat16/float16 compute, head dim a multiple of 8).
+(`param_dtype`). Attention is `abaw_jax.models.attention.dot_product_attention`, whose kernel is
+chosen by `attention_impl`: "default" (head-major einsums on CPU, JAX's choice elsewhere),
+"einsum", "xla" or "cudnn" (cuDNN flash attention: GPU only, bfloat16/float16 compute, head dim a
+multiple of 8).
 
 Key masking: a boolean `key_mask` [B, L] says which frames may be attended to (real frames with a
 face). Every query attends only to allowed keys. A row with no allowed key at all (a window of
@@ -23,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from abaw_jax.models import attention as attention_lib
+
 Dtype = Any
 
-ATTENTION_IMPLS = ("default", "xla", "cudnn")
+ATTENTION_IMPLS = attention_lib.IMPLEMENTATIONS
 NORMS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 
@@ -77,7 +80,7 @@ class LearnedPositions(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention with a key mask, computed by jax.nn.dot_product_attention."""
+    """Multi-head self-attention with a key mask (`attention.dot_product_attention`)."""
 
     num_heads: int
     dtype: Dtype = jnp.float32
@@ -94,15 +97,9 @@ class MultiHeadSelfAttention(nn.Module):
                                   dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         q, k, v = (dense(name=n)(x) for n in ("query", "key", "value"))   # [B, L, H, D/H]
-        mask = None
-        if key_mask is not None:
-            mask = attention_mask(key_mask)
-            if self.attention_impl == "cudnn":
-                # cuDNN takes the mask as a bias and wants the full [B, 1, T, S] shape.
-                length = x.shape[-2]
-                mask = jnp.broadcast_to(mask, (x.shape[0], 1, length, length))
-        impl = None if self.attention_impl == "default" else self.attention_impl
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+        mask = None if key_mask is None else attention_mask(key_mask)
+        y = attention_lib.dot_product_attention(q, k, v, mask,
+                                                implementation=self.attention_impl)
         return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                                kernel_init=_dense_init, name="out")(y)
 

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from abaw_jax.models import attention
+
 # width, depth, heads, mlp_dim as in "An Image is Worth 16x16 Words" (Ti and S from DeiT / AugReg).
 VARIANT_DIMS: dict[str, tuple[int, int, int, int]] = {
     "Ti": (192, 12, 3, 768),
@@ -75,7 +77,7 @@ def _as_dtype(dtype: Any) -> jnp.dtype:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through ``jax.nn.dot_product_attention``."""
+    """Multi-head self-attention; the kernel is ``attention.dot_product_attention``'s choice."""
 
     num_heads: int
     qkv_bias: bool = True
@@ -93,7 +95,7 @@ class Attention(nn.Module):
         q = dense(use_bias=self.qkv_bias, name="query")(x)
         k = dense(use_bias=self.qkv_bias, name="key")(x)
         v = dense(use_bias=self.qkv_bias, name="value")(x)
-        y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+        y = attention.dot_product_attention(q, k, v, implementation=self.implementation)
         return nn.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.initializers.xavier_uniform(), name="out")(y)

@@ -1,0 +1,80 @@
+"""Scaled dot-product attention for every model of the package, with a choice of kernel.
+
+All attention in abaw_jax (the ViT and MAE encoders, the temporal Transformers of systems A, B
+and C) goes through :func:`dot_product_attention`, which takes ``[B, T, N, H]`` queries, keys and
+values like ``jax.nn.dot_product_attention`` and dispatches on ``implementation``:
+
+``"default"``  ``"einsum"`` on CPU; elsewhere ``jax.nn.dot_product_attention`` with no
+               implementation named (XLA in jax 0.10, which fuses attention well on GPU/TPU).
+``"einsum"``   two einsums in head-major ``[B, N, T, H]`` layout, softmax normalisation applied
+               to the ``[T, H]`` output instead of the ``[T, S]`` weights.
+``"xla"``      ``jax.nn.dot_product_attention(implementation="xla")``.
+``"cudnn"``    ``jax.nn.dot_product_attention(implementation="cudnn")``: cuDNN flash attention
+               (GPU only, bfloat16/float16 inputs, head dim a multiple of 8).
+
+Why ``"einsum"`` on CPU: ``jax.nn``'s XLA path contracts ``BTNH,BSNH->BNTS`` and
+``BNTS,BSNH->BTNH``; XLA:CPU lowers those with transposes on both sides of batched matrix
+products and a separate normalisation pass over the ``[B, N, T, S]`` weights. Asking for the
+head-major layout up front lets XLA fold the transposes into the q/k/v projections, and dividing
+the ``[B, N, T, H]`` product by the row sums replaces a pass over ``T x S`` values by one over
+``T x H``. On the 2-core CPU this makes ViT-B/16 extraction about 1.2x faster than the ``"xla"``
+path (`scripts/benchmark.py`, docs/performance.md). The result equals softmax attention up to
+float rounding (tests compare all implementations).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("default", "einsum", "xla", "cudnn")
+
+
+def resolve(implementation: str | None) -> str:
+    """The kernel that `implementation` ("default" or None included) runs on this backend."""
+    implementation = implementation or "default"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"attention_impl must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "default":
+        return "einsum" if jax.default_backend() == "cpu" else "jax"
+    return implementation
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     mask: jax.Array | None = None) -> jax.Array:
+    """Softmax attention ``[B, T, N, H]`` in head-major layout with late normalisation.
+
+    ``mask`` is boolean, broadcastable to ``[B, N, T, S]``, True where a query may attend to a
+    key. Scores and their exponentials are float32 whatever the input dtype; a query row whose
+    keys are all masked attends uniformly to all of them (finite, unlike a softmax over nothing).
+    """
+    scale = q.shape[-1] ** -0.5
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))          # [B, N, T|S, H]
+    scores = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(scale, q.dtype), k,
+                        preferred_element_type=jnp.float32)
+    if mask is not None:
+        # Masked scores underflow to exp(-huge) = 0; in a fully masked row they are all equal,
+        # so after the shift below every weight there is exp(0) = 1.
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    # Subtracting the row maximum only guards exp against overflow; it cancels in the ratio.
+    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    weights = jnp.exp(scores)
+    out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    out = out / jnp.sum(weights, axis=-1, keepdims=True)
+    return jnp.swapaxes(out, 1, 2).astype(q.dtype)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None, *,
+                          implementation: str | None = "default") -> jax.Array:
+    """Attention over ``[B, T, N, H]`` inputs with the kernel `implementation` names."""
+    kernel = resolve(implementation)
+    if kernel == "einsum":
+        return einsum_attention(q, k, v, mask)
+    if kernel == "cudnn" and mask is not None:
+        # cuDNN takes the mask as a bias and wants the full [B, N|1, T, S] shape.
+        batch, length, keys = q.shape[0], q.shape[1], k.shape[1]
+        mask = jnp.broadcast_to(mask, (batch, mask.shape[1], length, keys))
+    return jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                        implementation=None if kernel == "jax" else kernel)
