@@ -1,112 +1,93 @@
-"""Images/s of ViT-B/16 feature extraction: abaw_jax (jitted) against timm (PyTorch eager).
+"""ViT feature extraction, abaw_jax against timm: the two sides of benchmark.py's "extract" rows.
 
-Both run random weights at 224 px on the same batch of images, in the same process and with the
-same number of CPU threads. The abaw_jax side is the function `abaw_jax.extract` runs
-(`make_extract_fn`: uint8 images in, resize-free normalisation, ViT-B/16, mean pooling), with the
-batch already on the device; the timm side is `vit_base_patch16_224` under
-`torch.inference_mode()` on normalised float images. With --peak-tflops the table adds the model
-FLOPs utilisation (35.2 GFLOP per image forward).
+The abaw_jax side is the function `abaw_jax.extract` runs (`make_extract_fn`: uint8 images in,
+normalisation, the ViT, mean pooling), compiled once, with the batch already on the device; the
+timm side is `vit_base_patch16_224` (with the same dims when a smaller ViT is benchmarked) under
+`torch.inference_mode()` on normalised float images, eager or after torch.compile. Both use
+random weights. Run as a script, this file prints benchmark.py's extract rows alone:
 
-    python scripts/bench_extract.py                       # CPU: batch 32
-    python scripts/bench_extract.py --batch 256 --steps 20 --peak-tflops 989   # H100, bf16
+    python scripts/bench_extract.py --small                 # CPU: ViT-B/16, batch 8
+    python scripts/bench_extract.py --peak-tflops 989       # GPU: ViT-B/16, batch 256, bf16
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
+import pathlib
+import sys
+from typing import Any, Callable
 
 import numpy as np
 
-GFLOP_PER_IMAGE = 35.2  # ViT-B/16 at 224 px: 17.6 GMACs
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scripts.common import xla_flops  # noqa: E402
+
+TIMM_MODEL = "vit_base_patch16_224"
 
 
-def make_jax(batch: int, compute_dtype: str):
-    """``(step, device)``: one blocking batch of abaw_jax's extraction function."""
+def make_jax(spec: str, image_size: int, batch: int, dtype: Any
+             ) -> tuple[Callable[[], None], float, int, Any]:
+    """``(step, flops, params, module)`` of abaw_jax's extraction of one batch of random images.
+
+    ``step`` runs one blocking batch; ``flops`` is XLA's count for it; ``module`` is the ViT, whose
+    dims the timm twin copies. ``spec`` is an `extract.load_encoder` random-init spec
+    ("vit:B/16", "vit:Ti/16,depth=2").
+    """
     import jax
 
     from abaw_jax import extract, sharding
 
-    dtype = sharding.compute_dtype(compute_dtype)
-    module, variables, info = extract.load_encoder("vit:B/16", pool="mean", image_size=224,
+    module, variables, info = extract.load_encoder(spec, pool="mean", image_size=image_size,
                                                    dtype=dtype)
     mesh = extract.local_mesh()
     fn = extract.make_extract_fn(module, info, mesh)
     variables = jax.device_put(variables, sharding.replicated(mesh))
-    images = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (batch, image_size, image_size, 3),
+                                               dtype=np.uint8)
     x = jax.device_put(images, sharding.batch_sharding(mesh))
+    # Compiled ahead of time: the FLOP count and the timed calls share one executable.
+    compiled = fn.lower(variables, x).compile()
 
     def step() -> None:
-        fn(variables, x).block_until_ready()
+        compiled(variables, x).block_until_ready()
 
-    device = f"{jax.device_count()}x {jax.devices()[0].device_kind} ({jax.numpy.dtype(dtype).name})"
-    return step, device
+    params = sum(leaf.size for leaf in jax.tree.leaves(variables))
+    return step, xla_flops(compiled), params, module
 
 
-def make_timm(batch: int, threads: int):
-    """``(step, device)``: one blocking batch of timm's vit_base_patch16_224 (features, no head)."""
+def make_timm(vit: Any, batch: int, threads: int, compiled: bool = False
+              ) -> tuple[Callable[[], None], int]:
+    """``(step, params)``: one blocking batch of timm's ViT with the dims of abaw_jax's `vit`.
+
+    Features only (no head), bf16 autocast on CUDA, `threads` CPU threads (set at every step, so
+    that steps of differently threaded rows can alternate).
+    """
     import timm
     import torch
 
-    torch.set_num_threads(threads)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    model = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0).eval().to(device)
-    x = torch.randn(batch, 3, 224, 224, device=device)
+    model = timm.create_model(
+        TIMM_MODEL, pretrained=False, num_classes=0, img_size=vit.image_size,
+        patch_size=vit.patch_size, embed_dim=vit.width, depth=vit.depth, num_heads=vit.num_heads,
+        mlp_ratio=vit.mlp_dim / vit.width).eval().to(device)
+    forward = torch.compile(model) if compiled else model
+    x = torch.randn(batch, 3, vit.image_size, vit.image_size, device=device)
 
     def step() -> None:
+        torch.set_num_threads(threads)
         with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            model(x)
+            forward(x)
         if cuda:
             torch.cuda.synchronize()
 
-    name = f"{torch.cuda.get_device_name()} (bf16 autocast)" if cuda else f"cpu, {threads} threads (float32)"
-    return step, name
+    return step, sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=5, help="timed batches per implementation")
-    p.add_argument("--warmup", type=int, default=1, help="untimed batches first (compilation)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="torch CPU threads (XLA's CPU backend uses all cores)")
-    p.add_argument("--compute-dtype", default="auto", help="abaw_jax compute dtype (auto: bf16 on GPU/TPU)")
-    p.add_argument("--peak-tflops", type=float, default=0.0,
-                   help="device peak (e.g. 989 for H100 bf16) to report model FLOPs utilisation")
-    p.add_argument("--skip-timm", action="store_true")
-    args = p.parse_args()
-
-    impls = [("abaw_jax (jit)", *make_jax(args.batch, args.compute_dtype))]
-    if not args.skip_timm:
-        impls.append(("timm (eager)", *make_timm(args.batch, args.threads)))
-    for _, step, _ in impls:
-        for _ in range(args.warmup):
-            step()
-    # Timed steps alternate between the implementations, so that a change in the load of a
-    # shared machine hits both alike; the median step is reported.
-    times: list[list[float]] = [[] for _ in impls]
-    for _ in range(args.steps):
-        for i, (_, step, _) in enumerate(impls):
-            t = time.perf_counter()
-            step()
-            times[i].append(time.perf_counter() - t)
-    rows = [(name, device, float(np.median(ts))) for (name, _, device), ts in zip(impls, times)]
-
-    timm_rate = args.batch / rows[1][2] if len(rows) > 1 else None
-    print(f"ViT-B/16, 224 px, batch {args.batch}, median of {args.steps} timed batches each")
-    header = f"{'implementation':<16} {'device':<40} {'ms/batch':>10} {'images/s':>10} {'vs timm':>8}"
-    if args.peak_tflops:
-        header += f" {'MFU':>7}"
-    print(header)
-    for name, device, sec in rows:
-        rate = args.batch / sec
-        line = f"{name:<16} {device:<40} {sec * 1e3:>10.1f} {rate:>10.1f}"
-        line += f" {rate / timm_rate:>7.2f}x" if timm_rate else f" {'-':>8}"
-        if args.peak_tflops:
-            line += f" {rate * GFLOP_PER_IMAGE / (args.peak_tflops * 1e3):>7.1%}"
-        print(line)
+    from scripts import benchmark
+    benchmark.main(["--systems", "extract", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -1,37 +1,58 @@
-"""Training throughput of abaw_jax next to PyTorch references of the same models, in one run.
+"""Throughput of abaw_jax next to PyTorch references of the same models, in one run, one table.
 
 For each seed system (A: masked Transformer, B: TCN + Transformer, C: feature fusion) it trains
 the abaw_jax model for a few steps with the features read by the host pipeline and with the
 on-device feature bank, and, on the same batch shape, the same model written in PyTorch the way
 the seeds' authors wrote theirs (torch.nn.TransformerEncoder with post-norm layers; Conv1d TCN
 with weight_norm; per-set Linear + TransformerEncoder), in eager mode and under torch.compile.
-It also times the input pipeline alone. Everything is EXPR (8 classes) on a random float16 store
-with the real Aff-Wild2 video lengths scaled to --frames (built once, cached in --data).
+These train EXPR (8 classes) on a random float16 store with the real Aff-Wild2 video lengths
+scaled to --frames. It also times the input pipeline alone on a store of Aff-Wild2's full size
+(--pipeline-frames), the frame encoder's feature extraction (abaw_jax's extraction function
+against timm's ViT) and MAE pretraining steps (abaw_jax's MAE against Hugging Face's
+ViTMAEForPreTraining). Stores are built once and cached in --data.
 
-    python scripts/benchmark.py --small                      # CPU: reduced sizes, a few minutes
+    python scripts/benchmark.py --small                      # CPU: reduced sizes
     python scripts/benchmark.py --peak-tflops 989            # GPU: the papers' sizes, with MFU
+    python scripts/benchmark.py --small --systems A,extract  # some sections only
 
-Rows (frames/s counts every frame of every window, the unit of a training step):
+Sections (--systems): pipeline; A, B, C (training steps); extract: ViT-B/16 at 224 px (batch
+256; --small: batch 8); MAE: ViT-B/16 at 224 px with the 8 x 512 decoder (batch 256; --small:
+48 px, patch 6, 4 x 192 encoder, 2 x 128 decoder, batch 64). --tiny shrinks every section to a
+few seconds for the tests (its numbers mean nothing).
+
+Rows:
   abaw_jax host      grain threads read windows from the memory-mapped store, step on device
   abaw_jax bank      features on the device (data/device_bank.py); grain sends indices only
-  abaw_jax resident  a few batches already on the device, cycled (compute only)
-  torch eager tN     the PyTorch model on the same batches held in memory (compute only), on
+  abaw_jax resident  the inputs already on the device (A, B, C: a few batches, cycled; extract,
+                     MAE: one batch of random images): compute only
+  torch eager tN     the PyTorch model on the same inputs held in memory (compute only), on
                      N CPU threads (--torch-threads; an oversubscribed CPU can favour fewer)
   torch compile tN   the same after torch.compile (default inductor backend)
-"wait" is the share of loop time spent waiting for the next batch (host pipeline included);
-GFLOP/s and MFU use XLA's FLOP count of the abaw_jax step for every row of a system.
+  pipeline ...       the input pipeline alone: windows with features, or indices for the bank
+frames/s counts every frame of every window for the training and pipeline rows, and images (one
+face image is one video frame) for the extract and MAE rows. Training rows report the fastest of
+--repeats runs of --steps steps; extract and MAE rows the median step of --image-steps steps
+that alternate between the implementations, so that a change in the load of a shared machine
+hits all alike, and note each row's speed relative to torch eager. "wait" is the share of loop
+time spent waiting for the next batch (host pipeline included). GFLOP/s and MFU use XLA's FLOP
+count of the abaw_jax step (extract: of the extraction function) for every row of a section;
+the extract and MAE notes print that count per image. On CUDA the torch rows run under bf16
+autocast and abaw_jax in its compute dtype ("auto": bfloat16 on GPU, float32 on CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.util
 import math
 import os
 import pathlib
+import statistics
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -43,7 +64,10 @@ from abaw_jax import config as config_lib, sharding, train  # noqa: E402
 from abaw_jax.data import device_bank, pipeline  # noqa: E402
 from abaw_jax.data.features import FeatureSets, FeatureStore  # noqa: E402
 from abaw_jax.models.tcn import block_dilations  # noqa: E402
-from scripts.bench_pipeline import build_store, make_videos, video_lengths  # noqa: E402
+from scripts import bench_extract, bench_mae  # noqa: E402
+from scripts.bench_pipeline import (  # noqa: E402
+    AFFWILD2_FRAMES, build_store, make_videos, video_lengths)
+from scripts.common import xla_flops  # noqa: E402
 
 NUM_CLASSES = 8
 SETS_C = {"vit": 768, "openface": 17}
@@ -59,9 +83,18 @@ class System:
     overrides: dict
 
 
-def systems(small: bool) -> list[System]:
-    """The papers' sizes, or a reduced set that trains a few steps a second on a laptop CPU."""
-    if small:
+def systems(size: str) -> list[System]:
+    """The papers' sizes ("full"), a reduced set that trains a few steps a second on a laptop CPU
+    ("small"), or the smallest models that still run every code path ("tiny", for tests)."""
+    if size == "tiny":
+        return [
+            System("A", "transformer", 16, 4, dict(d_model=16, num_layers=1, num_heads=2,
+                                                   mlp_dim=32)),
+            System("B", "tcn", 16, 4, dict(channels=(16, 16), dilations=(1, 2), d_model=16,
+                                           num_layers=1, num_heads=2, mlp_dim=32, head_dim=8)),
+            System("C", "fusion", 16, 4, dict(d_affine=8, num_layers=1, num_heads=2)),
+        ]
+    if size == "small":
         return [
             System("A", "transformer", 100, 16, dict(d_model=128, num_layers=2, num_heads=4,
                                                      mlp_dim=256)),
@@ -74,6 +107,34 @@ def systems(small: bool) -> list[System]:
         System("B", "tcn", 300, 32, {}),
         System("C", "fusion", 256, 32, {}),
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Images:
+    """An image workload of the extract or MAE rows and its batch shape."""
+    key: str            # "extract" or "MAE"
+    model: str          # extract: an extract.load_encoder spec; MAE: a dims name of bench_mae
+    image_size: int
+    batch_size: int
+    steps: int          # timed steps per implementation
+
+    @property
+    def mae_dims(self) -> dict:
+        return getattr(bench_mae, self.model)
+
+
+def image_workloads(size: str) -> list[Images]:
+    """ViT-B/16 extraction and MAE at the papers' sizes (GPU batches of 256); on a CPU ("small")
+    the same ViT-B/16 at batch 8 (about 3 s a batch on 2 cores) and bench_mae's 48 px MAE at
+    batch 64; "tiny": a 2-layer ViT-Ti/16 at 32 px and the tests' 32 px MAE."""
+    mae = {"tiny": "TINY", "small": "SMALL", "full": "BASE"}[size]
+    mae_image = getattr(bench_mae, mae)["image_size"]
+    if size == "tiny":
+        return [Images("extract", "vit:Ti/16,depth=2", 32, 2, 2),
+                Images("MAE", mae, mae_image, 4, 2)]
+    if size == "small":
+        return [Images("extract", "vit:B/16", 224, 8, 3), Images("MAE", mae, mae_image, 64, 5)]
+    return [Images("extract", "vit:B/16", 224, 256, 20), Images("MAE", mae, mae_image, 256, 20)]
 
 
 def make_config(system: System):
@@ -124,10 +185,7 @@ def jax_loop(step, state, batches, args) -> tuple[float, float, Any]:
 
 def step_flops(jitted, state, batch) -> float:
     """XLA's FLOP count of one compiled train step (forward, backward, optimizer)."""
-    cost = jitted.lower(state, batch).compile().cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0]
-    return float(cost.get("flops", 0.0)) if cost else 0.0
+    return xla_flops(jitted.lower(state, batch).compile())
 
 
 def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], float, list]:
@@ -319,6 +377,13 @@ def torch_models():
     return {"transformer": SystemA, "tcn": SystemB, "fusion": SystemC}
 
 
+def torch_row(compiled: bool, threads: int) -> str:
+    """"torch eager t2", "torch compile t1"; no thread count on CUDA, where it does not apply."""
+    import torch
+    name = "torch compile" if compiled else "torch eager"
+    return name if torch.cuda.is_available() else f"{name} t{threads}"
+
+
 def torch_loss(logits, labels, valid, focal: tuple[float, float] | None):
     """Softmax focal loss (alpha, gamma) or cross-entropy, averaged over valid frames."""
     import torch
@@ -381,25 +446,28 @@ def run_torch(system: System, batches: list[dict], dims, args, compiled: bool,
         loss.item()   # waits for the device; the loss also proves the step ran
         sync_t()
         seconds = min(seconds, time.perf_counter() - begin)
-    row = dict(row=("torch compile" if compiled else "torch eager")
-               + (f" t{threads}" if device == "cpu" else ""),
-               seconds=seconds, waited=None,
+    row = dict(row=torch_row(compiled, threads), seconds=seconds, waited=None,
                frames=system.batch_size * system.seq_len * args.steps,
                params=sum(p.numel() for p in model.parameters()))
     if compiled:
-        row["note"] = f"compile + {args.warmup} warmup steps {warm_s:.0f} s"
+        row["note"] = compile_note(args.warmup, warm_s)
     return row
+
+
+def compile_note(warmup: int, seconds: float) -> str:
+    return f"compile + {warmup} warmup steps {seconds:.0f} s"
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def open_store(args, sets: dict[str, int]):
-    """The cached random stores (built on first use) and videos with EXPR labels."""
-    lengths = video_lengths(args.frames, args.seed)
+def open_store(args, sets: dict[str, int], frames: int):
+    """The cached random stores of `frames` frames (built on first use) and videos with EXPR
+    labels."""
+    lengths = video_lengths(frames, args.seed)
     stores = {}
     for name, dim in sets.items():
-        path = pathlib.Path(args.data) / f"{name}-{dim}d-{args.frames}"
+        path = pathlib.Path(args.data) / f"{name}-{dim}d-{frames}"
         build_store(path, lengths, dim, args.seed + len(stores))
         stores[name] = FeatureStore(path)
     return stores, make_videos(lengths, args.seed)
@@ -409,6 +477,7 @@ def pipeline_rows(videos, store, args) -> list[dict]:
     """The input pipeline alone: host windows with features, and index batches for the bank."""
     rows = []
     seq_len, batch = 100, args.pipeline_batch
+    frames = sum(v.num_frames for v in videos)
     for read_features in (True, False):
         it = pipeline.train_dataset(videos, store, seq_len=seq_len, batch_size=batch, seed=0,
                                     num_threads=args.threads, process_index=0, process_count=1,
@@ -425,43 +494,171 @@ def pipeline_rows(videos, store, args) -> list[dict]:
         rows.append(dict(system="-", row=f"pipeline {'host windows' if read_features else 'index only'}",
                          seconds=seconds, waited=None, frames=n * batch * seq_len,
                          note=f"batch {batch} x {seq_len}, {store.dim}-d {store.dtype.name}, "
-                              f"{args.threads} threads"))
+                              f"{args.threads} threads, store {frames:,} frames"))
     return rows
 
 
-def print_table(rows: list[dict], flops: dict[str, float], peak: float | None) -> None:
-    head = f"{'system':<7}{'row':<20}{'frames/s':>12}{'ms/step':>9}{'wait':>7}{'GFLOP/s':>9}"
+# ---------------------------------------------------------------------------------------------
+# Extraction and MAE: abaw_jax and the torch rows timed step by step, in alternation.
+
+
+@dataclasses.dataclass
+class Contender:
+    """One implementation of an image workload: its row, and how to build its step.
+
+    `build` returns ``(step, params)``: a blocking step, and the parameter count printed in the
+    note (equal counts check that both sides run the same model), followed by `note`. An optional
+    contender (a torch row) that fails is reported in the table instead of ending the run.
+    """
+    row: str
+    build: Callable[[], tuple[Callable[[], None], int]]
+    compiled: bool = False
+    optional: bool = False
+    note: str = ""
+
+
+def failure_note(e: Exception) -> str:
+    """The note of a row that failed: the error on one line, so that the table stays whole."""
+    return f"failed: {type(e).__name__}: {' '.join(str(e).split())[:160]}"
+
+
+def alternate(key: str, batch: int, contenders: list[Contender], args, steps: int) -> list[dict]:
+    """Warms up each contender, then times `steps` steps of each, alternating between them.
+
+    An optional row that fails to build or to run its warmup (torch.compile needs a C++
+    toolchain; a package may be missing) becomes a row without a rate whose note says why. Rows
+    report the median step; notes give the speed relative to the first torch eager row.
+    """
+    live, rows = [], []
+    for c in contenders:
+        row = dict(system=key, row=c.row, waited=None, steps=1, frames=batch)
+        rows.append(row)
+        try:
+            step, params = c.build()
+            begin = time.perf_counter()
+            for _ in range(args.warmup):
+                step()
+            warm_s = time.perf_counter() - begin
+        except Exception as e:
+            if not c.optional:
+                raise
+            row.update(seconds=None, note=failure_note(e))
+            continue
+        row["note"] = f"params {params:,}" + (f", {c.note}" if c.note else "")
+        if c.compiled:
+            row["note"] += f", {compile_note(args.warmup, warm_s)}"
+        live.append((row, step, []))
+    for _ in range(steps):
+        for _, step, times in live:
+            begin = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - begin)
+    for row, _, times in live:
+        row["seconds"] = statistics.median(times)
+    eager = next((r for r in rows if r["row"].startswith("torch eager") and r["seconds"]), None)
+    for row in rows:
+        if eager is not None and row is not eager and row["seconds"]:
+            row["note"] += f"; {eager['seconds'] / row['seconds']:.2f}x {eager['row']}"
+    return rows
+
+
+def image_rows(work: Images, args, flops: dict[str, float]) -> list[dict]:
+    """extract: abaw_jax's extraction function against timm's ViT; MAE: abaw_jax's MAE train
+    step against Hugging Face's ViTMAEForPreTraining. torch eager runs at each --torch-threads
+    count, torch.compile at the first."""
+    dtype = sharding.compute_dtype("auto")
+    batch = work.batch_size
+    if work.key == "extract":
+        step, flop, params, vit = bench_extract.make_jax(work.model, work.image_size, batch, dtype)
+
+        def twin(threads: int, compiled: bool):
+            return bench_extract.make_timm(vit, batch, threads, compiled)
+    else:
+        step, flop, params = bench_mae.make_jax(work.mae_dims, batch, dtype)
+
+        def twin(threads: int, compiled: bool):
+            return bench_mae.make_torch(work.mae_dims, batch, threads, compiled)
+    flops[work.key] = flop
+    note = f"{flop / batch / 1e9:.3g} GFLOP/image (XLA), {np.dtype(dtype).name}"
+    contenders = [Contender("abaw_jax resident", lambda: (step, params), note=note)]
+    if not args.no_torch:
+        threads = [int(t) for t in args.torch_threads.split(",")]
+        contenders += [Contender(torch_row(False, t), functools.partial(twin, t, False),
+                                 optional=True) for t in threads]
+        if not args.no_compile:
+            contenders.append(Contender(torch_row(True, threads[0]),
+                                        functools.partial(twin, threads[0], True), True, True))
+    return alternate(work.key, batch, contenders, args, work.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# The table.
+
+
+def print_header(peak: float | None) -> None:
+    head = f"{'system':<8}{'row':<20}{'frames/s':>12}{'ms/step':>9}{'wait':>7}{'GFLOP/s':>9}"
     head += f"{'MFU':>7}" if peak else ""
-    print(head + "  note")
-    for r in rows:
-        fps = r["frames"] / r["seconds"]
-        steps = r.get("steps")
-        ms = f"{1e3 * r['seconds'] / steps:9.1f}" if steps else f"{'':>9}"
-        wait = f"{100 * r['waited'] / r['seconds']:6.1f}%" if r["waited"] is not None else f"{'':>7}"
-        f = flops.get(r["system"], 0.0)
-        rate = f * steps / r["seconds"] if steps and f else 0.0
-        line = f"{r['system']:<7}{r['row']:<20}{fps:>12,.0f}{ms}{wait}"
-        line += f"{rate / 1e9:9.1f}" if rate else f"{'':>9}"
-        if peak:
-            line += f"{100 * rate / (peak * 1e12):6.1f}%" if rate else f"{'':>7}"
-        print(line + ("  " + r["note"] if r.get("note") else ""), flush=True)
+    print(head + "  note", flush=True)
 
 
-def main() -> None:
+def print_row(r: dict, flops: dict[str, float], peak: float | None) -> None:
+    """One row; one without seconds (a torch row that failed) prints only its note."""
+    note = "  " + r["note"] if r.get("note") else ""
+    if r.get("seconds") is None:
+        print(f"{r['system']:<8}{r['row']:<20}{'-':>12}" + note, flush=True)
+        return
+    fps = r["frames"] / r["seconds"]
+    steps = r.get("steps")
+    ms = f"{1e3 * r['seconds'] / steps:9.1f}" if steps else f"{'':>9}"
+    wait = f"{100 * r['waited'] / r['seconds']:6.1f}%" if r["waited"] is not None else f"{'':>7}"
+    f = flops.get(r["system"], 0.0)
+    rate = f * steps / r["seconds"] if steps and f else 0.0
+    # A ViT-B/16 on a CPU extracts a few images a second: a decimal keeps its rate readable.
+    fps_text = f"{fps:>12,.0f}" if fps >= 100 else f"{fps:>12.2f}"
+    line = f"{r['system']:<8}{r['row']:<20}{fps_text}{ms}{wait}"
+    line += f"{rate / 1e9:9.1f}" if rate else f"{'':>9}"
+    if peak:
+        line += f"{100 * rate / (peak * 1e12):6.1f}%" if rate else f"{'':>7}"
+    print(line + note, flush=True)
+
+
+SECTIONS = {"a": "A", "b": "B", "c": "C", "extract": "extract", "mae": "MAE",
+            "pipeline": "pipeline"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--small", action="store_true", help="reduced sizes for a CPU")
-    parser.add_argument("--systems", default="A,B,C")
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--small", action="store_true", help="reduced sizes for a CPU")
+    sizes.add_argument("--tiny", action="store_true",
+                       help="the smallest sizes, seconds per section (tests; numbers mean nothing)")
+    parser.add_argument("--systems", default="A,B,C,extract,mae,pipeline",
+                        help="sections to run, any of A,B,C,extract,mae,pipeline")
     parser.add_argument("--data", default="/tmp/abaw_benchmark", help="store cache directory")
     parser.add_argument("--frames", type=int, default=0,
-                        help="frames in the store (default 60,000 with --small, else 2,610,374)")
-    parser.add_argument("--steps", type=int, default=0, help="timed steps (default 10 / 50)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compilation)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed runs of --steps steps per row; the fastest is reported")
+                        help="frames in the training rows' store (default 60,000 with --small, "
+                             "20,000 with --tiny, else 2,610,374)")
+    parser.add_argument("--pipeline-frames", type=int, default=0,
+                        help="frames in the pipeline rows' store (default Aff-Wild2's 2,610,374, "
+                             "also with --small; --tiny: --frames)")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="timed steps of the training rows (default 10 / 50; --tiny 2)")
+    parser.add_argument("--image-steps", type=int, default=0,
+                        help="timed steps per implementation of the extract and MAE rows "
+                             "(default 20; --small: 3 extract, 5 MAE; --tiny 2)")
+    parser.add_argument("--image-batch", type=int, default=0,
+                        help="batch of the extract and MAE rows (default 256; --small: 8 "
+                             "extract, 64 MAE; --tiny: 2, 4)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed steps (compilation) of every row (default 3; --tiny 1)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed runs of --steps steps per training row; the fastest is "
+                             "reported (default 3; --tiny 1)")
     parser.add_argument("--threads", type=int, default=2, help="grain threads")
     parser.add_argument("--resident", type=int, default=4, help="batches held for compute rows")
-    parser.add_argument("--pipeline-batch", type=int, default=64)
+    parser.add_argument("--pipeline-batch", type=int, default=0,
+                        help="windows per batch of the pipeline rows (default 64; --tiny 8)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--ablations", action="store_true",
                         help="also time abaw_jax without buffer donation and with a host round "
@@ -472,27 +669,85 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="device peak for MFU (989 for H100/H200 bf16); 0: no MFU column")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    args.frames = args.frames or (60_000 if args.small else 2_610_374)
-    args.steps = args.steps or (10 if args.small else 50)
+    args = parser.parse_args(argv)
 
+    args.size = "tiny" if args.tiny else "small" if args.small else "full"
+    chosen = [x.strip().lower() for x in args.systems.split(",") if x.strip()]
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"--systems: unknown {', '.join(unknown)}; known: A,B,C,extract,mae,pipeline")
+    args.sections = {SECTIONS[x] for x in chosen}
+    tiny = args.tiny
+    args.frames = args.frames or (20_000 if tiny else 60_000 if args.small else AFFWILD2_FRAMES)
+    args.pipeline_frames = args.pipeline_frames or (args.frames if tiny else AFFWILD2_FRAMES)
+    args.steps = args.steps or (2 if tiny else 10 if args.small else 50)
+    args.warmup = args.warmup or (1 if tiny else 3)
+    args.repeats = args.repeats or (1 if tiny else 3)
+    args.pipeline_batch = args.pipeline_batch or (8 if tiny else 64)
+    if not args.no_torch and importlib.util.find_spec("torch") is None:
+        print("torch is not installed: no torch rows")
+        args.no_torch = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not args.no_torch:
+        # PyTorch's rows share the GPU with JAX in this process: JAX's default preallocation (75%
+        # of the memory) would leave too little to the full-size torch MAE and compiled models.
+        # Read when JAX starts its backend, which nothing has done yet.
+        os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
     mesh = sharding.make_mesh()
     device = jax.devices()[0]
-    print(f"jax {jax.__version__} on {len(jax.devices())} x {device.device_kind}; "
+    torch_version, torch_dtype = "", ""
+    if not args.no_torch:
+        import torch
+        cuda = torch.cuda.is_available()
+        torch_version = (f"; torch {torch.__version__} on "
+                         f"{torch.cuda.get_device_name() if cuda else 'cpu'}")
+        torch_dtype = ", torch " + ("bf16 autocast" if cuda else "float32")
+    print(f"jax {jax.__version__} on {len(jax.devices())} x {device.device_kind}{torch_version}; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    chosen = [s for s in systems(args.small) if s.key in args.systems.split(",")]
-    needs_c = any(s.model == "fusion" for s in chosen)
-    stores, videos = open_store(args, SETS_C if needs_c else {"vit": 768})
-    print(f"store: {args.frames:,} frames in {len(videos)} videos; best of {args.repeats} runs of "
-          f"{args.steps} steps after {args.warmup} warmup\n", flush=True)
 
-    rows, flops = pipeline_rows(videos, stores["vit"], args), {}
-    print_table(rows, flops, args.peak_tflops)
+    # Stores first (their builds print), so that the table below is printed in one piece.
+    chosen = [s for s in systems(args.size) if s.key in args.sections]
+    if chosen:
+        needs_c = any(s.model == "fusion" for s in chosen)
+        stores, videos = open_store(args, SETS_C if needs_c else {"vit": 768}, args.frames)
+        print(f"training rows: store {args.frames:,} frames in {len(videos)} videos; best of "
+              f"{args.repeats} runs of {args.steps} steps after {args.warmup} warmup")
+        for system in chosen:
+            print(f"  {system.key}  {system.model}: batch {system.batch_size} x {system.seq_len} "
+                  f"frames, {system.overrides or 'paper sizes'}")
+    if "pipeline" in args.sections:
+        pipe_stores, pipe_videos = open_store(args, {"vit": 768}, args.pipeline_frames)
+        print(f"pipeline rows: store {args.pipeline_frames:,} frames in {len(pipe_videos)} "
+              f"videos; best of {args.repeats} runs of {4 * args.steps} batches")
+    works = [w for w in image_workloads(args.size) if w.key in args.sections]
+    works = [dataclasses.replace(w, batch_size=args.image_batch or w.batch_size,
+                                 steps=args.image_steps or w.steps) for w in works]
+    dtype = np.dtype(sharding.compute_dtype("auto")).name
+    for w in works:
+        what = (f"{w.model} at {w.image_size} px, mean pooling" if w.key == "extract" else
+                f"bench_mae.{w.model} dims, {w.image_size} px, 75% masking, norm-pix loss, "
+                f"AdamW")
+        print(f"{w.key} rows: {what}; batch {w.batch_size}, abaw_jax {dtype}{torch_dtype}; median "
+              f"of {w.steps} steps alternating between the rows, after {args.warmup} warmup")
+    print(flush=True)
+
+    flops: dict[str, float] = {}
+    print_header(args.peak_tflops)
+
+    def emit(found: list[dict]) -> None:
+        for r in found:
+            print_row(r, flops, args.peak_tflops)
+        print(flush=True)
+
+    if "pipeline" in args.sections:
+        emit(pipeline_rows(pipe_videos, pipe_stores["vit"], args))
     for system in chosen:
         features = FeatureSets(stores) if system.model == "fusion" else stores["vit"]
         dims = dict(features.dims) if system.model == "fusion" else features.dim
-        print(f"\n{system.key} ({system.model}): batch {system.batch_size} x {system.seq_len} "
-              f"frames, {system.overrides or 'paper sizes'}", flush=True)
         found, flops[system.key], kept = run_jax(system, videos, features, args, mesh)
         torch_threads = [] if args.no_torch else [int(t) for t in args.torch_threads.split(",")]
         for i, threads in enumerate(torch_threads):
@@ -503,11 +758,13 @@ def main() -> None:
                 try:
                     found.append(run_torch(system, kept, dims, args, True, threads))
                 except Exception as e:  # Inductor needs a working C++ toolchain, and may fail.
-                    print(f"torch.compile failed: {type(e).__name__}: {str(e)[:200]}")
+                    found.append(dict(row=torch_row(True, threads), seconds=None,
+                                      note=failure_note(e)))
         for r in found:
             r.update(system=system.key, steps=args.steps)
-        print_table(found, flops, args.peak_tflops)
-        rows += found
+        emit(found)
+    for work in works:
+        emit(image_rows(work, args, flops))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Helpers shared by the scripts: config loading as the command line does it, overrides."""
+"""Helpers shared by the scripts: config loading as the command line does it, overrides, and
+XLA's FLOP count of a compiled function (the benchmarks' MFU)."""
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+from typing import Any
 
 import ml_collections
 
@@ -35,3 +37,15 @@ def set_override(config: ml_collections.ConfigDict, item: str) -> None:
     if leaf not in node:
         raise KeyError(f"config has no key {key!r}")
     node[leaf] = value
+
+
+def xla_flops(compiled: Any) -> float:
+    """XLA's FLOP count of one call of a compiled function (``jax.jit(f).lower(...).compile()``).
+
+    0.0 when the backend reports none. Multiply-adds count as two FLOPs; work inside custom calls
+    (e.g. a fused attention kernel) may be left out, so benchmarks print the count next to MFU.
+    """
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost.get("flops", 0.0)) if cost else 0.0
