@@ -65,6 +65,9 @@ def _convert(key: str, value: str, default: Any) -> Any:
     return value
 
 
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+
+
 def base_config(task: str) -> ml_collections.ConfigDict:
     """Fields shared by every training config; task files override what differs."""
     if task not in TASKS:
@@ -72,6 +75,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.task = task
     c.seed = 0
+    # PRNG of the per-step randomness (dropout, frame masking): "rbg" draws its bits with XLA's
+    # RngBitGenerator, cheaper than threefry inside a train step; parameters are always
+    # initialised from a threefry key of `seed`.
+    c.rng_impl = "rbg"             # "threefry2x32" | "rbg" | "unsafe_rbg"
 
     c.data = ml_collections.ConfigDict()
     # Empty root: the built-in demo dataset (generated once and cached).
@@ -136,6 +143,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.{key} = {_get(config, key)!r}: {why}")
 
     need(config.task in TASKS, "task", f"must be one of {TASKS}")
+    need(config.rng_impl in RNG_IMPLS, "rng_impl", f"must be one of {RNG_IMPLS}")
     for key in ("batch_size", "total_steps", "data.seq_len", "log_every", "eval_every",
                 "checkpoint_every"):
         need(_get(config, key) >= 1, key, "must be >= 1")

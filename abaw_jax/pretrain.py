@@ -60,6 +60,7 @@ def base_config(mode: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = mode
     c.seed = 0
+    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see train.make_rngs)
     c.data = ml_collections.ConfigDict(dict(
         source="folder",        # "folder" (one subfolder per class), "affwild2", "tfds"
         root="",                # image folder, Aff-Wild2 root, or the TFDS data_dir
@@ -111,6 +112,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise config_lib.ConfigError(f"config.{key} = {node!r}: {why}")
 
     need(config.mode in MODES, "mode", f"must be one of {MODES}")
+    need(config.rng_impl in config_lib.RNG_IMPLS, "rng_impl",
+         f"must be one of {config_lib.RNG_IMPLS}")
     need(config.data.source in SOURCES, "data.source", f"must be one of {SOURCES}")
     need(bool(config.data.root) or config.data.source == "tfds", "data.root",
          "must name the image folder / Aff-Wild2 root")
@@ -456,7 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip, num_threads=d.num_threads)
 
     # Steps.
-    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+    from abaw_jax.train import make_rngs
+    init_rng, train_rng = make_rngs(config.seed, config.rng_impl)
     weights = class_weights(config, train_src) if config.mode == "finetune" else None
     train_step = jax.jit(make_train_step(config, model, setup.tx, setup.schedule, train_rng, weights),
                          in_shardings=(repl, rows), out_shardings=(repl, repl), donate_argnums=(0,))

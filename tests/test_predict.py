@@ -113,7 +113,10 @@ def test_fer_video_to_csv_and_plot(runs, tmp_path):
         assert all(-1 <= v <= 1 for v in va)
         probs = np.array([float(r[f"prob_{c}"]) for c in affwild2.EXPR_CLASSES])
         assert probs.sum() == pytest.approx(1.0, abs=2e-4)
-        assert r["expression"] == affwild2.EXPR_CLASSES[int(probs.argmax())]
+        # The class is the argmax of the unrounded probabilities; the file keeps 4 decimals, so
+        # a near-tie can put another class first there, never one more than 1e-4 below the top.
+        chosen = probs[affwild2.EXPR_CLASSES.index(r["expression"])]
+        assert chosen == pytest.approx(probs.max(), abs=1.01e-4)
         assert all(r[au] == "" for au in affwild2.AU_NAMES)   # no AU workdir
         if r["face_found"] == "1":
             x, y, w, h = (float(r[k]) for k in "xywh")
