@@ -26,13 +26,14 @@ from scripts.common import xla_flops  # noqa: E402
 TIMM_MODEL = "vit_base_patch16_224"
 
 
-def make_jax(spec: str, image_size: int, batch: int, dtype: Any
-             ) -> tuple[Callable[[], None], float, int, Any]:
+def make_jax(spec: str, image_size: int, batch: int, dtype: Any,
+             attention_impl: str = "default") -> tuple[Callable[[], None], float, int, Any]:
     """``(step, flops, params, module)`` of abaw_jax's extraction of one batch of random images.
 
     ``step`` runs one blocking batch; ``flops`` is XLA's count for it; ``module`` is the ViT, whose
     dims the timm twin copies. ``spec`` is an `extract.load_encoder` random-init spec
-    ("vit:B/16", "vit:Ti/16,depth=2").
+    ("vit:B/16", "vit:Ti/16,depth=2"); ``attention_impl`` picks the attention kernel
+    (`abaw_jax.models.attention`).
     """
     import jax
 
@@ -40,6 +41,7 @@ def make_jax(spec: str, image_size: int, batch: int, dtype: Any
 
     module, variables, info = extract.load_encoder(spec, pool="mean", image_size=image_size,
                                                    dtype=dtype)
+    module = module.clone(attention_impl=attention_impl)
     mesh = extract.local_mesh()
     fn = extract.make_extract_fn(module, info, mesh)
     variables = jax.device_put(variables, sharding.replicated(mesh))

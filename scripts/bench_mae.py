@@ -35,11 +35,12 @@ SMALL = dict(width=192, depth=4, num_heads=3, mlp_dim=768, patch_size=6, image_s
 TINY = {key: mae_lib.tiny_config()[key] for key in BASE}
 
 
-def make_jax(dims: dict, batch: int, dtype: Any = jnp.float32
+def make_jax(dims: dict, batch: int, dtype: Any = jnp.float32, attention_impl: str = "default"
              ) -> tuple[Callable[[], None], float, int]:
     """``(step, flops, params)``: one blocking train step of abaw_jax's MAE, its XLA FLOP count
     and the model's parameter count. The step's state lives in the closure (donated each step)."""
-    model = mae_lib.mae_from_config(dict(dims, norm_pix_loss=True, dtype=dtype))
+    model = mae_lib.mae_from_config(dict(dims, norm_pix_loss=True, dtype=dtype,
+                                         attention_impl=attention_impl))
     s = dims["image_size"]
     images = jax.random.normal(jax.random.key(0), (batch, s, s, 3))
     # Jitted: run op by op, the initialisation would compile each of its many small ops.

@@ -139,10 +139,11 @@ def image_workloads(size: str) -> list[Images]:
     return [Images("extract", "vit:B/16", 224, 256, 20), Images("MAE", mae, mae_image, 256, 20)]
 
 
-def make_config(system: System):
+def make_config(system: System, attention_impl: str = "default"):
     """The system's config (paper hyperparameters, EXPR) with the benchmark's sizes."""
     config = config_lib.base_config("EXPR")
     config_lib.use_model(config, system.model)
+    config.model.attention_impl = attention_impl
     config.data.seq_len = system.seq_len
     config.batch_size = system.batch_size
     config.total_steps = 10_000
@@ -192,7 +193,7 @@ def step_flops(jitted, state, batch) -> float:
 
 def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], float, list]:
     """abaw_jax rows (host, bank, resident); also the step FLOPs and batches for torch."""
-    config = make_config(system)
+    config = make_config(system, args.attention_impl)
     dims = dict(features.dims) if isinstance(features, FeatureSets) else features.dim
     setup = train.setup_model(config, dims, mesh)
     loss_fn = train.make_loss(config, videos)
@@ -577,12 +578,13 @@ def image_rows(work: Images, args, flops: dict[str, float]) -> list[dict]:
     dtype = sharding.compute_dtype("auto")
     batch = work.batch_size
     if work.key == "extract":
-        step, flop, params, vit = bench_extract.make_jax(work.model, work.image_size, batch, dtype)
+        step, flop, params, vit = bench_extract.make_jax(work.model, work.image_size, batch, dtype,
+                                                          args.attention_impl)
 
         def twin(threads: int, compiled: bool):
             return bench_extract.make_timm(vit, batch, threads, compiled)
     else:
-        step, flop, params = bench_mae.make_jax(work.mae_dims, batch, dtype)
+        step, flop, params = bench_mae.make_jax(work.mae_dims, batch, dtype, args.attention_impl)
 
         def twin(threads: int, compiled: bool):
             return bench_mae.make_torch(work.mae_dims, batch, threads, compiled)
@@ -668,6 +670,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pipeline-batch", type=int, default=0,
                         help="windows per batch of the pipeline rows (default 64; --tiny 8)")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--attention-impl", default="default",
+                        choices=("default", "einsum", "xla", "cudnn"),
+                        help="attention kernel of every abaw_jax model (abaw_jax.models.attention)")
     parser.add_argument("--ablations", action="store_true",
                         help="also time abaw_jax without buffer donation and with a host round "
                              "trip per step")
