@@ -139,11 +139,12 @@ def image_workloads(size: str) -> list[Images]:
     return [Images("extract", "vit:B/16", 224, 256, 20), Images("MAE", mae, mae_image, 256, 20)]
 
 
-def make_config(system: System, attention_impl: str = "default"):
+def make_config(system: System, attention_impl: str = "default", rng_impl: str = "rbg"):
     """The system's config (paper hyperparameters, EXPR) with the benchmark's sizes."""
     config = config_lib.base_config("EXPR")
     config_lib.use_model(config, system.model)
     config.model.attention_impl = attention_impl
+    config.rng_impl = rng_impl
     config.data.seq_len = system.seq_len
     config.batch_size = system.batch_size
     config.total_steps = 10_000
@@ -193,7 +194,7 @@ def step_flops(jitted, state, batch) -> float:
 
 def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], float, list]:
     """abaw_jax rows (host, bank, resident); also the step FLOPs and batches for torch."""
-    config = make_config(system, args.attention_impl)
+    config = make_config(system, args.attention_impl, args.rng_impl)
     dims = dict(features.dims) if isinstance(features, FeatureSets) else features.dim
     setup = train.setup_model(config, dims, mesh)
     loss_fn = train.make_loss(config, videos)
@@ -673,6 +674,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attention-impl", default="default",
                         choices=("default", "einsum", "xla", "cudnn"),
                         help="attention kernel of every abaw_jax model (abaw_jax.models.attention)")
+    parser.add_argument("--rng-impl", default="rbg", choices=config_lib.RNG_IMPLS,
+                        help="PRNG of dropout and masking in the A, B, C steps (config.rng_impl)")
     parser.add_argument("--ablations", action="store_true",
                         help="also time abaw_jax without buffer donation and with a host round "
                              "trip per step")
