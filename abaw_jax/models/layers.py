@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abaw_jax.models import attention as attention_lib
+from abaw_jax.models import linear
 
 Dtype = Any
 
@@ -93,15 +94,17 @@ class MultiHeadSelfAttention(nn.Module):
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model width {dim} is not divisible by num_heads {self.num_heads}")
-        dense = functools.partial(nn.DenseGeneral, features=(self.num_heads, dim // self.num_heads),
+        dense = functools.partial(linear.DenseGeneral,
+                                  features=(self.num_heads, dim // self.num_heads),
                                   dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         q, k, v = (dense(name=n)(x) for n in ("query", "key", "value"))   # [B, L, H, D/H]
         mask = None if key_mask is None else attention_mask(key_mask)
         y = attention_lib.dot_product_attention(q, k, v, mask,
                                                 implementation=self.attention_impl)
-        return nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-                               kernel_init=_dense_init, name="out")(y)
+        return linear.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
+                                   param_dtype=self.param_dtype, kernel_init=_dense_init,
+                                   name="out")(y)
 
 
 class EncoderBlock(nn.Module):
@@ -130,7 +133,7 @@ class EncoderBlock(nn.Module):
         check_choice("activation", self.activation, ACTIVATIONS)
         layer_norm = functools.partial(nn.LayerNorm, epsilon=self.layer_norm_eps,
                                        dtype=self.dtype, param_dtype=self.param_dtype)
-        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+        dense = functools.partial(linear.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         drop = functools.partial(nn.Dropout(self.dropout), deterministic=not train)
         attention = MultiHeadSelfAttention(self.num_heads, dtype=self.dtype,

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from abaw_jax.models import linear
 from abaw_jax.models import vit as vit_lib
 from abaw_jax.models import weights as weights_lib
 
@@ -226,7 +227,7 @@ class MAE(nn.Module):
                train: bool) -> jax.Array:
         """Pixel predictions ``[B, N, p * p * C]`` float32 from the encoder's visible tokens."""
         dtype = jnp.dtype(self.dtype)
-        dense = functools.partial(nn.Dense, dtype=dtype, param_dtype=self.param_dtype,
+        dense = functools.partial(linear.Dense, dtype=dtype, param_dtype=self.param_dtype,
                                   kernel_init=nn.initializers.xavier_uniform())
         x = dense(self.decoder_width, name="decoder_embed")(latent)
         b, n = ids_restore.shape

@@ -32,6 +32,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from abaw_jax.models import attention
+from abaw_jax.models import linear
 
 # width, depth, heads, mlp_dim as in "An Image is Worth 16x16 Words" (Ti and S from DeiT / AugReg).
 VARIANT_DIMS: dict[str, tuple[int, int, int, int]] = {
@@ -90,13 +91,13 @@ class Attention(nn.Module):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         dense = functools.partial(
-            nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
+            linear.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
             param_dtype=self.param_dtype, kernel_init=nn.initializers.xavier_uniform())
         q = dense(use_bias=self.qkv_bias, name="query")(x)
         k = dense(use_bias=self.qkv_bias, name="key")(x)
         v = dense(use_bias=self.qkv_bias, name="value")(x)
         y = attention.dot_product_attention(q, k, v, implementation=self.implementation)
-        return nn.DenseGeneral(
+        return linear.DenseGeneral(
             width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.initializers.xavier_uniform(), name="out")(y)
 
@@ -112,7 +113,7 @@ class MlpBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         dense = functools.partial(
-            nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+            linear.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=nn.initializers.xavier_uniform(),
             bias_init=nn.initializers.normal(stddev=1e-6))
         y = dense(self.mlp_dim, name="Dense_0")(x)
