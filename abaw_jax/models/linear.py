@@ -102,23 +102,5 @@ class DenseGeneral(nn.Module):
         return y
 
 
-class Dense(nn.Module):
-    """``y = x @ kernel + bias`` over the last axis, with flax.linen.Dense's parameters."""
-
-    features: int
-    use_bias: bool = True
-    dtype: Any = None
-    param_dtype: Any = jnp.float32
-    kernel_init: Initializer = nn.initializers.lecun_normal()
-    bias_init: Initializer = nn.initializers.zeros
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features),
-                            self.param_dtype)
-        dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)
-        y = matmul(x.astype(dtype), kernel.astype(dtype))
-        if self.use_bias:
-            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
-            y = y + bias.astype(dtype)
-        return y
+# flax.linen.Dense's case (an int of features over the last axis) creates the same parameters.
+Dense = DenseGeneral
