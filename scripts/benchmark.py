@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT))
 from abaw_jax import config as config_lib, sharding, train  # noqa: E402
 from abaw_jax.data import device_bank, pipeline  # noqa: E402
 from abaw_jax.data.features import FeatureSets, FeatureStore  # noqa: E402
+from abaw_jax.models import attention as attention_lib  # noqa: E402
 from abaw_jax.models.tcn import block_dilations  # noqa: E402
 from scripts import bench_extract, bench_mae  # noqa: E402
 from scripts.bench_pipeline import (  # noqa: E402
@@ -672,7 +673,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="windows per batch of the pipeline rows (default 64; --tiny 8)")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--attention-impl", default="default",
-                        choices=("default", "einsum", "xla", "cudnn"),
+                        choices=attention_lib.IMPLEMENTATIONS,
                         help="attention kernel of every abaw_jax model (abaw_jax.models.attention)")
     parser.add_argument("--rng-impl", default="rbg", choices=config_lib.RNG_IMPLS,
                         help="PRNG of dropout and masking in the A, B, C steps (config.rng_impl)")

@@ -19,8 +19,8 @@ head-major layout up front lets XLA fold the transposes into the q/k/v projectio
 the ``[B, N, T, H]`` product by the row sums replaces a pass over ``T x S`` values by one over
 ``T x H``. On the 2-core CPU the ViT-B/16 forward pass runs 1.21x faster (batch 16) than with
 the ``"xla"`` path, and the training steps of systems A, B and C 1.09x to 1.26x faster
-(`scripts/benchmark.py --attention-impl`, docs/performance.md). The result equals softmax attention up to
-float rounding (tests compare all implementations).
+(`scripts/benchmark.py --attention-impl`, docs/performance.md). The result equals softmax
+attention up to float rounding (tests compare all implementations).
 """
 
 from __future__ import annotations

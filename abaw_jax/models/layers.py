@@ -29,7 +29,6 @@ from abaw_jax.models import linear
 
 Dtype = Any
 
-ATTENTION_IMPLS = attention_lib.IMPLEMENTATIONS
 NORMS = ("post", "pre")
 ACTIVATIONS = ("relu", "gelu")
 
@@ -90,7 +89,6 @@ class MultiHeadSelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
-        check_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model width {dim} is not divisible by num_heads {self.num_heads}")

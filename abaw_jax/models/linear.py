@@ -89,7 +89,8 @@ class DenseGeneral(nn.Module):
         in_shape = x.shape[x.ndim - n_in:]
         kernel = self.param("kernel", _flat_init(self.kernel_init, n_in), in_shape + features,
                             self.param_dtype)
-        dtype = self.dtype or jnp.promote_types(x.dtype, self.param_dtype)
+        dtype = (jnp.promote_types(x.dtype, self.param_dtype) if self.dtype is None
+                 else jnp.dtype(self.dtype))
         lead = x.shape[: x.ndim - n_in]
         y = matmul(x.astype(dtype).reshape(*lead, math.prod(in_shape)),
                    kernel.astype(dtype).reshape(math.prod(in_shape), math.prod(features)))
