@@ -57,6 +57,13 @@ def test_one_table_with_every_abaw_jax_row(run):
     out, rows = run
     assert out.count("frames/s") == 1, "the rows must form one table under one header"
     _check(rows, JAX_ROWS)
+    # Host and bank rows carry the input path's share of the step ("wait"), resident rows none.
+    for line in out.splitlines():
+        if m := ROW.match(line):
+            if m[2] in ("abaw_jax host", "abaw_jax bank"):
+                assert re.search(r" \d+\.\d% ", line), line
+            elif m[2] == "abaw_jax resident":
+                assert not re.search(r" \d+\.\d% ", line.split("  params")[0]), line
 
 
 def test_torch_rows_next_to_them(run):

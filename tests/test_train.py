@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -111,3 +112,18 @@ def test_skip_nonfinite_counts_skipped_updates(tiny_demo, tmp_path, monkeypatch)
                              tmp_path)
     rows = [r for r in read_metrics(tmp_path) if "train/skipped_updates" in r]
     assert rows[-1]["step"] == 4 and rows[-1]["train/skipped_updates"] == 4
+
+
+def test_rng_impl_changes_step_randomness_not_initialisation():
+    init_tf, train_tf = train.make_rngs(7, "threefry2x32")
+    init_rbg, train_rbg = train.make_rngs(7, "rbg")
+    # Parameters are drawn from the same threefry key whatever config.rng_impl says.
+    np.testing.assert_array_equal(jax.random.key_data(init_tf), jax.random.key_data(init_rbg))
+    assert "rbg" in str(jax.random.key_impl(train_rbg))
+    assert "threefry" in str(jax.random.key_impl(train_tf))
+    # Deterministic per seed, different across seeds.
+    np.testing.assert_array_equal(jax.random.key_data(train.make_rngs(7, "rbg")[1]),
+                                  jax.random.key_data(train_rbg))
+    a = jax.random.uniform(train_rbg, (16,))
+    b = jax.random.uniform(train.make_rngs(8, "rbg")[1], (16,))
+    assert not np.allclose(np.asarray(a), np.asarray(b))
