@@ -18,7 +18,6 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 from typing import Any
 
 import grain
@@ -26,6 +25,29 @@ import jax
 import orbax.checkpoint as ocp
 
 COMMIT_FILE = "commit_success.txt"
+DAMAGED_PREFIX = "damaged-"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be restored; the message names its directory."""
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException) -> None:
+    """Renames an unreadable checkpoint step to `damaged-<step>` (kept for inspection)."""
+    directory = pathlib.Path(manager.directory)
+    src = directory / str(step)
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    print(f"Checkpoint {src} is damaged ({type(error).__name__}: {reason}); trying the previous "
+          f"one", file=sys.stderr, flush=True)
+    if jax.process_index() == 0 and src.exists():
+        dst = directory / f"{DAMAGED_PREFIX}{step}"
+        if dst.exists():
+            shutil.rmtree(dst)
+        src.rename(dst)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"abaw_jax.checkpoints.set_aside.{step}")
+    manager.reload()
 
 
 def complete_steps(directory: str | pathlib.Path) -> list[int]:
@@ -53,27 +75,6 @@ def discard_incomplete(directory: str | pathlib.Path) -> list[pathlib.Path]:
     return removed
 
 
-def write_atomic(path: str | pathlib.Path, data: str | bytes) -> pathlib.Path:
-    """Writes `data` to `path` through a synced temporary file and a rename.
-
-    Readers see the old file or the complete new one, never a partial write, even if the
-    process is killed (or the machine loses power) in between.
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 class RunCheckpoints:
     """The two checkpoint managers of a workdir."""
 
@@ -99,9 +100,6 @@ class RunCheckpoints:
                 cleanup_tmp_directories=True, enable_async_checkpointing=async_save),
             item_names=("state",))
 
-    def latest_step(self) -> int | None:
-        return self.latest.latest_step()
-
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> None:
         """Saves the train state and the data iterator position at `step`."""
         self.latest.save(step, args=ocp.args.Composite(
@@ -120,20 +118,39 @@ class RunCheckpoints:
         self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                        metrics={"score": float(score)}, force=True)
 
-    def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[int, Any]:
-        """Restores the newest state (onto the shardings of `abstract_state`) and the iterator.
+    def latest_step(self) -> int | None:
+        return self.latest.latest_step()
 
-        The state restores on any device count. The iterator position is the same in every
-        process (each iterates the global batches and keeps its rows), so a run saved by N
-        processes resumes on M: a process without its own file takes process 0's.
+    def restore_latest(self, abstract_state: Any, data_iter: Any) -> tuple[int, Any] | None:
+        """Restores the newest intact state (onto the shardings of `abstract_state`) and the
+        iterator position; None when the workdir has no checkpoint yet.
+
+        A checkpoint that cannot be read (a data file truncated by a full disk, say) is named on
+        stderr, renamed to `damaged-<step>` so that no later run trips on it, and the previous
+        one is restored instead: `keep` >= 2 keeps one for that. The state restores on any device
+        count. The iterator position is the same in every process (each iterates the global
+        batches and keeps its rows), so a run saved by N processes resumes on M: a process
+        without its own file takes process 0's.
         """
-        step = self.latest.latest_step()
-        restored = self.latest.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
-        data_iter.set_state(_iterator_state(self.latest.directory / str(step) / "data"))
-        if hasattr(data_iter, "start_prefetch"):
-            data_iter.start_prefetch()   # as grain's own restore does: read ahead from here
-        return step, restored.state
+        damaged = []
+        for step in reversed(self.latest.all_steps()):
+            try:
+                restored = self.latest.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state)))
+                iterator_state = _iterator_state(self.latest.directory / str(step) / "data")
+            except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+                damaged.append(step)
+                _set_aside(self.latest, step, e)
+                continue
+            data_iter.set_state(iterator_state)
+            if hasattr(data_iter, "start_prefetch"):
+                data_iter.start_prefetch()   # as grain's own restore does: read ahead from here
+            return step, restored.state
+        if damaged:
+            raise CheckpointError(
+                f"{self.latest.directory}: every checkpoint is damaged (steps {damaged}, set "
+                f"aside as damaged-<step>); remove the workdir to start afresh")
+        return None
 
     def wait(self) -> None:
         self.latest.wait_until_finished()

@@ -1,21 +1,33 @@
-"""Configuration: the shared base config, variant strings and validation.
+"""Configuration plumbing: variant strings, config files, one validation helper, and the shared
+fields of every command's config.
 
-Config files in `configs/` build on `base_config(task)` and expose `get_config(arg)`. The string
+The task files users type (`configs/va.py`, `expr.py`, `au.py`) pick a system by the variant
+`model=` and load that system's file (`configs/system_a.py`, `system_b.py`, `system_c.py`),
+which holds all of its hyperparameters with their sources; `task_config` does this. The string
 after a colon in `--config configs/va.py:demo,seq_len=10` is decoded by `parse_arg` into named
-variants. Everything here runs before JAX touches a device, so a bad config fails in a second with
-the offending key in the message.
+variants. Everything here runs before JAX touches a device, so a bad config fails in a second
+with the offending key in the message.
 """
 
 from __future__ import annotations
 
-import math
+import importlib.util
+import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
 
-TASKS = ("VA", "EXPR", "AU")
+from abaw_jax import optim
+from abaw_jax.data.affwild2 import TASKS
 
-
+RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+IMAGE_MODES = ("mae", "finetune")
+IMAGE_SOURCES = ("folder", "affwild2", "tfds")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The temporal models of systems A, B and C, and the config file of each system.
+MODELS = ("transformer", "tcn", "fusion")
+SYSTEM_FILES = {"transformer": "system_a.py", "tcn": "system_b.py", "fusion": "system_c.py"}
 
 
 class ConfigError(ValueError):
@@ -65,15 +77,67 @@ def _convert(key: str, value: str, default: Any) -> Any:
     return value
 
 
-RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
+def get(config: Any, dotted: str) -> Any:
+    """The value at a dotted key ("optimizer.lr") of a ConfigDict, mapping or object."""
+    node = config
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, (ml_collections.ConfigDict, dict)) else getattr(node, part)
+    return node
+
+
+def checker(config: Any, *, prefix: str = "config.",
+            error: type[Exception] = ConfigError) -> Callable[[bool, str, str], None]:
+    """`need(ok, key, why)`: raises `error("<prefix><key> = <value>: <why>")` when not `ok`.
+
+    The one validation helper of the package: configs, model options and extraction settings
+    all report a bad value the same way, naming the key and the value found.
+    """
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise error(f"{prefix}{key} = {get(config, key)!r}: {why}")
+    return need
+
+
+def load_config_file(path: str | pathlib.Path, arg: str | None = None,
+                     function: str = "get_config", *args) -> ml_collections.ConfigDict:
+    """Calls `function(arg)` (or `function(*args)`) of the config file at `path`."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"abaw_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, function):
+        raise ConfigError(f"{path}: defines no {function}()")
+    return getattr(module, function)(*(args or (arg,)))
+
+
+def load_module(path: str | pathlib.Path):
+    """The module of a config file (for files that expose several functions)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"abaw_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------------------
+# Temporal models (train, evaluate).
 
 
 def base_config(task: str) -> ml_collections.ConfigDict:
-    """Fields shared by every training config; task files override what differs."""
+    """Fields every training config has: data plumbing, logging cadence, devices.
+
+    A system file (configs/system_*.py) fills in the model, loss, optimizer, schedule, batch
+    and windows of its system; the values here are only the structure and neutral defaults.
+    """
     if task not in TASKS:
         raise ConfigError(f"task must be one of {TASKS}, got {task!r}")
     c = ml_collections.ConfigDict()
     c.task = task
+    c.system = ""                  # "A", "B" or "C": the system file that set the hyperparameters
     c.seed = 0
     # PRNG of the per-step randomness (dropout, frame masking): "rbg" draws its bits with XLA's
     # RngBitGenerator, cheaper than threefry inside a train step; parameters are always
@@ -104,7 +168,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.demo.length_scale = 0.1
     c.data.demo.dim = 768
 
-    c.model = _model_config("transformer")
+    c.model = ml_collections.ConfigDict({"name": ""})
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = ""
@@ -112,16 +176,24 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.loss.gamma = 2.0
     c.loss.label_smoothing = 0.0   # cross-entropy
 
-    c.batch_size = 512             # global, in windows of seq_len frames
-    c.total_steps = 4000
+    c.batch_size = 32              # global, in windows of seq_len frames
+    # The run's length: total_steps when > 0, else num_epochs passes over the training windows.
+    c.total_steps = 0
+    c.num_epochs = 0.0
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.lr = 1e-4
-    c.optimizer.weight_decay = 1e-3
-    c.optimizer.warmup_steps = 200
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.schedule = "warmup_cosine"   # optim.SCHEDULES
+    c.optimizer.warmup_steps = 0
+    c.optimizer.warmup_epochs = 0.0          # > 0 wins over warmup_steps
+    c.optimizer.decay_rate = 1.0             # "exponential": factor per epoch
     c.optimizer.end_lr_factor = 0.0
-    c.optimizer.grad_clip = 1.0    # global norm; 0 disables
+    c.optimizer.grad_clip = 0.0              # global norm; 0 disables
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    # Early stopping on the validation score: evaluations without improvement; 0 disables it.
+    c.early_stopping_patience = 0
 
     c.log_every = 50
     c.eval_every = 500
@@ -138,29 +210,20 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Rejects out-of-range values before any work starts; raises ConfigError naming the key."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ConfigError(f"config.{key} = {_get(config, key)!r}: {why}")
-
+    need = checker(config)
     need(config.task in TASKS, "task", f"must be one of {TASKS}")
     need(config.rng_impl in RNG_IMPLS, "rng_impl", f"must be one of {RNG_IMPLS}")
-    for key in ("batch_size", "total_steps", "data.seq_len", "log_every", "eval_every",
-                "checkpoint_every"):
-        need(_get(config, key) >= 1, key, "must be >= 1")
-    for key in ("data.train_stride", "data.eval_stride", "eval_batch_size", "optimizer.warmup_steps"):
-        need(_get(config, key) >= 0, key, "must be >= 0")
+    for key in ("batch_size", "data.seq_len", "log_every", "eval_every", "checkpoint_every"):
+        need(get(config, key) >= 1, key, "must be >= 1")
+    for key in ("data.train_stride", "data.eval_stride", "eval_batch_size"):
+        need(get(config, key) >= 0, key, "must be >= 0")
     for key in ("data.train_stride", "data.eval_stride"):
         # A stride past the window would leave frames between windows unseen.
-        need(_get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
+        need(get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
          f"-1 (official split) or in [0, data.num_folds={config.data.num_folds})")
-    need(math.isfinite(config.optimizer.lr) and config.optimizer.lr > 0, "optimizer.lr",
-         "must be a positive finite number")
-    need(config.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
-    need(config.optimizer.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0 disables)")
-    need(0.0 <= config.optimizer.end_lr_factor <= 1.0, "optimizer.end_lr_factor", "must be in [0, 1]")
-    need(config.optimizer.warmup_steps < config.total_steps, "optimizer.warmup_steps",
-         "must be below total_steps (the cosine decay needs at least one step)")
+    optim.check(need, config)
+    need(config.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: off)")
     need(config.model.get("max_len", config.data.seq_len) >= config.data.seq_len,
          "model.max_len", "must be >= data.seq_len")
     if "mask_prob" in config.model:
@@ -171,36 +234,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0,
              "model.d_model", f"must be divisible by model.num_heads={config.model.num_heads}")
     _check_model(config)
-    need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
-         "'auto', 'float32', 'bfloat16' or 'float16'")
+    need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}")
     need(config.mesh_data == -1 or config.mesh_data >= 1, "mesh_data", "-1 (all devices) or >= 1")
     need(config.data.num_threads >= 1, "data.num_threads", "must be >= 1")
     need(config.data.device_bank in ("auto", "on", "off"), "data.device_bank",
          "'auto', 'on' or 'off'")
-
-
-def _get(config: ml_collections.ConfigDict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-MODELS = ("transformer", "tcn", "fusion")   # systems A, B and C
-
-
-def _model_module(name: str):
-    from abaw_jax.models import fusion, tcn, temporal
-    return {"transformer": temporal, "tcn": tcn, "fusion": fusion}[name]
-
-
-def _model_config(name: str) -> ml_collections.ConfigDict:
-    """The defaults of a model family (its module's default_config) plus its `name`."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    model = _model_module(name).default_config()
-    model.name = name
-    return model
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
@@ -215,47 +253,46 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
 
 
-# Per-task losses of each system (REFERENCE.md).
-_LOSSES = {
-    "transformer": {"VA": "ccc", "EXPR": "focal", "AU": "focal"},
-    "tcn": {"VA": "ccc", "EXPR": "ce", "AU": "bce"},
-    "fusion": {"VA": "mse_ccc", "EXPR": "ce", "AU": "wal"},
-}
+def model_defaults(name: str) -> ml_collections.ConfigDict:
+    """Every field of a model family's module (its `default_config`) plus its `name`."""
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    from abaw_jax.models import fusion, tcn, temporal
+    model = {"transformer": temporal, "tcn": tcn, "fusion": fusion}[name].default_config()
+    model.name = name
+    return model
 
 
-def use_model(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """Switches `config` to system A ("transformer"), B ("tcn") or C ("fusion") with its paper
-    hyperparameters: model, window, optimizer, batch and loss."""
-    config.model = _model_config(name)
-    config.loss.name = _LOSSES[name][config.task]
-    if config.task == "VA":
-        config.model.output_activation = "tanh"
-    if name == "tcn":
-        # Windows of 300 frames with stride 200; AdamW 3e-5, weight decay 1e-5, batch 32.
-        config.data.seq_len = 300
-        config.data.train_stride = 200
-        config.data.eval_stride = 200
-        config.batch_size = 32
-        config.optimizer.lr = 3e-5
-        config.optimizer.weight_decay = 1e-5
-    elif name == "fusion":
-        # 256-frame non-overlapping chunks; d_affine 512 for VA, 256 otherwise; lr 1e-4.
-        config.data.seq_len = 256
-        config.model.d_affine = 512 if config.task == "VA" else 256
-        config.batch_size = 32
-        config.optimizer.lr = 1e-4
-        config.optimizer.weight_decay = 0.0
-    return config
+def demo_run(config: ml_collections.ConfigDict) -> None:
+    """The run of every system's `:demo` variant: 600 steps of batch 32 at lr 1e-3 with a 50-step
+    warmup, evaluated every 200 steps (two to four minutes on a 2-core CPU)."""
+    config.batch_size = 32
+    config.total_steps = 600
+    config.num_epochs = 0.0
+    config.early_stopping_patience = 0
+    o = config.optimizer
+    o.lr, o.weight_decay, o.schedule = 1e-3, 1e-2, "warmup_cosine"
+    o.warmup_steps, o.warmup_epochs, o.end_lr_factor = 50, 0.0, 0.0
+    config.log_every = 50
+    config.eval_every = 200
+    config.checkpoint_every = 200
+    config.data.num_threads = 2
 
 
-def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the variant string shared by the task configs (see configs/va.py)."""
-    v = parse_arg(arg, demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0,
-                  no_tcn=False, no_transformer=False, sets="")
-    if v.model != "transformer":
-        use_model(config, v.model)
+TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
+                     no_transformer=False, sets="")
+
+
+def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config of a task file: system `model=` (A by default) from its system file in
+    `configs_dir`, then the variants of `arg` (see configs/va.py)."""
+    v = parse_arg(arg, **TASK_VARIANTS)
+    if v.model not in MODELS:
+        raise ConfigError(f"unknown config variant model={v.model!r}; known: {', '.join(MODELS)}")
+    system = load_module(pathlib.Path(configs_dir) / SYSTEM_FILES[v.model])
+    config = system.get_config(task)
     if v.demo:
-        _demo_scale(config)
+        system.demo(config)
     if v.seq_len:
         config.data.seq_len = v.seq_len
         if v.model == "tcn":
@@ -278,25 +315,139 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None) -> ml_col
     return config
 
 
-def _demo_scale(config: ml_collections.ConfigDict) -> None:
-    """Laptop scale: a small model and a short run on the demo data, a few minutes on 2 cores."""
-    m = config.model
-    if m.name == "transformer":
-        m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.dropout = 64, 2, 4, 128, 0.1
-    elif m.name == "tcn":
-        m.channels, m.kernel_size, m.dilations = (128, 64, 64), 5, (1, 2, 4)
-        m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.head_dim = 64, 2, 4, 128, 32
-        m.dropout = 0.1
-        config.data.seq_len, config.data.train_stride, config.data.eval_stride = 150, 100, 100
-    else:
-        m.d_affine, m.num_layers, m.num_heads, m.dropout, m.input_dropout = 32, 2, 4, 0.1, 0.2
-        config.data.seq_len = 128
-    config.batch_size = 32
-    config.total_steps = 600
-    config.optimizer.lr = 1e-3
-    config.optimizer.weight_decay = 1e-2
-    config.optimizer.warmup_steps = 50
-    config.log_every = 50
-    config.eval_every = 200
-    config.checkpoint_every = 200
-    config.data.num_threads = 2
+# ---------------------------------------------------------------------------------------------
+# Image models (pretrain).
+
+
+def image_base_config(mode: str) -> ml_collections.ConfigDict:
+    """Fields shared by ``configs/mae_face.py`` and ``configs/finetune_expr.py``."""
+    if mode not in IMAGE_MODES:
+        raise ConfigError(f"mode must be one of {IMAGE_MODES}, got {mode!r}")
+    from abaw_jax.models.weights import IMAGENET_MEAN, IMAGENET_STD
+    c = ml_collections.ConfigDict()
+    c.mode = mode
+    c.seed = 0
+    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see loop.make_rngs)
+    c.data = ml_collections.ConfigDict(dict(
+        source="folder",        # "folder" (one subfolder per class), "affwild2", "tfds"
+        root="",                # image folder, Aff-Wild2 root, or the TFDS data_dir
+        mapping="",             # folder -> class: "" sorted folders, "names" / "rafdb" / "affectnet", or JSON
+        val_root="",            # a separate validation folder (folder source)
+        val_fraction=0.0,       # else hold out this fraction of groups (folder source)
+        group_pattern=r"^(.*)$",  # regex on file names; its first group is the group (subject)
+        split_seed=0,
+        train_split="train",    # affwild2: "train" / "val"; tfds: split names
+        val_split="val",
+        tfds_name="",
+        every=1,                # affwild2: one frame in `every` per video
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        scale=(0.2, 1.0) if mode == "mae" else (0.08, 1.0),   # random resized crop area
+        ratio=(3 / 4, 4 / 3),
+        hflip=True,
+        num_threads=2,
+    ))
+    c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
+    c.num_classes = 8
+    c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
+    c.batch_size = 256
+    c.total_steps = 10000
+    c.num_epochs = 0.0          # > 0 with total_steps = 0: the run's length in epochs
+    c.early_stopping_patience = 0   # evaluations without a better score before stopping; 0: off
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1.5e-4, weight_decay=0.05, warmup_steps=500, warmup_epochs=0.0, end_lr_factor=0.0,
+        grad_clip=0.0, b1=0.9, b2=0.95, eps=1e-8, layer_decay=1.0, schedule="warmup_cosine",
+        decay_rate=1.0))
+    c.log_every = 50
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.eval_batch_size = 0
+    c.num_recon_images = 8
+    c.compute_dtype = "auto"
+    c.mesh_data = -1
+    c.progress = True
+    return c
+
+
+
+
+def validate_image(config: ml_collections.ConfigDict) -> None:
+    """Rejects bad values of a pretraining / fine-tuning config; raises ConfigError naming the key."""
+    need = checker(config)
+
+    need(config.mode in IMAGE_MODES, "mode", f"must be one of {IMAGE_MODES}")
+    need(config.rng_impl in RNG_IMPLS, "rng_impl",
+         f"must be one of {RNG_IMPLS}")
+    need(config.data.source in IMAGE_SOURCES, "data.source", f"must be one of {IMAGE_SOURCES}")
+    need(bool(config.data.root) or config.data.source == "tfds", "data.root",
+         "must name the image folder / Aff-Wild2 root")
+    need(config.data.source != "tfds" or bool(config.data.tfds_name), "data.tfds_name",
+         "must name the TFDS dataset")
+    for key in ("batch_size", "log_every", "eval_every", "checkpoint_every", "data.num_threads",
+                "data.every"):
+        need(get(config, key) >= 1, key, "must be >= 1")
+    need(0.0 <= config.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+    need(config.eval_batch_size >= 0, "eval_batch_size", "must be >= 0 (0: batch_size)")
+    optim.check(need, config)
+    need(0 < config.optimizer.layer_decay <= 1, "optimizer.layer_decay", "must be in (0, 1]")
+    need(config.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: off)")
+    need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
+         "data.std", "data.mean and data.std need 3 values, std > 0")
+    need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
+         "'auto', 'float32', 'bfloat16' or 'float16'")
+    if config.mode == "finetune":
+        need(config.num_classes >= 2, "num_classes", "must be >= 2")
+        need(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
+        need(config.loss.class_weights in ("", "balanced"), "loss.class_weights", "'' or 'balanced'")
+    from abaw_jax.models import classifier
+    try:
+        classifier.build_image_model(config)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config.model: {e}") from None
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Feature extraction (extract).
+
+
+def extraction_config() -> ml_collections.ConfigDict:
+    """The fields of an extraction config (see configs/extract_vit.py)."""
+    c = ml_collections.ConfigDict()
+    c.frames = ""           # Aff-Wild2 root (uses cropped_aligned/) or a folder of video folders
+    c.frame_counts = ""     # optional CSV `name,frames` (e.g. counter_frame.csv)
+    c.videos = ""           # optional comma list restricting the videos
+    c.encoder = ""          # weights path, encoder directory, or "vit:B/16"-style random init
+    c.seed = 0              # random-init encoders only
+    c.pool = "mean"         # ViT pooling: mean | gap | cls | "" (the checkpoint's own)
+    c.image_size = 224      # encoder input; 0: the encoder's own
+    c.decode_size = 0       # host decoding size; 0: image_size. Else the device resizes.
+    c.batch_size = 256      # global, in frames
+    c.dtype = "float16"     # store dtype
+    c.compute_dtype = "auto"
+    c.num_threads = 8       # decoding threads per process
+    c.mesh_data = -1        # local devices used; -1: all
+    c.progress = True
+    return c
+
+
+def validate_extraction(config: ml_collections.ConfigDict) -> None:
+    """Rejects bad values of an extraction config; raises ConfigError naming the key."""
+    from abaw_jax.data.features import DTYPES
+    from abaw_jax.models.vit import POOLS
+    pools = ("", *POOLS)
+    need = checker(config)
+    need(bool(config.frames), "frames", "set it to an Aff-Wild2 root or a folder of video folders")
+    need(bool(config.encoder), "encoder", "set it to a weights path, an encoder directory or a "
+         "random-init spec such as 'vit:B/16'")
+    need(config.pool in pools, "pool", f"must be one of {pools} ('' keeps the checkpoint's own)")
+    need(config.image_size >= 0, "image_size", "must be >= 0 (0: the encoder's own)")
+    need(config.decode_size >= 0, "decode_size", "must be >= 0 (0: image_size)")
+    need(config.batch_size >= 1, "batch_size", "must be >= 1")
+    need(config.dtype in DTYPES, "dtype", f"must be one of {sorted(DTYPES)}")
+    need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}")
+    need(config.num_threads >= 1, "num_threads", "must be >= 1")
+    need(config.mesh_data == -1 or config.mesh_data >= 1, "mesh_data",
+         "-1 (all local devices) or >= 1")

@@ -7,13 +7,11 @@ average on the validation split and writes the submission files like `evaluate` 
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-import ml_collections
 import numpy as np
 
-from abaw_jax import submission
+from abaw_jax import files, runs, submission
 
 
 def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
@@ -37,25 +35,15 @@ def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
     return p
 
 
-def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config a workdir was trained with (its config.json)."""
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    # JSON turns tuples into lists; model fields such as TCN channels expect tuples.
-    for key, value in config.model.items():
-        if isinstance(value, list):
-            config.model[key] = tuple(value)
-    return config
+# Kept under this module's name for callers that read a member's config here.
+load_run_config = runs.load_run_config
 
 
 def member_outputs(workdir: pathlib.Path, task: str, split: str) -> dict[str, np.ndarray]:
     """A member's per-video outputs, produced by its `evaluate` run if not there yet."""
     path = workdir / "predictions" / split / f"{task}_outputs.npz"
     if not path.exists():
-        from abaw_jax import evaluate
-        evaluate.evaluate(load_run_config(workdir), workdir, splits=(split,))
+        runs.evaluate_run(runs.load_run_config(workdir), workdir, splits=(split,))
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
@@ -63,7 +51,6 @@ def member_outputs(workdir: pathlib.Path, task: str, split: str) -> dict[str, np
 def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
              splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Averages the members' outputs per frame; returns {split: metrics} (metrics for "val")."""
-    from abaw_jax import evaluate, train
     workdirs = [pathlib.Path(w) for w in workdirs]
     configs = [load_run_config(w) for w in workdirs]
     tasks = {c.task for c in configs}
@@ -92,13 +79,13 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
         submission.write_submission(split_dir / f"{task}.txt", task, names, outputs)
-        evaluate.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
-        metrics: dict = {"members": [str(w) for w in workdirs]}
+        runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
+        metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
         if split == "val":
-            data = train.resolve_data(configs[0])
+            data = runs.resolve_data(configs[0])
             by_name = {v.name: v for v in data.val}
-            score, details = train.score_split(task, outputs, [by_name[n] for n in names])
+            score, details = runs.score_split(task, outputs, [by_name[n] for n in names])
             metrics.update(score=score, **details)
-            evaluate.write_json(split_dir / "metrics.json", metrics)
+            files.write_json(split_dir / "metrics.json", metrics)
         results[split] = metrics
     return results

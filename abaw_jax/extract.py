@@ -58,7 +58,6 @@ import os
 import pathlib
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -72,8 +71,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from abaw_jax import sharding
+from abaw_jax import cli, sharding
 from abaw_jax import config as config_lib
+from abaw_jax import loop as loop_lib
 from abaw_jax.data import affwild2, images as images_lib
 from abaw_jax.data import features as features_lib
 from abaw_jax.models import resnet as resnet_lib
@@ -84,8 +84,6 @@ log = logging.getLogger(__name__)
 
 ENCODER_FORMAT = "abaw_jax.encoder/1"
 ENCODER_FILE = "encoder.json"
-POOLS = ("", *vit_lib.POOLS)
-COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 CORRUPT_FILE = "corrupt_frames.txt"
 _NUMBER_RE = re.compile(r"(\d+)\.[^.]+")
 _PREFETCH = 2  # decoded batches waiting for the device: enough to hide decoding jitter
@@ -99,43 +97,9 @@ class ExtractError(ValueError):
 # Config.
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Rejects bad values before any work starts; raises ConfigError naming the key."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise config_lib.ConfigError(f"config.{key} = {config[key]!r}: {why}")
-
-    need(bool(config.frames), "frames", "set it to an Aff-Wild2 root or a folder of video folders")
-    need(bool(config.encoder), "encoder", "set it to a weights path, an encoder directory or a "
-         "random-init spec such as 'vit:B/16'")
-    need(config.pool in POOLS, "pool", f"must be one of {POOLS} ('' keeps the checkpoint's own)")
-    need(config.image_size >= 0, "image_size", "must be >= 0 (0: the encoder's own)")
-    need(config.decode_size >= 0, "decode_size", "must be >= 0 (0: image_size)")
-    need(config.batch_size >= 1, "batch_size", "must be >= 1")
-    need(config.dtype in features_lib.DTYPES, "dtype", f"must be one of {sorted(features_lib.DTYPES)}")
-    need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"must be one of {COMPUTE_DTYPES}")
-    need(config.num_threads >= 1, "num_threads", "must be >= 1")
-    need(config.mesh_data == -1 or config.mesh_data >= 1, "mesh_data", "-1 (all local devices) or >= 1")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The fields of an extraction config (see configs/extract_vit.py)."""
-    c = ml_collections.ConfigDict()
-    c.frames = ""           # Aff-Wild2 root (uses cropped_aligned/) or a folder of video folders
-    c.frame_counts = ""     # optional CSV `name,frames` (e.g. counter_frame.csv)
-    c.videos = ""           # optional comma list restricting the videos
-    c.encoder = ""          # weights path, encoder directory, or "vit:B/16"-style random init
-    c.seed = 0              # random-init encoders only
-    c.pool = "mean"         # ViT pooling: mean | gap | cls | "" (the checkpoint's own)
-    c.image_size = 224      # encoder input; 0: the encoder's own
-    c.decode_size = 0       # host decoding size; 0: image_size. Else the device resizes.
-    c.batch_size = 256      # global, in frames
-    c.dtype = "float16"     # store dtype
-    c.compute_dtype = "auto"
-    c.num_threads = 8       # decoding threads per process
-    c.mesh_data = -1        # local devices used; -1: all
-    c.progress = True
-    return c
+# The config of this command lives in abaw_jax.config; these names keep older callers working.
+validate = config_lib.validate_extraction
+default_config = config_lib.extraction_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,19 +543,6 @@ class _Collector:
         s["corrupt"] += len(v.corrupt)
 
 
-def _install_sigterm() -> tuple[dict, Any]:
-    flag = {"stop": False}
-
-    def handler(signum, frame):
-        flag["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: the caller handles termination
-        previous = None
-    return flag, previous
-
-
 def local_mesh(num_data: int = -1) -> Mesh:
     """A 1-D 'data' mesh over this process's devices: processes extract different videos."""
     devices = jax.local_devices()
@@ -614,7 +565,8 @@ def _jitted_feature_fn(module, mean, std, image_size, mesh):
     # Cached so that repeated runs in one process (tests, notebooks) compile the encoder once.
     fn = weights.feature_fn(module, {"mean": mean, "std": std}, image_size=image_size)
     batch = sharding.batch_sharding(mesh)
-    return jax.jit(fn, in_shardings=(sharding.replicated(mesh), batch), out_shardings=batch)
+    return sharding.jit(fn, mesh, in_shardings=(sharding.replicated(mesh), batch),
+                        out_shardings=batch)
 
 
 def _variant(module: nn.Module) -> str | None:
@@ -672,7 +624,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
         raise config_lib.ConfigError(
             f"config.batch_size = {config.batch_size}: must split evenly over {nproc} processes "
             f"and the {mesh.devices.size} devices of each")
-    compute = sharding.compute_dtype(config.compute_dtype)
+    compute = sharding.compute_dtype(config.compute_dtype, mesh)
     module, variables, info = load_encoder(
         config.encoder, pool=config.pool, image_size=config.image_size, dtype=compute,
         seed=config.seed)
@@ -706,7 +658,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
         workdir, dim=info["dim"], dtype=config.dtype, extractor=_describe(config.encoder, info, hw),
         process_index=pid, params=params)
     corrupt_path = workdir / (CORRUPT_FILE if nproc == 1 else f"corrupt_frames-p{pid}.txt")
-    stop, previous_handler = _install_sigterm()
+    sigterm = loop_lib.Sigterm(multiprocess_aware=False).__enter__()
     pool = concurrent.futures.ThreadPoolExecutor(config.num_threads, thread_name_prefix="decode")
     prefetcher = None
     progress = None
@@ -729,7 +681,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
         if is_main:
             print(f"Extracting {len(plans)} video(s), {total} images, with {info['format']} "
                   f"{_variant(module) or type(module).__name__} ({info['dim']}-d) on {mesh.devices.size} "
-                  f"{jax.default_backend()} device(s) into {workdir}", file=sys.stderr, flush=True)
+                  f"{sharding.platform(mesh)} device(s) into {workdir}", file=sys.stderr, flush=True)
         if is_main and config.progress:
             from tqdm import tqdm
             progress = tqdm(total=total, unit="frame", unit_scale=True, dynamic_ncols=True,
@@ -752,7 +704,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
             if pending is not None:
                 finish(*pending)
             pending = (batch, out)
-            if stop["stop"]:
+            if sigterm.requested:
                 summary["interrupted"] = True
                 break
         if pending is not None:
@@ -764,8 +716,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
         if progress is not None:
             progress.close()
         writer.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        sigterm.__exit__(None, None, None)
 
     seconds = time.perf_counter() - t_start
     summary["seconds"] = round(seconds, 3)
@@ -788,11 +739,9 @@ def main(argv) -> None:
     """absl entry: ``--config`` (an extraction config file) and ``--workdir`` (the store)."""
     del argv
     from absl import flags
-    sharding.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                    flags.FLAGS.process_id)
+    cli.initialize_distributed()
     extract(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from abaw_jax import train as _train
-    _train.run(main, validate)
+    cli.run(main, validate)

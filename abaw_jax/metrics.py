@@ -1,7 +1,8 @@
 """Challenge metrics over a whole split (numpy, float64).
 
-Every function takes arrays concatenated over all frames of a split, with a boolean `valid` mask of
-the same layout as the labels (see docs/architecture.md). Scores are computed once over all valid
+Every function takes arrays concatenated over all frames of a split, with an optional boolean
+`valid` mask of the same layout as the labels (see docs/architecture.md); without one, labels in
+the official form mark their own invalid entries (-5 for VA, -1 for EXPR and AU). Scores are computed once over all valid
 frames, never averaged over windows or videos: that is how the ABAW challenges rank entries.
 
 - VA: concordance correlation coefficient (CCC) per column, and their mean.
@@ -69,11 +70,23 @@ def ccc(x: Any, y: Any) -> float:
     return float(2.0 * cov / denom)
 
 
-def va_score(pred: Any, true: Any, valid: Any) -> dict[str, float]:
+# The official markers of a missing label.
+INVALID = {"VA": -5, "EXPR": -1, "AU": -1}
+SCORE_NAMES = {"VA": "CCC", "EXPR": "F1", "AU": "F1"}
+
+
+def _valid_or_official(task: str, true: np.ndarray, valid: Any) -> Any:
+    """`valid`, or (when None) the entries of `true` that are not the official invalid marker."""
+    if valid is not None:
+        return valid
+    return np.asarray(true) != INVALID[task]
+
+
+def va_score(pred: Any, true: Any, valid: Any = None) -> dict[str, float]:
     """CCC of valence and arousal, each over its own valid frames; `mean` is the VA score."""
     pred = _as_array("pred", pred, 2, np.float64)
     true = _as_array("true", true, 2, np.float64)
-    valid = _as_array("valid", valid, 2, bool)
+    valid = _as_array("valid", _valid_or_official("VA", true, valid), 2, bool)
     _check_same_shape(pred=pred, true=true, valid=valid)
     if pred.shape[1] != 2:
         raise ValueError(f"pred: expected [N, 2] (valence, arousal), got shape {pred.shape}")
@@ -92,12 +105,12 @@ def _f1_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarra
     return np.divide(2.0 * tp, denom, out=np.zeros_like(denom), where=denom > 0)
 
 
-def expr_f1(pred_labels: Any, true: Any, valid: Any,
+def expr_f1(pred_labels: Any, true: Any, valid: Any = None,
             num_classes: int = NUM_EXPR_CLASSES) -> dict[str, Any]:
     """Macro F1 over all `num_classes` classes (absent ones count as 0), per-class F1, accuracy."""
     pred = _as_array("pred_labels", pred_labels, 1)
     true = _as_array("true", true, 1)
-    valid = _as_array("valid", valid, 1, bool)
+    valid = _as_array("valid", _valid_or_official("EXPR", true, valid), 1, bool)
     _check_same_shape(pred_labels=pred, true=true, valid=valid)
     for name, a in (("pred_labels", pred), ("true", true)):
         if a.size and not np.issubdtype(a.dtype, np.integer):
@@ -118,11 +131,11 @@ def expr_f1(pred_labels: Any, true: Any, valid: Any,
     return {"f1": float(per_class.mean()), "per_class": per_class.tolist(), "accuracy": accuracy}
 
 
-def au_f1(pred_probs: Any, true: Any, valid: Any, threshold: float = 0.5) -> dict[str, Any]:
+def au_f1(pred_probs: Any, true: Any, valid: Any = None, threshold: float = 0.5) -> dict[str, Any]:
     """Binary F1 of each AU over its valid frames (positive where p >= threshold) and their mean."""
     probs = _as_array("pred_probs", pred_probs, 2, np.float64)
     true = _as_array("true", true, 2)
-    valid = _as_array("valid", valid, 2, bool)
+    valid = _as_array("valid", _valid_or_official("AU", true, valid), 2, bool)
     _check_same_shape(pred_probs=probs, true=true, valid=valid)
     _check_finite("pred_probs", probs, valid)
     _check_binary("true", true, valid)
@@ -140,13 +153,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def task_score(task: str, outputs: Any, labels: Any, valid: Any) -> tuple[float, dict[str, Any]]:
+def task_score(task: str, outputs: Any, labels: Any, valid: Any = None) -> tuple[float, dict[str, Any]]:
     """The challenge score of raw model outputs (VA values, EXPR logits, AU logits) and its details.
 
     Returns (score, details): VA -> mean CCC and `va_score`'s dict; EXPR -> macro F1 of the argmax
     and `expr_f1`'s dict; AU -> mean F1 of sigmoid(logits) >= 0.5 and `au_f1`'s dict.
     """
     outputs = np.asarray(outputs)
+    if task in INVALID:
+        valid = _valid_or_official(task, labels, valid)
     if task == "VA":
         details = va_score(outputs, labels, valid)
         return details["mean"], details
@@ -164,3 +179,14 @@ def task_score(task: str, outputs: Any, labels: Any, valid: Any) -> tuple[float,
         details = au_f1(_sigmoid(logits), labels, valid)
         return details["f1"], details
     raise ValueError(f"task must be one of 'VA', 'EXPR', 'AU', got {task!r}")
+
+
+def describe(task: str, score: float, details: dict[str, Any]) -> str:
+    """The score with its metric named, for progress and eval lines: "VA CCC 0.6333 (valence
+    CCC 0.6012, arousal CCC 0.6654)", "EXPR F1 0.2600 (accuracy 0.4100)", "AU F1 0.3400"."""
+    head = f"{task} {SCORE_NAMES.get(task, 'score')} {score:.4f}"
+    if task == "VA" and "valence" in details:
+        return f"{head} (valence CCC {details['valence']:.4f}, arousal CCC {details['arousal']:.4f})"
+    if task == "EXPR" and "accuracy" in details:
+        return f"{head} (accuracy {details['accuracy']:.4f})"
+    return head

@@ -69,8 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abaw_jax import checkpoints, ensemble, sharding
-from abaw_jax import train as train_lib
+from abaw_jax import checkpoints, ensemble, files, runs, sharding
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data import video as video_lib
 
@@ -157,7 +156,7 @@ def load_encoder(spec: str, **kwargs) -> Encoder:
         raise PredictError(f"encoder {spec!r}: {e}") from None
     # A ResNet takes any size; extraction resized its input to image_size, so do the same.
     resize = kwargs.get("image_size") if isinstance(module, resnet_lib.ResNet) else None
-    fn = jax.jit(weights.feature_fn(module, info, image_size=resize or None))
+    fn = sharding.jit(weights.feature_fn(module, info, image_size=resize or None), None)
     return Encoder(str(spec), module, variables, info, fn)
 
 
@@ -192,16 +191,12 @@ class Run:
 
 
 def _store_path(config) -> pathlib.Path | None:
-    """Where the run's training features were (train.open_features' rule), if it can be told."""
+    """Where the run's training features were (runs.open_features' rule), if it can be told."""
     if config.data.features:
         return pathlib.Path(config.data.features).expanduser()
     if config.data.root:
         return pathlib.Path(config.data.root).expanduser() / "features" / "vit"
-    from abaw_jax.data import demo
-    d = config.data.demo
-    root = demo.demo_dir(num_videos=d.num_videos, seed=d.seed, length_scale=d.length_scale,
-                         feature_sets={"vit": d.dim, "openface": 17})
-    return root / "features" / "vit"
+    return runs.demo_root(config, build=False) / "features" / "vit"
 
 
 def _read_store_meta(path: pathlib.Path | None) -> dict:
@@ -253,7 +248,7 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     """Restores a training workdir's temporal model (one device) for prediction."""
     import orbax.checkpoint as ocp
     workdir = pathlib.Path(workdir)
-    config = ensemble.load_run_config(workdir)
+    config = runs.load_run_config(workdir)
     if config.model.name == "fusion":
         raise PredictError(
             f"{workdir}: model 'fusion' reads several feature sets "
@@ -261,14 +256,14 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
             f"so it runs single-set models (transformer, tcn)")
     task = config.task
     mesh = sharding.make_mesh(1)
-    dtype = sharding.compute_dtype(config.compute_dtype)
+    dtype = sharding.compute_dtype(config.compute_dtype, mesh)
     from abaw_jax.models import build_model
     model = build_model(config.model, affwild2.NUM_OUTPUTS[task], dtype)
     state_dir = _checkpoint_dir(workdir.absolute(), checkpoint)
     saved = ocp.StandardCheckpointer().metadata(state_dir)
     saved = getattr(saved, "item_metadata", saved)
     dim = _input_dim(model, config.data.seq_len, saved["params"])
-    setup = train_lib.setup_model(config, dim, mesh)
+    setup = runs.setup_model(config, dim, mesh)
     step, state = checkpoints.restore_params(workdir, setup.abstract_state, checkpoint)
     store = _store_path(config)
     meta = _read_store_meta(store)
@@ -305,7 +300,7 @@ class _Compiled:
     `compile_times[name]`, so that stage timings can leave them out."""
 
     def __init__(self, fn, name: str, compile_times: dict):
-        self.fn = jax.jit(fn)
+        self.fn = sharding.jit(fn, None)   # one device: the default backend's
         self.name = name
         self.cache: dict = {}
         self.compile_times = compile_times
@@ -327,7 +322,7 @@ def run_temporal(run: Run, features: np.ndarray, present: np.ndarray, *, batch_s
     seq_len = run.seq_len
     starts = pipeline.window_starts(t, seq_len, run.stride)
     bs = _bucket(len(starts), batch_size)
-    compiled = compiled or _Compiled(train_lib.make_predict(run.model), "temporal", {})
+    compiled = compiled or _Compiled(runs.make_predict(run.model), "temporal", {})
     assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task])
     feats = _round_to_store(features, run.store_dtype)
     for i in range(0, len(starts), bs):
@@ -400,7 +395,7 @@ class Predictor:
         self.last_present: np.ndarray | None = None
         self._compile_times: dict[str, float] = {}
         self._encode = _Compiled(self.encoder.fn, "encoder", self._compile_times)
-        self._temporal = [_Compiled(train_lib.make_predict(r.model), "temporal", self._compile_times)
+        self._temporal = [_Compiled(runs.make_predict(r.model), "temporal", self._compile_times)
                           for r in self.runs]
 
     def _resolve_encoder(self, spec: str | None) -> Encoder:
@@ -548,8 +543,7 @@ def write_csv(table: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     columns = [table[c] for c in COLUMNS]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with files.atomic_open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(COLUMNS)
         for i in range(len(columns[0])):
@@ -565,7 +559,6 @@ def write_csv(table: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
                 else:
                     row.append(_FORMATS.get(name, "{:.4f}").format(float(v)))
             out.writerow(row)
-    os.replace(tmp, path)
 
 
 def read_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -647,7 +640,7 @@ def write_overlay(video: str | os.PathLike | video_lib.FrameSource, table: Mappi
                   path: str | os.PathLike, *, fps: float | None = None,
                   chunk_size: int = 64) -> None:
     """An mp4 (mp4v) of the video with the face box and the current predictions drawn."""
-    cv2 = video_lib._cv2()
+    cv2 = video_lib.cv2_module()
     source = video_lib.open_source(video, fps)
     info = source.info
     path = pathlib.Path(path)

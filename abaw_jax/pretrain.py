@@ -33,122 +33,20 @@ import numpy as np
 import optax
 from PIL import Image
 
-from abaw_jax import checkpoints, sharding, writers
+from abaw_jax import checkpoints, cli, files, optim, sharding, writers
 from abaw_jax import config as config_lib
+from abaw_jax import loop as loop_lib
 from abaw_jax.data import image_sources
+from abaw_jax.models import classifier
 from abaw_jax.models import mae as mae_lib
 from abaw_jax.models import vit as vit_lib
 
-MODES = ("mae", "finetune")
-SOURCES = ("folder", "affwild2", "tfds")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the message names the step."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Config.
-
-
-def base_config(mode: str) -> ml_collections.ConfigDict:
-    """Fields shared by ``configs/mae_face.py`` and ``configs/finetune_expr.py``."""
-    if mode not in MODES:
-        raise config_lib.ConfigError(f"mode must be one of {MODES}, got {mode!r}")
-    c = ml_collections.ConfigDict()
-    c.mode = mode
-    c.seed = 0
-    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see train.make_rngs)
-    c.data = ml_collections.ConfigDict(dict(
-        source="folder",        # "folder" (one subfolder per class), "affwild2", "tfds"
-        root="",                # image folder, Aff-Wild2 root, or the TFDS data_dir
-        mapping="",             # folder -> class: "" sorted folders, "names" / "rafdb" / "affectnet", or JSON
-        val_root="",            # a separate validation folder (folder source)
-        val_fraction=0.0,       # else hold out this fraction of groups (folder source)
-        group_pattern=r"^(.*)$",  # regex on file names; its first group is the group (subject)
-        split_seed=0,
-        train_split="train",    # affwild2: "train" / "val"; tfds: split names
-        val_split="val",
-        tfds_name="",
-        every=1,                # affwild2: one frame in `every` per video
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        scale=(0.2, 1.0) if mode == "mae" else (0.08, 1.0),   # random resized crop area
-        ratio=(3 / 4, 4 / 3),
-        hflip=True,
-        num_threads=2,
-    ))
-    c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
-    c.num_classes = 8
-    c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
-    c.batch_size = 256
-    c.total_steps = 10000
-    c.optimizer = ml_collections.ConfigDict(dict(
-        lr=1.5e-4, weight_decay=0.05, warmup_steps=500, end_lr_factor=0.0,
-        grad_clip=0.0, b1=0.9, b2=0.95, layer_decay=1.0))
-    c.log_every = 50
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 0
-    c.num_recon_images = 8
-    c.compute_dtype = "auto"
-    c.mesh_data = -1
-    c.progress = True
-    return c
-
-
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Rejects bad values before any work starts; raises ``ConfigError`` naming the key."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            node: Any = config
-            for part in key.split("."):
-                node = node[part]
-            raise config_lib.ConfigError(f"config.{key} = {node!r}: {why}")
-
-    need(config.mode in MODES, "mode", f"must be one of {MODES}")
-    need(config.rng_impl in config_lib.RNG_IMPLS, "rng_impl",
-         f"must be one of {config_lib.RNG_IMPLS}")
-    need(config.data.source in SOURCES, "data.source", f"must be one of {SOURCES}")
-    need(bool(config.data.root) or config.data.source == "tfds", "data.root",
-         "must name the image folder / Aff-Wild2 root")
-    need(config.data.source != "tfds" or bool(config.data.tfds_name), "data.tfds_name",
-         "must name the TFDS dataset")
-    for key in ("batch_size", "total_steps", "log_every", "eval_every", "checkpoint_every",
-                "data.num_threads", "data.every"):
-        need(_get(config, key) >= 1, key, "must be >= 1")
-    need(0.0 <= config.data.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-    need(config.eval_batch_size >= 0, "eval_batch_size", "must be >= 0 (0: batch_size)")
-    o = config.optimizer
-    need(o.lr > 0, "optimizer.lr", "must be > 0")
-    need(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
-    need(0 <= o.warmup_steps <= config.total_steps, "optimizer.warmup_steps", "must be in [0, total_steps]")
-    need(0 < o.layer_decay <= 1, "optimizer.layer_decay", "must be in (0, 1]")
-    need(o.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0 disables)")
-    need(len(config.data.mean) == 3 and len(config.data.std) == 3 and min(config.data.std) > 0,
-         "data.std", "data.mean and data.std need 3 values, std > 0")
-    need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
-         "'auto', 'float32', 'bfloat16' or 'float16'")
-    if config.mode == "finetune":
-        need(config.num_classes >= 2, "num_classes", "must be >= 2")
-        need(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
-        need(config.loss.class_weights in ("", "balanced"), "loss.class_weights", "'' or 'balanced'")
-    try:
-        build_model(config)
-    except (TypeError, ValueError) as e:
-        raise config_lib.ConfigError(f"config.model: {e}") from None
-
-
-def _get(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
+# The config of this command (fields, validation) lives in abaw_jax.config, beside the
+# temporal models' configs; these names keep older callers working.
+base_config = config_lib.image_base_config
+validate = config_lib.validate_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,37 +87,7 @@ def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
 # Models and optimizer.
 
 
-class Classifier(nn.Module):
-    """A ViT encoder and a linear head: ``images -> logits [B, num_classes]`` (float32)."""
-
-    encoder: vit_lib.ViT
-    num_classes: int
-    head_dropout: float = 0.0
-
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
-        pooled, _ = self.encoder(images, train=train)
-        pooled = nn.Dropout(self.head_dropout)(pooled, deterministic=not train)
-        # A near-zero head, as in MAE fine-tuning, so early updates go to the head, not noise.
-        return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(2e-5), name="head")(pooled)
-
-
-def build_model(config: ml_collections.ConfigDict, encoder_fields: dict | None = None) -> nn.Module:
-    """The MAE, or the classifier (its ViT fields overridden by ``encoder_fields`` from init_from)."""
-    dtype = sharding.compute_dtype(config.compute_dtype)
-    if config.mode == "mae":
-        return mae_lib.mae_from_config(config.model, dtype=dtype)
-    fields = dict(config.model)
-    head_dropout = fields.pop("head_dropout", 0.0)
-    if encoder_fields:
-        # The encoder's architecture is the initialisation's; config.model sets the rest.
-        for key in vit_lib.DIM_FIELDS + ("class_token", "layer_norm_eps", "qkv_bias", "final_norm",
-                                         "fc_norm", "image_size"):
-            if key in encoder_fields:
-                fields[key] = encoder_fields[key]
-        fields["variant"] = None
-    vit = vit_lib.vit_from_config(fields, dtype=dtype)
-    return Classifier(vit, config.num_classes, head_dropout)
+build_model = classifier.build_image_model
 
 
 def layer_scales(params: Any, depth: int, decay: float) -> Any:
@@ -240,28 +108,14 @@ def layer_scales(params: Any, depth: int, decay: float) -> Any:
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
-def decay_mask(params: Any) -> Any:
-    """Weight decay on kernels only: not on biases, norms, tokens or position tables (as MAE)."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, x: getattr(path[-1], "key", "") == "kernel", params)
-
-
-def make_optimizer(config: ml_collections.ConfigDict, params: Any, depth: int):
-    """AdamW on a warmup-cosine schedule, global-norm clipping, optional layer-wise lr decay."""
+def make_optimizer(config: ml_collections.ConfigDict, params: Any, depth: int,
+                   plan: optim.Plan | None = None):
+    """AdamW on the config's schedule (warmup-cosine by default), decay on kernels only (as MAE),
+    optional global-norm clipping and layer-wise lr decay."""
     o = config.optimizer
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=o.lr, warmup_steps=o.warmup_steps,
-        decay_steps=config.total_steps, end_value=o.lr * o.end_lr_factor)
-    chain = []
-    if o.grad_clip > 0:
-        chain.append(optax.clip_by_global_norm(o.grad_clip))
-    chain += [optax.scale_by_adam(b1=o.b1, b2=o.b2),
-              optax.add_decayed_weights(o.weight_decay, mask=decay_mask(params)),
-              optax.scale_by_learning_rate(schedule)]
-    if o.layer_decay < 1.0:
-        scales = layer_scales(params, depth, o.layer_decay)
-        chain.append(optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, scales)))
-    return optax.chain(*chain), schedule
+    plan = plan or optim.Plan(max(1, config.total_steps), min(o.warmup_steps, config.total_steps), 1)
+    scales = layer_scales(params, depth, o.layer_decay) if o.layer_decay < 1.0 else None
+    return optim.make_optimizer(o, plan, decay_mask=optim.kernels_only(params), lr_scales=scales)
 
 
 def init_params(model: nn.Module, hw: tuple[int, int], rng: jax.Array) -> Any:
@@ -398,19 +252,19 @@ class Setup:
     encoder_fields: dict | None
 
 
-def setup_model(config, mesh, init_encoder=None) -> Setup:
+def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None) -> Setup:
     """Model, optimizer and the abstract train state on ``mesh``."""
     repl = sharding.replicated(mesh)
     encoder_fields = None
     if init_encoder is not None:
         encoder_fields = {k: getattr(init_encoder[0], k) for k in init_encoder[0].__dataclass_fields__
                           if k not in ("parent", "name")}
-    model = build_model(config, encoder_fields)
+    model = build_model(config, encoder_fields, sharding.compute_dtype(config.compute_dtype, mesh))
     hw = (vit_lib.image_hw(model.image_size) if config.mode == "mae"
           else vit_lib.image_hw(model.encoder.image_size))
     depth = model.depth if config.mode == "mae" else model.encoder.depth
     shapes = jax.eval_shape(lambda r: init_params(model, hw, r), jax.random.key(0))
-    tx, schedule = make_optimizer(config, shapes, depth)
+    tx, schedule = make_optimizer(config, shapes, depth, plan)
 
     def init_state(rng):
         params = init_params(model, hw, rng)
@@ -418,7 +272,7 @@ def setup_model(config, mesh, init_encoder=None) -> Setup:
             params = dict(params, encoder=init_encoder[1])
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
-    init_fn = jax.jit(init_state, out_shardings=repl)
+    init_fn = sharding.jit(init_state, mesh, out_shardings=repl)
     abstract = checkpoints.abstract_like(jax.eval_shape(init_fn, jax.random.key(0)), repl)
     return Setup(model, tx, schedule, init_fn, abstract, encoder_fields)
 
@@ -434,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)
@@ -443,68 +297,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     sharding.check_batch_size(eval_bs, mesh, "eval_batch_size")
     repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 
+    # Input (its size decides the length of a run given in epochs).
+    train_src, val_src = make_sources(config)
+    plan = optim.resolve_steps(config, max(1, len(train_src) // config.batch_size))
+    optim.report(plan)
+
     # Models and optimizer (the encoder to start from decides the fine-tuned architecture).
     init_encoder = None
     if config.mode == "finetune" and config.init_from:
         init_encoder = load_init(config.init_from)
-    setup = setup_model(config, mesh, init_encoder)
+    setup = setup_model(config, mesh, init_encoder, plan)
     model = setup.model
     hw = vit_lib.image_hw(model.image_size if config.mode == "mae" else model.encoder.image_size)
-
-    # Input.
-    train_src, val_src = make_sources(config)
     d = config.data
     train_iter = image_sources.train_batches(
         train_src, image_size=hw, batch_size=config.batch_size, seed=config.seed,
         scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip, num_threads=d.num_threads)
 
     # Steps.
-    from abaw_jax.train import make_rngs
-    init_rng, train_rng = make_rngs(config.seed, config.rng_impl)
+    init_rng, train_rng = loop_lib.make_rngs(config.seed, config.rng_impl)
     weights = class_weights(config, train_src) if config.mode == "finetune" else None
-    train_step = jax.jit(make_train_step(config, model, setup.tx, setup.schedule, train_rng, weights),
-                         in_shardings=(repl, rows), out_shardings=(repl, repl), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(config, model, config.seed + 1),
-                        in_shardings=(repl, rows, None), out_shardings=rows)
+    train_step = sharding.jit(
+        make_train_step(config, model, setup.tx, setup.schedule, train_rng, weights), mesh,
+        in_shardings=(repl, rows), out_shardings=(repl, repl), donate_argnums=(0,))
+    eval_step = sharding.jit(make_eval_step(config, model, config.seed + 1), mesh,
+                             in_shardings=(repl, rows, None), out_shardings=rows)
 
     # Checkpoint resume: the workdir's own checkpoint, then init_from (inside init_fn), then scratch.
-    ckpt = checkpoints.RunCheckpoints(workdir, keep=config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
-        step, state = ckpt.restore_latest(setup.abstract_state, train_iter)
-        if is_main:
-            print(f"Resuming from step {step} in {workdir}", file=sys.stderr, flush=True)
-    else:
-        state = setup.init_fn(init_rng)
-    step = int(state["step"])
+    ckpt, state, step = loop_lib.start(workdir, setup.abstract_state,
+                                       lambda: setup.init_fn(init_rng), train_iter,
+                                       config.keep_checkpoints)
 
-    writer = writers.MetricWriter(workdir)
-    progress = writers.Progress(config.total_steps, config.batch_size, step,
-                                enabled=is_main and config.progress)
-    from abaw_jax.train import _install_sigterm
-    stop = _install_sigterm()
-    pending: list[tuple[int, dict]] = []
-    last_eval: dict = {}
-
-    def flush_metrics() -> None:
-        if not pending:
-            return
-        fetched = jax.device_get([m for _, m in pending])
-        for (s, _), m in zip(pending, fetched):
-            if not np.isfinite(m["loss"]):
-                ckpt.wait()
-                raise NonFiniteLossError(f"non-finite training loss ({m['loss']}) at step {s}; the "
-                                         f"last good checkpoint in {workdir / 'checkpoints'} is intact")
-        mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        mean["train/lr"] = float(fetched[-1]["lr"])
-        stats = progress.update(pending[-1][0], f"loss {mean['train/loss']:.4f}")
-        mean.update({"perf/steps_per_sec": stats["steps_per_sec"],
-                     "perf/images_per_sec": stats["frames_per_sec"]})
-        writer.write(pending[-1][0], mean)
-        pending.clear()
-
-    def evaluate_now(s: int) -> dict:
-        if not len(val_src):
-            return {}
+    def evaluate(state, s: int) -> loop_lib.Evaluation:
         outs, labels, first = [], [], None
         for i, batch in enumerate(image_sources.eval_batches(val_src, image_size=hw, batch_size=eval_bs)):
             out = jax.device_get(eval_step(state["params"], sharding.to_global(batch, mesh), i))
@@ -514,8 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             outs.append({k: v[keep] for k, v in out.items() if k != "pred"})
             labels.append(batch["label"][keep])
         if config.mode == "mae":
-            result = {"val/loss": float(np.mean(np.concatenate([o["loss"] for o in outs])))}
-            score = -result["val/loss"]
+            values = {"loss": float(np.mean(np.concatenate([o["loss"] for o in outs])))}
+            score = -values["loss"]
+            line = f"MAE reconstruction loss {values['loss']:.4f}"
             if is_main:
                 n = min(config.num_recon_images, len(first[0]))
                 grid = reconstruction_grid(first[0][:n], first[1]["pred"][:n], first[1]["mask"][:n],
@@ -526,47 +351,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         else:
             pred = np.argmax(np.concatenate([o["logits"] for o in outs]), -1)
             y = np.concatenate(labels)
-            result = classification_metrics(pred, y, config.num_classes)
-            score = result["val/accuracy"]
-        writer.write(s, result)
-        if is_main:
-            print(f"eval at step {s}: " + "  ".join(f"{k}={v:.4f}" for k, v in result.items()),
-                  file=sys.stderr, flush=True)
-        ckpt.save_best(s, state, score)
-        return result
+            values = {k.split("/", 1)[1]: v for k, v in
+                      classification_metrics(pred, y, config.num_classes).items()}
+            score = values["accuracy"]
+            line = (f"accuracy {values['accuracy']:.4f}  macro F1 {values['macro_f1']:.4f}  "
+                    f"balanced accuracy {values['balanced_accuracy']:.4f}")
+        return loop_lib.Evaluation(score, values, line)
 
-    # Loop.
+    writer = writers.MetricWriter(workdir)
+    progress = writers.Progress(plan.total_steps, config.batch_size, step,
+                                enabled=is_main and config.progress)
+    loop = loop_lib.Loop(
+        workdir=workdir, total_steps=plan.total_steps, log_every=config.log_every,
+        eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, ckpt=ckpt,
+        writer=writer, progress=progress, mesh=mesh, check_keys=("loss",), unit="images",
+        patience=config.early_stopping_patience)
     try:
-        while step < config.total_steps:
-            batch = sharding.to_global(next(train_iter), mesh)
-            state, stats = train_step(state, batch)
-            step += 1
-            pending.append((step, stats))
-            final = step == config.total_steps
-            if step % config.log_every == 0 or final or stop["stop"]:
-                flush_metrics()
-            preempted = stop["stop"] or ckpt.latest.reached_preemption(step)
-            if step % config.checkpoint_every == 0 or final or preempted:
-                flush_metrics()
-                ckpt.save(step, state, train_iter, force=True)
-                if preempted:
-                    ckpt.wait()
-                    if is_main:
-                        print(f"Preempted: saved step {step}; re-run the same command to resume",
-                              file=sys.stderr, flush=True)
-                    return last_eval
-            if step % config.eval_every == 0 or final:
-                last_eval = evaluate_now(step)
-        if not last_eval:
-            last_eval = evaluate_now(step)
+        result = loop.run(state, step, train_iter, train_step,
+                          lambda b: sharding.to_global(b, mesh),
+                          evaluate if len(val_src) else None)
     finally:
         ckpt.wait()
         ckpt.close()
         writer.close()
-    if is_main:
-        export_encoder(config, model, state["params"], workdir / "encoder")
-        (workdir / "final_metrics.json").write_text(json.dumps({"step": step, **last_eval}, indent=2))
-    return last_eval
+    if is_main and not result.preempted:
+        export_encoder(config, model, result.state["params"], workdir / "encoder")
+        files.write_json(workdir / "final_metrics.json", {"step": result.step, **result.last_eval})
+    return result.last_eval
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -600,11 +411,9 @@ def export_encoder(config, model, params, directory: pathlib.Path) -> pathlib.Pa
 def main(argv) -> None:
     del argv
     from absl import flags
-    sharding.initialize_distributed(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                                    flags.FLAGS.process_id)
+    cli.initialize_distributed()
     train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
-    from abaw_jax import train as _train
-    _train.run(main, validate)
+    cli.run(main, validate)

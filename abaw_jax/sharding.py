@@ -73,8 +73,25 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
                          f"mesh and the {jax.process_count()} processes")
 
 
-def compute_dtype(name: str) -> jnp.dtype:
+def platform(mesh: Mesh | None) -> str:
+    """The platform of the mesh's devices ("cpu", "gpu", "tpu"); the default backend's without one."""
+    if mesh is None:
+        return jax.default_backend()
+    return mesh.devices.flat[0].platform
+
+
+def compute_dtype(name: str, mesh: Mesh | None = None) -> jnp.dtype:
     """'auto' is bfloat16 on GPU/TPU and float32 on CPU, where bfloat16 is slow and inexact."""
     if name == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.float32 if platform(mesh) == "cpu" else jnp.bfloat16
     return jnp.dtype(name)
+
+
+def jit(fn, mesh: Mesh | None, **jit_kwargs):
+    """`jax.jit(fn, **jit_kwargs)`, tracing `fn` with the kernels of the mesh's platform.
+
+    The CPU-tuned kernels (models.kernels) are picked when the mesh's devices are CPUs, the
+    accelerator path otherwise; `mesh` None means the default backend's devices.
+    """
+    from abaw_jax.models import kernels
+    return jax.jit(kernels.traced_on(fn, platform(mesh)), **jit_kwargs)

@@ -9,12 +9,11 @@ class list in the header and files that skip frames.
 from __future__ import annotations
 
 import csv
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 
+from abaw_jax import files
 from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES
 
 COLUMNS = {"VA": ("valence", "arousal"), "EXPR": EXPR_CLASSES, "AU": AU_NAMES}
@@ -52,12 +51,7 @@ def write_submission(path: str | pathlib.Path, task: str, videos: list[str],
                 lines.append(f"{loc},{int(row)}")
             else:
                 lines.append(loc + "," + ",".join(str(int(v)) for v in row))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    files.write_atomic(path, "\n".join(lines) + "\n")
     return path
 
 

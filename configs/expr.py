@@ -10,10 +10,10 @@ each with its paper's hyperparameters; seq_len=N; mask=P (system A, 0 disables m
 no_tcn / no_transformer (system B ablations); sets=vit+openface (system C feature sets); steps=N.
 """
 
+import pathlib
+
 from abaw_jax import config as config_lib
 
 
 def get_config(arg=None):
-    config = config_lib.base_config("EXPR")
-    config_lib.use_model(config, "transformer")
-    return config_lib.apply_variants(config, arg)
+    return config_lib.task_config("EXPR", arg, pathlib.Path(__file__).parent)

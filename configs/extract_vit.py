@@ -12,12 +12,12 @@ to the accelerator and sends 4x fewer bytes to it).
 """
 
 from abaw_jax import config as config_lib
-from abaw_jax import extract
+
 
 
 def get_config(arg=None):
     v = config_lib.parse_arg(arg, random=False, demo=False, decode=0)
-    config = extract.default_config()
+    config = config_lib.extraction_config()
     config.encoder = ""
     config.pool = "mean"
     config.image_size = 224

@@ -12,13 +12,13 @@ Variants after the colon: ckplus; tiny (tests); steps=N.
 """
 
 from abaw_jax import config as config_lib
-from abaw_jax import pretrain
+
 from abaw_jax.models import vit
 
 
 def get_config(arg=None):
     v = config_lib.parse_arg(arg, ckplus=False, tiny=False, steps=0)
-    config = pretrain.base_config("finetune")
+    config = config_lib.image_base_config("finetune")
     config.model = vit.default_config()
     config.model.update(pool="gap", drop_path_rate=0.1)
     config.model.head_dropout = 0.0

@@ -13,13 +13,13 @@ Variants after the colon: ckplus (small ViT at 48 px, CPU scale); tiny (tests); 
 """
 
 from abaw_jax import config as config_lib
-from abaw_jax import pretrain
+
 from abaw_jax.models import mae
 
 
 def get_config(arg=None):
     v = config_lib.parse_arg(arg, ckplus=False, tiny=False, steps=0)
-    config = pretrain.base_config("mae")
+    config = config_lib.image_base_config("mae")
     config.model = mae.default_config()
     config.batch_size = 1024
     config.total_steps = 100_000

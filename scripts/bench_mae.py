@@ -24,6 +24,7 @@ import optax
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from abaw_jax import sharding  # noqa: E402
 from abaw_jax.models import mae as mae_lib  # noqa: E402
 from scripts.common import xla_flops  # noqa: E402
 
@@ -60,7 +61,7 @@ def make_jax(dims: dict, batch: int, dtype: Any = jnp.float32, attention_impl: s
         return (optax.apply_updates(params, updates), opt_state, rng), loss
 
     holder = {"state": (params, jax.jit(tx.init)(params), jax.random.key(3))}
-    compiled = jax.jit(train_step, donate_argnums=(0,)).lower(holder["state"], images).compile()
+    compiled = sharding.jit(train_step, None, donate_argnums=(0,)).lower(holder["state"], images).compile()
 
     def step() -> None:
         holder["state"], loss = compiled(holder["state"], images)

@@ -62,7 +62,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from abaw_jax import config as config_lib, sharding, train  # noqa: E402
+from abaw_jax import config as config_lib, runs, sharding, train  # noqa: E402
 from abaw_jax.data import device_bank, pipeline  # noqa: E402
 from abaw_jax.data.features import FeatureSets, FeatureStore  # noqa: E402
 from abaw_jax.models import attention as attention_lib  # noqa: E402
@@ -142,8 +142,8 @@ def image_workloads(size: str) -> list[Images]:
 
 def make_config(system: System, attention_impl: str = "default", rng_impl: str = "rbg"):
     """The system's config (paper hyperparameters, EXPR) with the benchmark's sizes."""
-    config = config_lib.base_config("EXPR")
-    config_lib.use_model(config, system.model)
+    system_file = ROOT / "configs" / config_lib.SYSTEM_FILES[system.model]
+    config = config_lib.load_module(system_file).get_config("EXPR")
     config.model.attention_impl = attention_impl
     config.rng_impl = rng_impl
     config.data.seq_len = system.seq_len
@@ -197,13 +197,13 @@ def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], f
     """abaw_jax rows (host, bank, resident); also the step FLOPs and batches for torch."""
     config = make_config(system, args.attention_impl, args.rng_impl)
     dims = dict(features.dims) if isinstance(features, FeatureSets) else features.dim
-    setup = train.setup_model(config, dims, mesh)
+    setup = runs.setup_model(config, dims, mesh)
     loss_fn = train.make_loss(config, videos)
     step_fn = train.make_train_step(setup.model, setup.tx, loss_fn, setup.schedule,
                                     setup.train_rng)
     repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    host_step = jax.jit(step_fn, in_shardings=(repl, rows), out_shardings=(repl, repl),
-                        donate_argnums=(0,))
+    host_step = sharding.jit(step_fn, mesh, in_shardings=(repl, rows), out_shardings=(repl, repl),
+                             donate_argnums=(0,))
     frames = system.batch_size * system.seq_len
     common = dict(seq_len=system.seq_len, batch_size=system.batch_size, seed=0,
                   num_threads=args.threads, process_index=0, process_count=1)
@@ -212,7 +212,7 @@ def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], f
     host_iter = pipeline.train_dataset(videos, features, **common)
     # A few host batches, kept for the resident and torch rows (identical inputs everywhere).
     kept = [next(host_iter) for _ in range(args.resident)]
-    model_batch = lambda b: sharding.to_global(train._train_keys(b), mesh)  # noqa: E731
+    model_batch = lambda b: sharding.to_global(train.train_keys(b), mesh)  # noqa: E731
     flops = step_flops(host_step, setup.init_fn(setup.init_rng), model_batch(kept[0]))
 
     state = setup.init_fn(setup.init_rng)
@@ -254,7 +254,7 @@ def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], f
     if args.ablations:
         # What the cheap measures buy, on resident batches: the state's buffers donated to the
         # step (off here), and no host round trip per step (here the loss is fetched each step).
-        plain = jax.jit(step_fn, in_shardings=(repl, rows), out_shardings=(repl, repl))
+        plain = sharding.jit(step_fn, mesh, in_shardings=(repl, rows), out_shardings=(repl, repl))
         state = setup.init_fn(setup.init_rng)
         seconds, waited, state = jax_loop(plain, state, cycle, args)
         results.append(dict(row="  without donation", seconds=seconds, waited=waited))

@@ -13,7 +13,6 @@ version the slow test runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import sys
@@ -24,6 +23,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from abaw_jax import config as config_lib  # noqa: E402
 from abaw_jax import pretrain  # noqa: E402
 from abaw_jax.data import image_sources  # noqa: E402
 
@@ -31,10 +31,7 @@ DATA = ROOT.parent / "shared" / "data" / "ckplus48"
 
 
 def _config(name: str, arg: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_lib.load_config_file(ROOT / "configs" / f"{name}.py", arg)
 
 
 def main() -> None:

@@ -4,21 +4,17 @@ XLA's FLOP count of a compiled function (the benchmarks' MFU)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 from typing import Any
 
 import ml_collections
+
+from abaw_jax import config as config_lib
 
 
 def load_config_arg(spec: str) -> ml_collections.ConfigDict:
     """Loads `path/to/config.py[:variants]` and returns get_config(variants)."""
     path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("abaw_config", path)
-    if module_spec is None:
-        raise FileNotFoundError(f"config file {path} not found")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return config_lib.load_config_file(path, arg or None)
 
 
 def set_override(config: ml_collections.ConfigDict, item: str) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import pytest
@@ -15,10 +14,8 @@ TINY_DIM = 32
 
 def load_config(name: str, arg: str | None = None):
     """Loads `configs/<name>.py` the way the command line does."""
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    from abaw_jax import config as config_lib
+    return config_lib.load_config_file(ROOT / "configs" / f"{name}.py", arg)
 
 
 @pytest.fixture(scope="session")

@@ -31,14 +31,14 @@ import jax
 from conftest import tiny_config
 
 loaded = []
-real_load = pipeline._WindowReader.load
+real_load = pipeline.WindowReader.load
 
 def load(self, windows, rows=None, **kwargs):
     if rows is None:   # training batches; evaluation pads to `rows`
         loaded.append(np.asarray(windows).tolist())
     return real_load(self, windows, rows, **kwargs)
 
-pipeline._WindowReader.load = load
+pipeline.WindowReader.load = load
 c = tiny_config("VA", {root!r}, batch_size=16, log_every=1, progress=index == 0, **{overrides!r})
 train.train_and_evaluate(c, {workdir!r})
 with open({workdir!r} + f"/loaded-{{index}}.json", "w") as f:

@@ -68,9 +68,9 @@ def _read_csv_plainly(path) -> list[dict[str, str]]:
 
 def _reference_outputs(run: predict_lib.Run, features: np.ndarray, present: np.ndarray,
                        tmp_path: pathlib.Path) -> np.ndarray:
-    """The evaluation path of training: a feature store, eval windows and train.predict_split."""
+    """The evaluation path of training: a feature store, eval windows and runs.predict_split."""
     import jax
-    from abaw_jax import sharding, train
+    from abaw_jax import runs, sharding
     from abaw_jax.data import features as features_lib
     t = len(present)
     with features_lib.FeatureStoreWriter(tmp_path / f"store_{run.task}", dim=features.shape[1],
@@ -80,10 +80,10 @@ def _reference_outputs(run: predict_lib.Run, features: np.ndarray, present: np.n
     shape = (t, 2) if run.task == "VA" else (t,)
     video = affwild2.Video("clip", t, np.zeros(shape, np.float32), np.zeros(shape, bool), present)
     mesh = sharding.make_mesh(1)
-    fn = jax.jit(train.make_predict(run.model))
+    fn = runs.jit_predict(run.model, mesh)
     config = run.config.copy_and_resolve_references()
     config.eval_batch_size = 4
-    return train.predict_split(fn, run.params, [video], store, config, mesh)[0]
+    return runs.predict_split(fn, run.params, [video], store, config, mesh)[0]
 
 
 def _softmax(x):
@@ -128,7 +128,7 @@ def test_fer_video_to_csv_and_plot(runs, tmp_path):
 
 
 def test_temporal_outputs_match_the_evaluation_path(predictor, tmp_path):
-    """Windows, overlaps, absent frames and store rounding as in train.predict_split."""
+    """Windows, overlaps, absent frames and store rounding as in runs.predict_split."""
     present = np.ones(45, bool)
     present[[0, 1, 17, 18, 19, 44]] = False
     rng = np.random.default_rng(0)

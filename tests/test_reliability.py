@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from abaw_jax import checkpoints, evaluate as evaluate_lib, sharding, train, writers
+from abaw_jax import checkpoints, evaluate as evaluate_lib, files, loop, runs, sharding, train, writers
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
@@ -32,8 +32,8 @@ def losses_by_step(workdir: pathlib.Path) -> dict[int, float]:
 
 def restore_state(config, workdir, which="latest"):
     """(step, state) of a workdir's checkpoint, restored onto this process's devices."""
-    data = train.resolve_data(config)
-    setup = train.setup_model(config, data.feature_dims, sharding.make_mesh(config.mesh_data))
+    data = runs.resolve_data(config)
+    setup = runs.setup_model(config, data.feature_dims, sharding.make_mesh(config.mesh_data))
     return checkpoints.restore_params(workdir, setup.abstract_state, which)
 
 
@@ -220,7 +220,7 @@ def test_nan_gradient_with_finite_loss_stops(tiny_demo, tmp_path, monkeypatch):
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=1)
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3, log_every=1), tmp_path)
     monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
-    with pytest.raises(train.NonFiniteLossError, match=r"grad_norm \(nan\) at step 4"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"grad_norm \(nan\) at step 4"):
         train.train_and_evaluate(config, tmp_path)
     assert committed(tmp_path / "checkpoints") == [3]
     # The loss itself stayed finite: only the gradient check caught it.
@@ -236,7 +236,7 @@ def test_nan_step_is_not_offered_as_best(tiny_demo, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=5, eval_every=1,
                          checkpoint_every=5)
-    with pytest.raises(train.NonFiniteLossError, match="at step 1"):
+    with pytest.raises(loop.NonFiniteLossError, match="at step 1"):
         train.train_and_evaluate(config, tmp_path)
     assert committed(tmp_path / "best") == []
     assert committed(tmp_path / "checkpoints") == []
@@ -319,11 +319,11 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from conftest import tiny_config
-from abaw_jax import checkpoints, sharding, train
+from abaw_jax import checkpoints, runs, sharding, train
 c = tiny_config("VA", {root!r}, total_steps={steps}, log_every=1, eval_every=3, checkpoint_every=3)
 if {dump!r}:
-    data = train.resolve_data(c)
-    setup = train.setup_model(c, data.feature_dims, sharding.make_mesh(-1))
+    data = runs.resolve_data(c)
+    setup = runs.setup_model(c, data.feature_dims, sharding.make_mesh(-1))
     step, state = checkpoints.restore_params({dump!r}, setup.abstract_state, "latest")
     leaves, _ = jax.tree_util.tree_flatten_with_path(state)
     assert all(len(x.sharding.device_set) == jax.device_count() for _, x in leaves)
@@ -373,14 +373,14 @@ def test_checkpoint_moves_between_device_counts(tiny_demo, tmp_path):
 
 def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
     path = tmp_path / "out" / "metrics.json"
-    checkpoints.write_atomic(path, '{"old": 1}\n')
+    files.write_atomic(path, '{"old": 1}\n')
 
     def crash(fd):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
-        evaluate_lib.write_json(path, {"new": 2})
+        files.write_json(path, {"new": 2})
     monkeypatch.undo()
     assert path.read_text() == '{"old": 1}\n'
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]
@@ -388,7 +388,7 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
     path = tmp_path / "VA_outputs.npz"
-    evaluate_lib.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
+    runs.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
 
     real_savez = np.savez
 
@@ -398,7 +398,7 @@ def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", savez_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        evaluate_lib.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
+        runs.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
     monkeypatch.undo()
     with np.load(path) as saved:
         assert saved.files == ["a"] and np.array_equal(saved["a"], np.ones((3, 2)))

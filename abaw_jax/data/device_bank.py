@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from abaw_jax import sharding
 from abaw_jax.data.features import FeatureSets, FeatureStore
-from abaw_jax.data.pipeline import _WindowReader
+from abaw_jax.data.pipeline import WindowReader
 
 MODES = ("auto", "on", "off")
 # Share of the smallest device's memory a bank may take under "auto": the rest is for the
@@ -116,8 +117,8 @@ class DeviceBank:
         executable) and is never donated; the state is donated as in the host path.
         """
         repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-        jitted = jax.jit(with_bank(train_step), in_shardings=(repl, rows, repl),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
+        jitted = sharding.jit(with_bank(train_step), mesh, in_shardings=(repl, rows, repl),
+                              out_shardings=(repl, repl), donate_argnums=(0,))
         arrays = self.arrays
         return lambda state, batch: jitted(state, batch, arrays)
 
@@ -127,7 +128,7 @@ def host_arrays(videos: Sequence[Any], features: FeatureStore | FeatureSets, seq
     """The bank as numpy arrays (what `build` uploads), read from the memory-mapped stores."""
     # The host pipeline's reader does the checks (lengths, missing videos, presence across sets),
     # so both paths accept and reject exactly the same inputs.
-    reader = _WindowReader(videos, features, seq_len, length_tolerance)
+    reader = WindowReader(videos, features, seq_len, length_tolerance)
     total = int(reader.lengths.sum())
     present = np.zeros(total + seq_len, bool)
     present[:total] = reader.present

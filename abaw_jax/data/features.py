@@ -28,6 +28,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from abaw_jax import files
+
 try:
     import fcntl
 except ImportError:  # Not on POSIX: writers are not guarded against a twin.
@@ -162,17 +164,6 @@ def _read_meta(path: pathlib.Path) -> dict:
     return meta
 
 
-def _write_json_atomic(path: pathlib.Path, obj: Any, tmp_suffix: str) -> None:
-    """Writes JSON so that readers see either the old file or the complete new one."""
-    tmp = path.with_name(f"{path.name}.tmp-{tmp_suffix}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _fsync(f) -> None:
     f.flush()
     # Data and size reach the disk; timestamps need not.
@@ -252,7 +243,7 @@ class FeatureStoreWriter:
                 "params": dict(params or {}),
             }
             # Several processes may create the store at once: the temp name is per process.
-            _write_json_atomic(meta_path, meta, f"p{self.process_index}-{os.getpid()}")
+            files.write_json(meta_path, meta, indent=1)
         meta = _read_meta(self.path)
         for key, mine in (("dim", self.dim), ("dtype", self.dtype.name)):
             if meta[key] != mine:

@@ -54,7 +54,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return np.asarray(images_lib._to_rgb(img), np.uint8)
+            return np.asarray(images_lib.to_rgb(img), np.uint8)
     except (OSError, ValueError) as e:
         raise ImageSourceError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 

@@ -44,7 +44,7 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return h, w
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB; grey is repeated over the three channels."""
     if img.mode == "RGB":
         return img
@@ -68,7 +68,7 @@ def load_image(path: str | os.PathLike, size: int | tuple[int, int]) -> np.ndarr
     h, w = _hw(size)
     with Image.open(path) as img:
         img.load()  # Decodes the whole file now, so that truncation raises here.
-        img = _to_rgb(img)
+        img = to_rgb(img)
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.BILINEAR)
         return np.asarray(img, dtype=np.uint8)

@@ -63,6 +63,11 @@ def _windows(lengths: Sequence[int], seq_len: int, stride: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
 
+def num_windows(lengths: Sequence[int], seq_len: int, stride: int) -> int:
+    """How many windows of `seq_len` frames at `stride` cover videos of `lengths` frames."""
+    return sum(len(window_starts(n, seq_len, stride)) for n in lengths)
+
+
 def eval_windows(videos: Sequence[Any], *, seq_len: int, stride: int | None = None) -> np.ndarray:
     """[N, 2] int64 (video index, start) covering every frame of every video, in order."""
     stride = _check_window_args(seq_len, stride)
@@ -126,7 +131,7 @@ class _ArrayPool:
         return np.asarray(lease)
 
 
-class _WindowReader:
+class WindowReader:
     """Everything needed to cut windows out of a list of videos and a feature store.
 
     Labels, masks and presence of all videos are concatenated once into flat per-frame arrays,
@@ -253,7 +258,7 @@ class _WindowReader:
 class _LoadGlobalBatch:
     """Maps a global batch of window indices to this process's rows, loaded."""
 
-    def __init__(self, reader: _WindowReader, windows: np.ndarray, lo: int, hi: int,
+    def __init__(self, reader: WindowReader, windows: np.ndarray, lo: int, hi: int,
                  read_features: bool = True):
         self.reader, self.windows, self.lo, self.hi = reader, windows, lo, hi
         self.read_features = read_features
@@ -306,7 +311,7 @@ def train_dataset(
     process_index, process_count = _process(process_index, process_count, batch_size)
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    reader = _WindowReader(videos, features, seq_len, length_tolerance)
+    reader = WindowReader(videos, features, seq_len, length_tolerance)
     windows = _windows(reader.lengths, seq_len, stride)
     if skip_unlabelled:
         windows = windows[reader.any_valid(windows)]
@@ -329,7 +334,7 @@ def train_dataset(
 class _LoadEvalBatch:
     """Maps a global batch number to this process's rows of it, padded."""
 
-    def __init__(self, reader: _WindowReader, windows: np.ndarray, batch_size: int,
+    def __init__(self, reader: WindowReader, windows: np.ndarray, batch_size: int,
                  lo: int, hi: int):
         self.reader, self.windows, self.batch_size = reader, windows, batch_size
         self.lo, self.hi = lo, hi
@@ -363,7 +368,7 @@ def eval_batches(
     process_index, process_count = _process(process_index, process_count, batch_size)
     if not videos:
         return iter(())
-    reader = _WindowReader(videos, features, seq_len, length_tolerance)
+    reader = WindowReader(videos, features, seq_len, length_tolerance)
     windows = _windows(reader.lengths, seq_len, stride)
     local = batch_size // process_count
     num_batches = math.ceil(len(windows) / batch_size)

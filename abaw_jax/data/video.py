@@ -43,7 +43,7 @@ class VideoError(ValueError):
     """A video, frame folder or frame array that cannot be read; the message names it."""
 
 
-def _cv2():
+def cv2_module():
     try:
         import cv2
     except ImportError:
@@ -82,7 +82,7 @@ class VideoFileSource(FrameSource):
     """A video file decoded by OpenCV (FFmpeg backend)."""
 
     def __init__(self, path: str | os.PathLike, fps: float | None = None):
-        cv2 = _cv2()
+        cv2 = cv2_module()
         self.path = pathlib.Path(path)
         if not self.path.is_file():
             raise VideoError(f"{self.path}: no such video file")
@@ -105,7 +105,7 @@ class VideoFileSource(FrameSource):
                               count if count > 0 else -1)
 
     def chunks(self, size: int = 64) -> Iterator[np.ndarray]:
-        cv2 = _cv2()
+        cv2 = cv2_module()
         cap = cv2.VideoCapture(str(self.path))
         try:
             buf: list[np.ndarray] = []
@@ -149,7 +149,7 @@ class FrameFolderSource(FrameSource):
                               len(self.files))
 
     def _read(self, file: pathlib.Path) -> np.ndarray:
-        cv2 = _cv2()
+        cv2 = cv2_module()
         image = cv2.imread(str(file), cv2.IMREAD_COLOR)
         if image is None:
             raise VideoError(f"{file}: not a readable image")
@@ -210,7 +210,7 @@ class FaceDetector:
     def __init__(self, cascade: str | os.PathLike | None = None, *, detect_size: int = 320,
                  scale_factor: float = 1.1, min_neighbors: int = 4, min_face: float = 0.1):
         """`min_face`: the smallest face side, as a fraction of the frame's short side."""
-        cv2 = _cv2()
+        cv2 = cv2_module()
         path = pathlib.Path(cascade) if cascade else pathlib.Path(cv2.data.haarcascades) / DEFAULT_CASCADE
         self.classifier = cv2.CascadeClassifier(str(path))
         if self.classifier.empty():
@@ -223,7 +223,7 @@ class FaceDetector:
 
     def detect(self, frame: np.ndarray) -> np.ndarray:
         """Faces in one RGB frame: float32 ``[n, 5]`` rows ``(x, y, w, h, score)`` in frame pixels."""
-        cv2 = _cv2()
+        cv2 = cv2_module()
         h, w = frame.shape[:2]
         scale = min(1.0, self.detect_size / max(h, w))
         grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
@@ -337,7 +337,7 @@ def track_faces(detections: Sequence[np.ndarray], *, max_gap: int = 15,
 def crop_faces(frames: np.ndarray, boxes: np.ndarray, *, size: int = 112,
                margin: float = 0.4) -> np.ndarray:
     """Square face crops ``uint8 [n, size, size, 3]`` of ``frames [n, H, W, 3]`` at ``boxes [n, 4]``."""
-    cv2 = _cv2()
+    cv2 = cv2_module()
     frames = np.asarray(frames)
     out = np.zeros((len(frames), size, size, 3), np.uint8)
     h, w = frames.shape[1:3]

@@ -4,7 +4,7 @@ All attention in abaw_jax (the ViT and MAE encoders, the temporal Transformers o
 and C) goes through :func:`dot_product_attention`, which takes ``[B, T, N, H]`` queries, keys and
 values like ``jax.nn.dot_product_attention`` and dispatches on ``implementation``:
 
-``"default"``  ``"einsum"`` on CPU; elsewhere ``jax.nn.dot_product_attention`` with no
+``"default"``  ``"einsum"`` when traced for CPU devices (`kernels`); elsewhere ``jax.nn.dot_product_attention`` with no
                implementation named (XLA in jax 0.10, which fuses attention well on GPU/TPU).
 ``"einsum"``   two einsums in head-major ``[B, N, T, H]`` layout, softmax normalisation applied
                to the ``[T, H]`` output instead of the ``[T, S]`` weights.
@@ -28,16 +28,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from abaw_jax.models import kernels
+
 IMPLEMENTATIONS = ("default", "einsum", "xla", "cudnn")
 
 
 def resolve(implementation: str | None) -> str:
-    """The kernel that `implementation` ("default" or None included) runs on this backend."""
+    """The kernel that `implementation` ("default" or None included) runs on the platform the
+    function is traced for (`kernels.platform`)."""
     implementation = implementation or "default"
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention_impl must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "default":
-        return "einsum" if jax.default_backend() == "cpu" else "jax"
+        return "einsum" if kernels.cpu_tuned() else "jax"
     return implementation
 
 

@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from abaw_jax.models import kernels
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -48,10 +50,11 @@ _matmul_saving_transpose.defvjp(_forward, _backward)
 
 
 def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x [..., K] @ w [K, N]``; on CPU with the transposed-input backward pass (see above)."""
+    """``x [..., K] @ w [K, N]``; traced for CPU devices, with the transposed-input backward pass
+    (see above)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    product = _matmul_saving_transpose if jax.default_backend() == "cpu" else jnp.matmul
+    product = _matmul_saving_transpose if kernels.cpu_tuned() else jnp.matmul
     return product(x2, w).reshape(*lead, w.shape[-1])
 
 

@@ -1,0 +1,77 @@
+"""The command line shared by every config-driven entry point (train, evaluate, extract, pretrain).
+
+`run(main_fn, validate_fn)` defines --config (an ml_collections config file with `:variants`),
+--workdir and the multi-process flags, validates the config before anything touches a device,
+and prints the project's input errors as one `error:` line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+from collections.abc import Callable
+
+from abaw_jax import config as config_lib
+from abaw_jax.loop import NonFiniteLossError
+
+
+def define_flags() -> None:
+    """--config, --workdir, --coordinator, --num_processes, --process_id."""
+    from absl import flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "config file (with :variants)", lock_config=True)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics, predictions)")
+    flags.DEFINE_string("coordinator", "", "host:port of process 0 for multi-process runs "
+                        "launched by hand (SLURM, Open MPI and TPU pods are detected)")
+    flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator)")
+    flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator)")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def is_input_error(e: BaseException) -> bool:
+    """Errors that describe bad input or a failed run, not a bug: shown as one line.
+
+    These are the project's ValueError subclasses (AnnotationError, LayoutError, StoreError,
+    ConfigError, SubmissionError, WeightsError, CheckpointError, ...; each names the file, line
+    or key), NonFiniteLossError, and missing files.
+    """
+    if isinstance(e, (NonFiniteLossError, FileNotFoundError, NotADirectoryError)):
+        return True
+    return isinstance(e, ValueError) and type(e).__module__.startswith("abaw_jax.")
+
+
+def check_workdir(workdir: str) -> None:
+    """A workdir must be a directory or not exist yet."""
+    path = pathlib.Path(workdir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"--workdir {workdir}: exists and is not a directory")
+
+
+def initialize_distributed() -> None:
+    """Starts `jax.distributed` from the flags or a detected cluster launcher."""
+    from absl import flags
+    from abaw_jax import sharding
+    f = flags.FLAGS
+    sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id)
+
+
+def run(main_fn: Callable, validate_fn: Callable = config_lib.validate) -> None:
+    """The absl entry of a config-driven command: flags, validation, one-line errors."""
+    from absl import app, flags
+    define_flags()
+
+    def wrapped(argv):
+        from absl import logging as absl_logging
+        if not flags.FLAGS["verbosity"].present:
+            # Library INFO lines (every orbax save) drown the progress line; -v 0 brings them back.
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        try:
+            check_workdir(flags.FLAGS.workdir)
+            validate_fn(flags.FLAGS.config)
+            main_fn(argv)
+        except Exception as e:
+            if not is_input_error(e):
+                raise   # a bug: keep the traceback
+            sys.exit(f"error: {e}")
+
+    app.run(wrapped)

@@ -1,0 +1,335 @@
+"""A run's inputs and outputs, shared by train, evaluate, ensembles and predict.
+
+- Data: the annotations and feature stores a config names (the built-in demo dataset when it
+  names none), with folds applied.
+- Model setup: the temporal model and optimizer of a config and the shapes of its train state,
+  the target that checkpoints restore onto.
+- Restoring a workdir (checking that it holds the task and model the config asks for),
+  predicting every frame of a split with sliding windows, scoring it with the official metric,
+  and writing submission files and raw per-frame outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from abaw_jax import checkpoints, files, metrics, optim, sharding, submission
+from abaw_jax import config as config_lib
+from abaw_jax.data import affwild2, features as features_lib, pipeline
+from abaw_jax.loop import make_rngs
+from abaw_jax.models import build_model
+
+
+class RunError(ValueError):
+    """A workdir does not hold what the command needs (the message names it)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class Data:
+    """The datasets of a run, resolved from the config."""
+    root: pathlib.Path
+    train: list[affwild2.Video]
+    val: list[affwild2.Video]
+    features: Any  # FeatureStore, or FeatureSets for the fusion model
+
+    @property
+    def feature_dims(self) -> int | dict[str, int]:
+        """The input width, or {set: width} for several feature sets."""
+        if isinstance(self.features, features_lib.FeatureSets):
+            return dict(self.features.dims)
+        return self.features.dim
+
+
+def demo_root(config: ml_collections.ConfigDict, *, build: bool = True) -> pathlib.Path:
+    """The demo dataset of `config.data.demo` (built and cached on first use when `build`)."""
+    from abaw_jax.data import demo
+    d = config.data.demo
+    kwargs = dict(num_videos=d.num_videos, seed=d.seed, length_scale=d.length_scale,
+                  feature_sets={"vit": d.dim, "openface": 17})
+    return demo.ensure_demo(**kwargs) if build else demo.demo_dir(**kwargs)
+
+
+def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
+    """The feature store of the run, or the aligned feature sets a fusion model reads."""
+    if config.model.name != "fusion":
+        return features_lib.FeatureStore(config.data.features or root / "features" / "vit")
+    given = dict(item.split("=", 1) for item in config.data.features.split(",") if "=" in item)
+    if config.data.features and not given:
+        raise config_lib.ConfigError(
+            f"config.data.features = {config.data.features!r}: a fusion model needs "
+            f"'name=path,name=path' (or empty for <root>/features/<name>)")
+    return features_lib.FeatureSets(
+        {name: given.get(name, root / "features" / name) for name in config.model.feature_sets})
+
+
+def resolve_data(config: ml_collections.ConfigDict) -> Data:
+    """Loads annotations and opens the features; builds the demo dataset when none is set."""
+    if config.data.root:
+        root = pathlib.Path(config.data.root).expanduser()
+    else:
+        root = demo_root(config)
+        if jax.process_index() == 0:
+            print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
+                  f"{root}", file=sys.stderr, flush=True)
+    store = open_features(config, root)
+    train = affwild2.load_split(root, config.task, "train")
+    val = affwild2.load_split(root, config.task, "val")
+    if config.data.fold >= 0:
+        from abaw_jax.data.folds import fold_split
+        train, val = fold_split(train + val, config.data.fold, config.data.num_folds)
+    for split, videos in (("train", train), ("val", val)):
+        missing = [v.name for v in videos if v.name not in store]
+        if missing:
+            raise features_lib.StoreError(
+                f"features at {config.data.features or root / 'features'} lack {len(missing)} "
+                f"{split} videos of {config.task}, e.g. {missing[:3]}")
+    return Data(root=root, train=train, val=val, features=store)
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict, videos: list[affwild2.Video]) -> int:
+    """Global batches in one pass over the training windows of `videos`."""
+    windows = pipeline.num_windows([v.num_frames for v in videos], config.data.seq_len,
+                                   config.data.train_stride or config.data.seq_len)
+    return max(1, windows // config.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model setup.
+
+
+def model_inputs(batch: dict) -> tuple:
+    """(features, present, frame_mask); features is {set: array} when several sets are read."""
+    sets = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("features/")}
+    return (sets or batch["features"]), batch["present"], batch["frame_mask"]
+
+
+def model_keys(batch: dict) -> dict:
+    """The arrays the model reads (features, or features/<set>, and the two frame masks)."""
+    return {k: v for k, v in batch.items()
+            if k in ("features", "present", "frame_mask") or k.startswith("features/")}
+
+
+def init_state(model, tx, feature_dims: int | dict[str, int], seq_len: int, rng) -> dict:
+    """Params and optimizer state of a fresh run (traceable: jitted with output shardings)."""
+    x = jax.tree.map(lambda d: jnp.zeros((1, seq_len, d), jnp.float32), feature_dims)
+    m = jnp.ones((1, seq_len), bool)
+    params = model.init({"params": rng}, x, m, m, train=False)["params"]
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+
+@dataclasses.dataclass
+class ModelSetup:
+    """The model, optimizer and the (abstract) train state of a config."""
+    model: Any
+    tx: Any
+    schedule: Any
+    init_fn: Any          # jitted rng -> state, replicated over the mesh
+    init_rng: Any
+    train_rng: Any
+    abstract_state: Any   # shapes, dtypes and shardings: the orbax restore target
+
+
+def setup_model(config: ml_collections.ConfigDict, feature_dims, mesh,
+                plan: optim.Plan | None = None) -> ModelSetup:
+    """Builds the model and optimizer of `config` and the shape of their state on `mesh`.
+
+    `plan` (the run's length) shapes the schedule only; restoring needs no plan.
+    """
+    repl = sharding.replicated(mesh)
+    dtype = sharding.compute_dtype(config.compute_dtype, mesh)
+    model = build_model(config.model, affwild2.NUM_OUTPUTS[config.task], dtype)
+    plan = plan or optim.Plan(max(1, config.total_steps), 0, 1)
+    tx, schedule = optim.make_optimizer(config.optimizer, plan,
+                                        skip_nonfinite=config.skip_nonfinite)
+    init_rng, train_rng = make_rngs(config.seed, config.rng_impl)
+    init_fn = sharding.jit(
+        lambda r: init_state(model, tx, feature_dims, config.data.seq_len, r), mesh,
+        out_shardings=repl)
+    abstract_state = checkpoints.abstract_like(jax.eval_shape(init_fn, init_rng), repl)
+    return ModelSetup(model, tx, schedule, init_fn, init_rng, train_rng, abstract_state)
+
+
+def make_predict(model):
+    """Per-frame outputs of a batch at evaluation (no masking, no dropout)."""
+
+    def predict(params, batch):
+        return model.apply({"params": params}, *model_inputs(batch), train=False)
+
+    return predict
+
+
+def jit_predict(model, mesh):
+    """`make_predict` jitted over `mesh`: parameters replicated, batches split on 'data'."""
+    rows = sharding.batch_sharding(mesh)
+    return sharding.jit(make_predict(model), mesh, in_shardings=(sharding.replicated(mesh), rows),
+                        out_shardings=rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Restoring a workdir.
+
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a workdir was trained with (its config.json)."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
+    try:
+        config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    except json.JSONDecodeError as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+    # JSON turns tuples into lists; model fields such as TCN channels expect tuples.
+    for key, value in config.model.items():
+        if isinstance(value, list):
+            config.model[key] = tuple(value)
+    return config
+
+
+def check_workdir_matches(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+    """The workdir must hold a model of the config's task and architecture."""
+    path = workdir / "config.json"
+    if not path.is_file():
+        return   # older or foreign workdirs: the restore itself reports mismatches
+    saved = load_run_config(workdir)
+    if saved.get("task") != config.task:
+        raise RunError(
+            f"{workdir} holds a {saved.get('task')} model; the config is for {config.task} "
+            f"(use --config configs/{str(saved.get('task')).lower()}.py)")
+    got, want = saved.get("model", {}).get("name"), config.model.name
+    if got != want:
+        raise RunError(f"{workdir} holds a model={got} run; the config builds model={want} "
+                       f"(add :model={got} to --config)")
+
+
+def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, abstract_state,
+            which: str = "best") -> tuple[int, Any]:
+    """(step, state) of checkpoint `which` of `workdir`, checked against the config first."""
+    check_workdir_matches(config, workdir)
+    try:
+        return checkpoints.restore_params(workdir, abstract_state, which)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, checkpoints.CheckpointError):
+            raise
+        raise RunError(f"{workdir}: its {which} checkpoint does not fit the model of this config "
+                       f"({str(e).splitlines()[0][:300]}); evaluate with the config it was "
+                       f"trained with ({workdir / 'config.json'})") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Predicting and scoring a split.
+
+
+def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
+    """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps averaged)."""
+    seq_len = config.data.seq_len
+    bs = config.eval_batch_size or config.batch_size
+    sharding.check_batch_size(bs, mesh, "eval_batch_size")
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    batches = pipeline.eval_batches(
+        videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    for batch in batches:
+        out = predict_fn(params, sharding.to_global(model_keys(batch), mesh))
+        rows = {"out": out}
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            rows = multihost_utils.process_allgather(
+                {"out": out, "video": batch["video"], "start": batch["start"],
+                 "frame_mask": batch["frame_mask"], "batch_mask": batch["batch_mask"]}, tiled=True)
+            local = rows
+        else:
+            local = batch
+        keep = np.asarray(local["batch_mask"])
+        assembler.add(np.asarray(rows["out"], np.float32)[keep], np.asarray(local["video"])[keep],
+                      np.asarray(local["start"])[keep], np.asarray(local["frame_mask"])[keep])
+    return assembler.result()
+
+
+def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Video]) -> tuple[float, dict]:
+    """The official metric over all valid frames of a split."""
+    out = np.concatenate(outputs)
+    labels = np.concatenate([v.labels for v in videos])
+    valid = np.concatenate([v.valid for v in videos])
+    return metrics.task_score(task, out, labels, valid)
+
+
+def save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]) -> None:
+    """Raw per-frame outputs keyed by video name, written atomically."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{n: o for n, o in zip(names, outputs)})
+    files.write_atomic(path, buffer.getvalue())
+
+
+def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
+                 checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
+                 out_dir: str | pathlib.Path | None = None) -> dict:
+    """Scores `splits` with the checkpoint `checkpoint` of `workdir`; returns metrics by split.
+
+    Writes to `<out_dir>/<split>/`: `<TASK>.txt` (the submission format, one row per frame,
+    frames without a face image included), `<TASK>_outputs.npz` (raw per-frame outputs by
+    video, for ensembling) and, for labelled splits, `metrics.json`.
+    """
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"--workdir {workdir}: no such run directory")
+    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "predictions"
+    mesh = sharding.make_mesh(config.mesh_data)
+    check_workdir_matches(config, workdir)
+    data = resolve_data(config)
+    setup = setup_model(config, data.feature_dims, mesh)
+    step, state = restore(config, workdir, setup.abstract_state, checkpoint)
+    predict = jit_predict(setup.model, mesh)
+    is_main = jax.process_index() == 0
+    if is_main:
+        print(f"Evaluating {workdir} ({checkpoint} checkpoint, step {step})", file=sys.stderr)
+
+    results = {}
+    for split in splits:
+        if split == "val":
+            videos = data.val
+        elif split == "test":
+            try:
+                # Frame counts from the feature store, which covers frames past the last face.
+                videos = affwild2.test_videos(
+                    data.root, config.task,
+                    frame_counts={v: data.features.num_frames(v) for v in data.features.videos})
+            except FileNotFoundError as e:
+                if is_main:
+                    print(f"No test-set video list for {config.task}: skipping the test split "
+                          f"({e})", file=sys.stderr)
+                continue
+        else:
+            raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
+        outputs = predict_split(predict, state["params"], videos, data.features, config, mesh)
+        split_dir = out_dir / split
+        names = [v.name for v in videos]
+        result = {"step": step, "checkpoint": checkpoint}
+        if split == "val":
+            score, details = score_split(config.task, outputs, videos)
+            result.update(score=score, **details)
+        if is_main:
+            submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, outputs)
+            save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
+            if split == "val":
+                files.write_json(split_dir / "metrics.json", result)
+                print(f"{split}: {metrics.describe(config.task, result['score'], result)}",
+                      file=sys.stderr)
+            print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
+                  f"frames of {len(names)} videos)", file=sys.stderr)
+        results[split] = result
+    return results
