@@ -105,10 +105,16 @@ def _check_values(path, lineno, task, values) -> None:
         raise SubmissionError(f"{path}:{lineno}: action units must be 0 or 1")
 
 
-def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str, int]) -> None:
-    """Checks that a submission has exactly one row for every frame of every listed video."""
+def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str, int]) -> list[str]:
+    """Checks that a submission has exactly one row for every frame of every listed video.
+
+    Returns warnings. Frame counts read from a video file (OpenCV's count) can be one short of the
+    image numbering used by the annotations and test lists, so a submission with rows up to frame
+    N + 1 for an N-frame video is accepted with a warning when that single trailing frame is the
+    only difference; anything else is an error.
+    """
     got = read_submission(path, task)
-    problems = []
+    problems, warnings = [], []
     for video, n in frame_counts.items():
         frames = got.get(video)
         if frames is None:
@@ -118,10 +124,15 @@ def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str
         extra = sorted(set(frames) - set(range(1, n + 1)))
         if missing:
             problems.append(f"video {video}: {len(missing)} of {n} frames missing, e.g. {missing[:3]}")
-        if extra:
+        if extra == [n + 1]:
+            warnings.append(f"video {video}: one row past its {n} frames (frame {n + 1}); frame "
+                            f"counts from the video file are often one short of the image "
+                            f"numbering")
+        elif extra:
             problems.append(f"video {video}: frames beyond its {n} frames, e.g. {extra[:3]}")
     unknown = sorted(set(got) - set(frame_counts))
     if unknown:
         problems.append(f"{len(unknown)} videos not in the list, e.g. {unknown[:3]}")
     if problems:
         raise SubmissionError(f"{path}: " + "; ".join(problems))
+    return warnings

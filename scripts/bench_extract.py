@@ -4,10 +4,8 @@ The abaw_jax side is the function `abaw_jax.extract` runs (`make_extract_fn`: ui
 normalisation, the ViT, mean pooling), compiled once, with the batch already on the device; the
 timm side is `vit_base_patch16_224` (with the same dims when a smaller ViT is benchmarked) under
 `torch.inference_mode()` on normalised float images, eager or after torch.compile. Both use
-random weights. Run as a script, this file prints benchmark.py's extract rows alone:
-
-    python scripts/bench_extract.py --small                 # CPU: ViT-B/16, batch 8
-    python scripts/bench_extract.py --peak-tflops 989       # GPU: ViT-B/16, batch 256, bf16
+random weights. `python scripts/benchmark.py --systems extract`
+prints these rows alone (`--small` on a CPU, `--peak-tflops 989` on a GPU).
 """
 
 from __future__ import annotations
@@ -85,12 +83,3 @@ def make_timm(vit: Any, batch: int, threads: int, compiled: bool = False
             torch.cuda.synchronize()
 
     return step, sum(p.numel() for p in model.parameters())
-
-
-def main() -> None:
-    from scripts import benchmark
-    benchmark.main(["--systems", "extract", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    main()

@@ -4,11 +4,8 @@ Both sides train the same model (same dims, 75% masking, norm-pix loss) on the s
 of random images: a forward pass, the backward pass and an AdamW update. abaw_jax's step is one
 jitted function with donated state, compiled before timing, in the compute dtype it is given
 (benchmark.py: bfloat16 on GPU); PyTorch runs Hugging Face's ViTMAEForPreTraining with SDPA
-attention, eager or after torch.compile, under bf16 autocast on CUDA. Run as a script, this file
-prints benchmark.py's MAE rows alone:
-
-    python scripts/bench_mae.py --small                 # CPU: 48 px, patch 6, batch 64
-    python scripts/bench_mae.py --peak-tflops 989       # GPU: ViT-B/16, 8 x 512 decoder, batch 256
+attention, eager or after torch.compile, under bf16 autocast on CUDA. `python scripts/benchmark.py --systems mae`
+prints these rows alone (`--small` on a CPU, `--peak-tflops 989` on a GPU).
 """
 
 from __future__ import annotations
@@ -108,12 +105,3 @@ def make_torch(dims: dict, batch: int, threads: int, compiled: bool = False
         loss.item()   # waits for the device
 
     return step, sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def main() -> None:
-    from scripts import benchmark
-    benchmark.main(["--systems", "mae", *sys.argv[1:]])
-
-
-if __name__ == "__main__":
-    main()
