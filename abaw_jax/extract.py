@@ -30,20 +30,11 @@ loses at most the videos in flight, and re-running the same command skips what i
 SIGTERM stops after the batch in flight; the videos it completes are committed, the rest are
 left for the next run.
 
-Encoders (``config.encoder``): a weights file or folder that ``abaw_jax.models.weights`` reads
-(ViT ``.npz``, timm / Hugging Face ``.safetensors``, torchvision ResNet); a random-init spec
-``vit:<variant>[,field=value...]`` or ``resnet:<variant>[,...]`` (benchmarks and tests, e.g.
-``vit:Ti/8,width=32,depth=2``); or an encoder directory holding ``encoder.json``:
-
-  {"format": "abaw_jax.encoder/1", "model": "vit" | "resnet",
-   "config": {module fields as weights.module_config writes them},
-   "mean": [r, g, b], "std": [r, g, b],
-   "params": "params.npz" | "<orbax checkpoint dir>"}
-
-``params.npz`` holds the module's variables flattened to ``<collection>/<path>/<leaf>`` keys
-(``params/Transformer/encoderblock_0/LayerNorm_0/scale``); an orbax directory holds the same
-nested dict written by ``orbax.checkpoint.StandardCheckpointer``. :func:`save_encoder` writes
-this format (for MAE pretraining and fine-tuning runs).
+Encoders (``config.encoder``): any spec ``abaw_jax.models.encoders.load_encoder`` takes: a
+weights file or folder (ViT ``.npz``, timm / Hugging Face ``.safetensors``, torchvision ResNet); a
+random-init spec ``vit:<variant>[,field=value...]`` or ``resnet:<variant>[,...]`` (benchmarks and
+tests, e.g. ``vit:Ti/8,width=32,depth=2``); or an encoder directory holding ``encoder.json`` (the
+format is described in ``abaw_jax.models.encoders``; MAE pretraining and fine-tuning write it).
 """
 
 from __future__ import annotations
@@ -52,7 +43,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
-import json
 import logging
 import os
 import pathlib
@@ -76,21 +66,18 @@ from abaw_jax import config as config_lib
 from abaw_jax import loop as loop_lib
 from abaw_jax.data import affwild2, images as images_lib
 from abaw_jax.data import features as features_lib
-from abaw_jax.models import resnet as resnet_lib
+from abaw_jax.models import encoders
 from abaw_jax.models import vit as vit_lib
-from abaw_jax.models import weights
 
 log = logging.getLogger(__name__)
 
-ENCODER_FORMAT = "abaw_jax.encoder/1"
-ENCODER_FILE = "encoder.json"
 CORRUPT_FILE = "corrupt_frames.txt"
 _NUMBER_RE = re.compile(r"(\d+)\.[^.]+")
 _PREFETCH = 2  # decoded batches waiting for the device: enough to hide decoding jitter
 
 
 class ExtractError(ValueError):
-    """Bad extraction input (encoder directory, frame-count CSV, video list); names the file."""
+    """Bad extraction input (frame-count CSV, video list); names the file."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,205 +87,6 @@ class ExtractError(ValueError):
 # The config of this command lives in abaw_jax.config; these names keep older callers working.
 validate = config_lib.validate_extraction
 default_config = config_lib.extraction_config
-
-
-# ---------------------------------------------------------------------------------------------
-# Encoders.
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
-    out = {}
-    for key, value in tree.items():
-        if "/" in key:
-            raise ExtractError(f"parameter name {prefix + key!r} contains '/'")
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, f"{prefix}{key}/"))
-        else:
-            out[prefix + key] = np.asarray(value)
-    return out
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
-def save_encoder(
-    directory: str | os.PathLike, module: nn.Module, variables: Mapping[str, Any], *,
-    mean: Sequence[float], std: Sequence[float], params_format: str = "npz",
-) -> pathlib.Path:
-    """Writes an encoder directory (``encoder.json`` + ``params.npz`` or an orbax ``params/``).
-
-    ``variables`` is the full dict ``module.apply`` takes (``{"params": ...}``, plus
-    ``batch_stats`` for a ResNet); ``mean`` / ``std`` are the input normalisation in [0, 1] units.
-    """
-    directory = pathlib.Path(directory)
-    if isinstance(module, vit_lib.ViT):
-        model = "vit"
-    elif isinstance(module, resnet_lib.ResNet):
-        model = "resnet"
-    else:
-        raise ExtractError(f"{directory}: save_encoder takes a ViT or ResNet, got {type(module).__name__}")
-    if params_format not in ("npz", "orbax"):
-        raise ExtractError(f"params_format must be 'npz' or 'orbax', got {params_format!r}")
-    directory.mkdir(parents=True, exist_ok=True)
-    host = jax.device_get(dict(variables))
-    if params_format == "npz":
-        name = "params.npz"
-        np.savez(directory / name, **_flatten(host))
-    else:
-        import orbax.checkpoint as ocp
-        name = "params"
-        with ocp.StandardCheckpointer() as ckpt:
-            ckpt.save((directory / name).absolute(), host, force=True)
-    spec = {"format": ENCODER_FORMAT, "model": model, "config": weights.module_config(module),
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "params": name}
-    (directory / ENCODER_FILE).write_text(json.dumps(spec, indent=1) + "\n")
-    return directory
-
-
-def _read_encoder_dir(
-    directory: pathlib.Path, vit_overrides: Mapping[str, Any], resnet_overrides: Mapping[str, Any],
-) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """``(module, variables, info)`` of an encoder directory written by :func:`save_encoder`."""
-    path = directory / ENCODER_FILE
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExtractError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(spec, dict) or spec.get("format") != ENCODER_FORMAT:
-        raise ExtractError(f"{path}: key 'format' must be {ENCODER_FORMAT!r}")
-    for key, kind in (("model", str), ("config", dict), ("mean", list), ("std", list), ("params", str)):
-        if not isinstance(spec.get(key), kind):
-            raise ExtractError(f"{path}: key {key!r} must be a {kind.__name__}, got {spec.get(key)!r}")
-    if spec["model"] not in ("vit", "resnet"):
-        raise ExtractError(f"{path}: key 'model' must be 'vit' or 'resnet', got {spec['model']!r}")
-
-    saved = dict(spec["config"])
-    fields = {**saved, **(vit_overrides if spec["model"] == "vit" else resnet_overrides)}
-    try:
-        if spec["model"] == "vit":
-            module = vit_lib.vit_from_config(fields)
-            sample = (1, *vit_lib.image_hw(module.image_size), 3)
-        else:
-            module = resnet_lib.resnet_from_config(fields)
-            sample = (1, 64, 64, 3)
-    except (TypeError, ValueError) as e:
-        raise ExtractError(f"{path}: key 'config': {e}") from None
-
-    params_path = directory / spec["params"]
-    if params_path.is_dir():
-        import orbax.checkpoint as ocp
-        with ocp.StandardCheckpointer() as ckpt:
-            variables = ckpt.restore(params_path.absolute())
-    elif params_path.is_file():
-        variables = _unflatten(weights.read_npz(params_path))
-    else:
-        raise ExtractError(f"{path}: key 'params' names {params_path}, which does not exist")
-    variables = jax.tree.map(lambda a: np.asarray(a, np.float32), variables)
-
-    # A new image size needs the position embeddings on the new patch grid.
-    resized = None
-    if spec["model"] == "vit" and "image_size" in saved:
-        old_hw = vit_lib.image_hw(saved["image_size"])
-        old = (old_hw[0] // module.patch_size, old_hw[1] // module.patch_size)
-        if old != module.grid_size:
-            pos = variables.get("params", {}).get("pos_embedding")
-            if pos is not None:
-                variables["params"]["pos_embedding"] = weights.resample_posemb(
-                    pos, module.grid_size, num_prefix_tokens=module.num_prefix_tokens,
-                    old_grid=old, method="bicubic", antialias=True)
-                new = module.grid_size
-                resized = f"{old[0]}x{old[1]} -> {new[0]}x{new[1]} bicubic antialias"
-
-    expected = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros(sample, jnp.float32)))
-    want = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(expected)}
-    got = {jax.tree_util.keystr(p): tuple(v.shape) for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-    bad = sorted(set(want) ^ set(got)) + [
-        f"{k} {list(got[k])} (model {list(s)})" for k, s in want.items() if k in got and got[k] != s]
-    if bad:
-        shown = ", ".join(bad[:10]) + (f", ... ({len(bad) - 10} more)" if len(bad) > 10 else "")
-        raise ExtractError(f"{params_path}: parameters do not match the model of {path}: {shown}")
-    try:
-        mean = tuple(float(m) for m in spec["mean"])
-        std = tuple(float(s) for s in spec["std"])
-    except (TypeError, ValueError):
-        raise ExtractError(f"{path}: keys 'mean' and 'std' must be lists of numbers") from None
-    if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ExtractError(f"{path}: bad normalisation mean {mean} / std {std}")
-    dim = module.width if spec["model"] == "vit" else module.num_features
-    info = dict(format="abaw_jax_encoder", path=str(directory), variant=_variant(module),
-                config=weights.module_config(module), dim=dim, mean=mean, std=std,
-                norm_source=ENCODER_FILE, posemb_resized=resized, ignored_keys=[])
-    return module, jax.device_put(variables), info
-
-
-def _parse_random_spec(spec: str) -> tuple[str, str, dict[str, Any]] | None:
-    """``"vit:Ti/8,depth=2"`` -> ``("vit", "Ti/8", {"depth": 2})``; None for anything else."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("vit", "resnet"):
-        return None
-    variant, fields = "", {}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            if variant:
-                raise ExtractError(f"encoder spec {spec!r}: two variants ({variant!r}, {item!r})")
-            variant = item
-            continue
-        try:
-            fields[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            fields[key.strip()] = value.strip()
-    if not variant:
-        raise ExtractError(f"encoder spec {spec!r}: no variant (e.g. 'vit:B/16' or 'resnet:resnet18')")
-    return kind, variant, fields
-
-
-def _is_resnet_weights(path: pathlib.Path) -> bool:
-    """Whether a weights file or folder holds a torchvision / timm ResNet state dict."""
-    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
-    for file in files:
-        if file.suffix == ".safetensors":
-            keys = weights.read_safetensors(file)[0]
-            return any(k == "layer1.0.conv1.weight" or k.endswith(".layer1.0.conv1.weight") for k in keys)
-    return False
-
-
-def load_encoder(
-    spec: str, *, pool: str = "", image_size: int = 0, dtype: Any = jnp.float32, seed: int = 0,
-) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """``(module, variables, info)`` for an extraction encoder spec (see the module docstring).
-
-    ``pool`` and ``image_size`` (0 / "": the encoder's own) apply to ViTs; a ResNet takes any
-    image size. ``dtype`` is the compute dtype.
-    """
-    vit_fields: dict[str, Any] = {"dtype": jnp.dtype(dtype)}
-    if pool:
-        vit_fields["pool"] = pool
-    if image_size:
-        vit_fields["image_size"] = int(image_size)
-    resnet_fields = {"dtype": jnp.dtype(dtype)}
-
-    path = pathlib.Path(spec).expanduser()
-    if path.is_dir() and (path / ENCODER_FILE).is_file():
-        return _read_encoder_dir(path, vit_fields, resnet_fields)
-    random_spec = None if path.exists() else _parse_random_spec(spec)
-    if random_spec is not None:
-        kind, variant, fields = random_spec
-        fields = {**fields, **(vit_fields if kind == "vit" else resnet_fields)}
-        if (kind == "resnet") != (variant in resnet_lib.VARIANTS):
-            raise ExtractError(f"encoder spec {spec!r}: {variant!r} is not a {kind} variant")
-        return weights.load_encoder(variant, seed=seed, **fields)
-    if path.exists() and _is_resnet_weights(path):
-        return weights.load_encoder(path, **resnet_fields)
-    return weights.load_encoder(path if path.exists() else spec, seed=seed, **vit_fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -563,18 +351,10 @@ def make_extract_fn(module: nn.Module, info: Mapping[str, Any], mesh: Mesh, *,
 @functools.lru_cache(maxsize=4)
 def _jitted_feature_fn(module, mean, std, image_size, mesh):
     # Cached so that repeated runs in one process (tests, notebooks) compile the encoder once.
-    fn = weights.feature_fn(module, {"mean": mean, "std": std}, image_size=image_size)
+    fn = encoders.feature_fn(module, {"mean": mean, "std": std}, image_size=image_size)
     batch = sharding.batch_sharding(mesh)
     return sharding.jit(fn, mesh, in_shardings=(sharding.replicated(mesh), batch),
                         out_shardings=batch)
-
-
-def _variant(module: nn.Module) -> str | None:
-    """The named variant the module's dims match (``"B/16"``, ``"resnet18"``), or None."""
-    if isinstance(module, vit_lib.ViT):
-        return vit_lib.variant_name(module.width, module.depth, module.num_heads, module.mlp_dim,
-                                    module.patch_size)
-    return resnet_lib.variant_name(module.block, module.stage_sizes, module.width)
 
 
 def _describe(spec: str, info: Mapping[str, Any], hw: tuple[int, int]) -> str:
@@ -625,9 +405,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
             f"config.batch_size = {config.batch_size}: must split evenly over {nproc} processes "
             f"and the {mesh.devices.size} devices of each")
     compute = sharding.compute_dtype(config.compute_dtype, mesh)
-    module, variables, info = load_encoder(
+    encoder = encoders.load_encoder(
         config.encoder, pool=config.pool, image_size=config.image_size, dtype=compute,
         seed=config.seed)
+    module, variables, info = encoder.module, encoder.variables, encoder.info
     if info["format"] == "random":
         log.warning("encoder %r has RANDOM weights (seed %d): for tests and benchmarks only",
                     config.encoder, config.seed)
@@ -645,7 +426,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
     variables = jax.device_put(variables, sharding.replicated(mesh))
     hw = model_hw or decode_hw
     params = dict(
-        encoder=config.encoder, format=info["format"], variant=_variant(module),
+        encoder=config.encoder, format=info["format"], variant=encoders.variant_name(module),
         model_config=info["config"], pool=info["config"].get("pool"), image_size=list(hw),
         decode_size=list(decode_hw), resize="bilinear" if tuple(decode_hw) != tuple(hw) else None,
         mean=list(info["mean"]), std=list(info["std"]), norm_source=info.get("norm_source"),
@@ -680,8 +461,9 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
         total = sum(len(p.paths) for p in plans)
         if is_main:
             print(f"Extracting {len(plans)} video(s), {total} images, with {info['format']} "
-                  f"{_variant(module) or type(module).__name__} ({info['dim']}-d) on {mesh.devices.size} "
-                  f"{sharding.platform(mesh)} device(s) into {workdir}", file=sys.stderr, flush=True)
+                  f"{encoders.variant_name(module) or type(module).__name__} ({info['dim']}-d) "
+                  f"on {mesh.devices.size} {sharding.platform(mesh)} device(s) into {workdir}",
+                  file=sys.stderr, flush=True)
         if is_main and config.progress:
             from tqdm import tqdm
             progress = tqdm(total=total, unit="frame", unit_scale=True, dynamic_ncols=True,

@@ -23,7 +23,7 @@ random-weight encoder of the right width (e.g. `--encoder vit:B/16` for the defa
 or `vit:Ti/16,width=32,depth=2,num_heads=2,mlp_dim=64,image_size=32` for 32-d features). The
 whole path then runs, but the predictions mean nothing.
 
-Encoder specs are those of `abaw_jax.extract`: a weights file or folder
+Encoder specs are those of `abaw_jax.models.encoders.load_encoder`: a weights file or folder
 (`abaw_jax.models.weights`), an encoder directory with `encoder.json` (MAE pretraining or
 fine-tuning), or random weights `vit:<variant>[,field=value...]` / `resnet:<variant>[,...]`
 (fields override the model's, e.g. `width`, `depth`, `image_size`, `pool`). From a store written
@@ -72,6 +72,7 @@ import numpy as np
 from abaw_jax import checkpoints, ensemble, files, runs, sharding
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data import video as video_lib
+from abaw_jax.models import encoders
 
 EXPR_COLUMNS = tuple(f"prob_{c}" for c in affwild2.EXPR_CLASSES)
 AU_COLUMNS = affwild2.AU_NAMES
@@ -86,78 +87,12 @@ class PredictError(ValueError):
     """A workdir, encoder or input that cannot be used for prediction; the message names it."""
 
 
-# ---------------------------------------------------------------------------------------------
-# Encoders.
-
-
-def store_encoder(meta: Mapping[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """``(spec, kwargs of abaw_jax.extract.load_encoder)`` that rebuild a store's encoder, or None.
-
-    `abaw_jax.extract` records its encoder spec, pool, image size and seed in the store's
-    ``meta.json`` ``params``; a store from elsewhere may name a spec in ``extractor``. None when
-    neither names something loadable here (e.g. "demo:vit", or a weights path that is gone).
-    """
-    params = meta.get("params") if isinstance(meta.get("params"), Mapping) else {}
-    spec = params.get("encoder") or meta.get("extractor") or ""
-    if not isinstance(spec, str) or not _loadable(spec):
-        return None
-    kwargs: dict[str, Any] = {}
-    if isinstance(params.get("pool"), str):
-        kwargs["pool"] = params["pool"]
-    size = params.get("image_size")
-    if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
-        size = size[0]
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
-        kwargs["image_size"] = size
-    if isinstance(params.get("seed"), int) and not isinstance(params["seed"], bool):
-        kwargs["seed"] = params["seed"]
-    return spec, kwargs
-
-
-def _loadable(spec: str) -> bool:
-    """Whether `spec` is an existing path, a ``vit:`` / ``resnet:`` spec or a known variant."""
-    from abaw_jax.models import resnet as resnet_lib
-    from abaw_jax.models import vit as vit_lib
-    if pathlib.Path(spec).expanduser().exists() or spec.startswith(("vit:", "resnet:")):
-        return True
-    if spec in resnet_lib.VARIANTS:
-        return True
+def _load_encoder(spec: str, **kwargs) -> encoders.Encoder:
+    """`encoders.load_encoder`, with its errors raised as PredictError naming the spec."""
     try:
-        vit_lib.decode_variant(spec)
-    except ValueError:
-        return False
-    return True
-
-
-@dataclasses.dataclass
-class Encoder:
-    """An image encoder ready to run: ``fn(variables, uint8 crops [B, H, W, 3]) -> [B, dim]``."""
-
-    spec: str
-    module: Any
-    variables: Any
-    info: dict
-    fn: Any
-
-    @property
-    def dim(self) -> int:
-        """Size of the pooled feature vector."""
-        return int(self.info["dim"])
-
-
-def load_encoder(spec: str, **kwargs) -> Encoder:
-    """Loads an encoder as `abaw_jax.extract` does (same specs; kwargs: pool, image_size, seed)."""
-    from abaw_jax import extract
-    from abaw_jax.models import resnet as resnet_lib
-    from abaw_jax.models import weights
-    try:
-        module, variables, info = extract.load_encoder(spec, **kwargs)
-    except (extract.ExtractError, weights.WeightsError, TypeError, ValueError) as e:
+        return encoders.load_encoder(spec, **kwargs)
+    except (TypeError, ValueError) as e:   # encoders.EncoderError is a ValueError
         raise PredictError(f"encoder {spec!r}: {e}") from None
-    # A ResNet takes any size; extraction resized its input to image_size, so do the same.
-    resize = kwargs.get("image_size") if isinstance(module, resnet_lib.ResNet) else None
-    fn = sharding.jit(weights.feature_fn(module, info, image_size=resize or None), None)
-    return Encoder(str(spec), module, variables, info, fn)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,7 +300,7 @@ class Predictor:
     """
 
     def __init__(self, workdirs: str | os.PathLike | Sequence[str | os.PathLike],
-                 encoder: str | Encoder | None = None, *, checkpoint: str = "best",
+                 encoder: str | encoders.Encoder | None = None, *, checkpoint: str = "best",
                  batch_size: int = 32, detector: video_lib.FaceDetector | None = None,
                  crop_size: int = 112, margin: float = 0.4, max_gap_s: float = 0.5,
                  smooth_s: float = 0.07, chunk_size: int = 64):
@@ -376,7 +311,8 @@ class Predictor:
             raise PredictError("give at least one training workdir")
         self.runs = [load_run(w, checkpoint) for w in workdirs]
         self.tasks = tuple(t for t in affwild2.TASKS if any(r.task == t for r in self.runs))
-        self.encoder = encoder if isinstance(encoder, Encoder) else self._resolve_encoder(encoder)
+        self.encoder = (encoder if isinstance(encoder, encoders.Encoder)
+                        else self._resolve_encoder(encoder))
         for run in self.runs:
             if run.feature_dim != self.encoder.dim:
                 raise PredictError(
@@ -398,10 +334,10 @@ class Predictor:
         self._temporal = [_Compiled(runs.make_predict(r.model), "temporal", self._compile_times)
                           for r in self.runs]
 
-    def _resolve_encoder(self, spec: str | None) -> Encoder:
+    def _resolve_encoder(self, spec: str | None) -> encoders.Encoder:
         if spec:
-            return load_encoder(spec)
-        found = {r.workdir: store_encoder(_read_store_meta(r.store_path)) for r in self.runs}
+            return _load_encoder(spec)
+        found = {r.workdir: encoders.store_encoder(_read_store_meta(r.store_path)) for r in self.runs}
         named = {json.dumps(f, sort_keys=True) for f in found.values() if f is not None}
         if None in found.values() or len(named) != 1:
             said = "; ".join(
@@ -413,7 +349,7 @@ class Predictor:
             raise PredictError(f"{why} ({said}); pass --encoder (a weights path, an encoder "
                                f"directory or a spec such as vit:B/16)")
         spec, kwargs = json.loads(named.pop())
-        return load_encoder(spec, **kwargs)
+        return _load_encoder(spec, **kwargs)
 
     def predict_frames(self, frames: np.ndarray, fps: float = 30.0) -> dict[str, np.ndarray]:
         """Predicts frames ``uint8 [T, H, W, 3]`` (RGB) of one clip; returns the table."""

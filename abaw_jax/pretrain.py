@@ -7,10 +7,10 @@
 ``config.mode`` picks the job: ``"mae"`` trains a masked autoencoder (``abaw_jax.models.mae``) and
 writes a PNG of reconstructions at each evaluation; ``"finetune"`` trains a ViT with a linear
 classification head, initialised from ``config.init_from`` (an MAE or fine-tuning workdir, an
-encoder directory, or any ViT weights ``abaw_jax.extract.load_encoder`` reads), with layer-wise
-learning-rate decay, label smoothing and class weights. Both end by writing
-``<workdir>/encoder/`` (``encoder.json`` + ``params.npz``, ``abaw_jax.extract``'s encoder
-format), which ``python -m abaw_jax.extract --config.encoder=<workdir>/encoder`` loads.
+encoder directory, or any ViT weights ``abaw_jax.models.encoders.load_encoder`` reads), with
+layer-wise learning-rate decay, label smoothing and class weights. Both end by writing
+``<workdir>/encoder/`` (``encoder.json`` + ``params.npz``, ``abaw_jax.models.encoders``' encoder
+directory format), which ``python -m abaw_jax.extract --config.encoder=<workdir>/encoder`` loads.
 
 Sections, top to bottom: config checks, data, models and optimizer, steps, evaluation, loop.
 Re-running the same command resumes from the workdir's checkpoint (train state and data
@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -38,6 +37,7 @@ from abaw_jax import config as config_lib
 from abaw_jax import loop as loop_lib
 from abaw_jax.data import image_sources
 from abaw_jax.models import classifier
+from abaw_jax.models import encoders
 from abaw_jax.models import mae as mae_lib
 from abaw_jax.models import vit as vit_lib
 
@@ -231,11 +231,11 @@ def reconstruction_grid(
 
 def load_init(init_from: str):
     """``(ViT, params, info)`` of the encoder to fine-tune from (a workdir's ``encoder/`` first)."""
-    from abaw_jax import extract
     path = pathlib.Path(init_from).expanduser()
-    if (path / "encoder" / extract.ENCODER_FILE).is_file():
+    if (path / "encoder" / encoders.ENCODER_FILE).is_file():
         path = path / "encoder"
-    module, variables, info = extract.load_encoder(str(path))
+    encoder = encoders.load_encoder(str(path))
+    module, variables, info = encoder.module, encoder.variables, encoder.info
     if not isinstance(module, vit_lib.ViT):
         raise config_lib.ConfigError(f"config.init_from = {init_from!r}: not a ViT encoder")
     return module, variables["params"], info
@@ -396,16 +396,15 @@ def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: in
 
 
 def export_encoder(config, model, params, directory: pathlib.Path) -> pathlib.Path:
-    """Writes the trained encoder as an ``abaw_jax.extract`` encoder directory."""
-    from abaw_jax import extract
+    """Writes the trained encoder as an encoder directory (``abaw_jax.models.encoders``)."""
     if config.mode == "mae":
         vit = mae_lib.encoder_vit(model, dtype=jnp.float32)
         enc = mae_lib.encoder_params(model, params)
     else:
         vit = model.encoder.clone(dtype=jnp.float32, parent=None)
         enc = params["encoder"]
-    return extract.save_encoder(directory, vit, {"params": jax.device_get(enc)},
-                                mean=config.data.mean, std=config.data.std)
+    return encoders.save_encoder(directory, vit, {"params": jax.device_get(enc)},
+                                 mean=config.data.mean, std=config.data.std)
 
 
 def main(argv) -> None:

@@ -29,16 +29,17 @@ def make_jax(spec: str, image_size: int, batch: int, dtype: Any,
     """``(step, flops, params, module)`` of abaw_jax's extraction of one batch of random images.
 
     ``step`` runs one blocking batch; ``flops`` is XLA's count for it; ``module`` is the ViT, whose
-    dims the timm twin copies. ``spec`` is an `extract.load_encoder` random-init spec
+    dims the timm twin copies. ``spec`` is an `encoders.load_encoder` random-init spec
     ("vit:B/16", "vit:Ti/16,depth=2"); ``attention_impl`` picks the attention kernel
     (`abaw_jax.models.attention`).
     """
     import jax
 
     from abaw_jax import extract, sharding
+    from abaw_jax.models import encoders
 
-    module, variables, info = extract.load_encoder(spec, pool="mean", image_size=image_size,
-                                                   dtype=dtype)
+    encoder = encoders.load_encoder(spec, pool="mean", image_size=image_size, dtype=dtype)
+    module, variables, info = encoder.module, encoder.variables, encoder.info
     module = module.clone(attention_impl=attention_impl)
     mesh = extract.local_mesh()
     fn = extract.make_extract_fn(module, info, mesh)

@@ -116,7 +116,7 @@ def systems(size: str) -> list[System]:
 class Images:
     """An image workload of the extract or MAE rows and its batch shape."""
     key: str            # "extract" or "MAE"
-    model: str          # extract: an extract.load_encoder spec; MAE: a dims name of bench_mae
+    model: str          # extract: an encoders.load_encoder spec; MAE: a dims name of bench_mae
     image_size: int
     batch_size: int
     steps: int          # timed steps per implementation

@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny demo dataset in the official layout and tiny training configs."""
+"""Shared fixtures: a tiny demo dataset in the official layout and tiny training configs; a timm
+ViT state dict for the weight-reading tests."""
 
 from __future__ import annotations
 
 import pathlib
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,3 +53,25 @@ def tiny_config(task: str, root: pathlib.Path, **overrides):
             node = node[p]
         node[leaf] = value
     return c
+
+
+def timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
+    """A random timm ViT state dict (numpy): ``depth`` blocks, a class token, a 10-class head."""
+    rng = np.random.default_rng(seed)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    state = {"patch_embed.proj.weight": r(width, 3, patch, patch), "patch_embed.proj.bias": r(width),
+             "cls_token": r(1, 1, width), "pos_embed": r(1, 1 + grid * grid, width),
+             "norm.weight": r(width), "norm.bias": r(width), "head.weight": r(10, width), "head.bias": r(10)}
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state.update({
+            b + "norm1.weight": r(width), b + "norm1.bias": r(width),
+            b + "attn.qkv.weight": r(3 * width, width), b + "attn.qkv.bias": r(3 * width),
+            b + "attn.proj.weight": r(width, width), b + "attn.proj.bias": r(width),
+            b + "norm2.weight": r(width), b + "norm2.bias": r(width),
+            b + "mlp.fc1.weight": r(mlp, width), b + "mlp.fc1.bias": r(mlp),
+            b + "mlp.fc2.weight": r(width, mlp), b + "mlp.fc2.bias": r(width)})
+    return state

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -21,11 +20,10 @@ from abaw_jax import config as config_lib
 from abaw_jax import extract
 from abaw_jax.data import features as features_lib
 from abaw_jax.data import images as images_lib
-from abaw_jax.models import weights
+from abaw_jax.models import encoders
 
 from conftest import ROOT, SHARED_DATA, load_config
 
-TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64)
 TINY_SPEC = "vit:Ti/8,width=32,depth=2,num_heads=2,mlp_dim=64"
 CKPLUS = SHARED_DATA / "ckplus48"
 
@@ -34,11 +32,11 @@ CKPLUS = SHARED_DATA / "ckplus48"
 def encoder(tmp_path_factory):
     """A random tiny ViT (32-wide, 2 layers, 8 px patches, 32 px images) saved as an encoder
     directory, and a reference image -> feature function built directly from the same weights."""
-    module, variables, info = weights.load_encoder("Ti/8", seed=0, image_size=32, pool="mean",
-                                                   dtype=jnp.float32, **TINY)
-    path = extract.save_encoder(tmp_path_factory.mktemp("encoder"), module, variables,
-                                mean=info["mean"], std=info["std"])
-    fn = jax.jit(weights.feature_fn(module, info))
+    enc = encoders.load_encoder(TINY_SPEC, seed=0, image_size=32, pool="mean", dtype=jnp.float32)
+    variables = enc.variables
+    path = encoders.save_encoder(tmp_path_factory.mktemp("encoder"), enc.module, variables,
+                                 mean=enc.info["mean"], std=enc.info["std"])
+    fn = jax.jit(enc.fn)
 
     def features(images: np.ndarray) -> np.ndarray:
         # Fixed chunks of 8 rows: one compiled shape per image size.
@@ -369,52 +367,16 @@ def test_ckplus_grey_pngs_generic_mode(encoder, tmp_path):
 
 
 def test_orbax_encoder_directory(frames, encoder, reference, tmp_path):
-    module, variables, info = extract.load_encoder(encoder[0])
-    enc = extract.save_encoder(tmp_path / "enc", module, variables, mean=info["mean"],
-                               std=info["std"], params_format="orbax")
+    loaded = encoders.load_encoder(encoder[0])
+    enc = encoders.save_encoder(tmp_path / "enc", loaded.module, loaded.variables,
+                                mean=loaded.info["mean"], std=loaded.info["std"],
+                                params_format="orbax")
     assert (enc / "params").is_dir()
     out = tmp_path / "store"
     extract.extract(tiny_config(frames, str(enc), videos="vid_b"), out)
     got, _ = store_arrays(out, "vid_b")
     want, _ = store_arrays(reference[0], "vid_b")
     np.testing.assert_array_equal(got, want)
-
-
-def test_encoder_directory_new_image_size_resamples_posemb(encoder):
-    torch = pytest.importorskip("torch")
-    _, saved, _ = extract.load_encoder(encoder[0])
-    module, variables, info = extract.load_encoder(encoder[0], image_size=48, pool="gap")
-    assert module.image_size == 48 and module.pool == "gap"
-    assert info["posemb_resized"].startswith("4x4 -> 6x6")
-    old = np.asarray(saved["params"]["pos_embedding"], np.float64)
-    grid = torch.from_numpy(old[0, 1:].reshape(4, 4, 32)).permute(2, 0, 1)[None]
-    want = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", antialias=True,
-                                           align_corners=False)[0].permute(1, 2, 0).reshape(36, 32)
-    new = np.asarray(variables["params"]["pos_embedding"], np.float64)
-    np.testing.assert_allclose(new[0, 1:], want.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(new[0, :1], old[0, :1], rtol=1e-6)
-
-
-def test_encoder_directory_errors(encoder, tmp_path):
-    module, variables, info = extract.load_encoder(encoder[0])
-    enc = extract.save_encoder(tmp_path / "enc", module, variables, mean=info["mean"], std=info["std"])
-    spec = json.loads((enc / "encoder.json").read_text())
-
-    (enc / "encoder.json").write_text(json.dumps({k: v for k, v in spec.items() if k != "mean"}))
-    with pytest.raises(extract.ExtractError, match=r"encoder\.json: key 'mean' must be a list"):
-        extract.load_encoder(str(enc))
-    (enc / "encoder.json").write_text("{not json")
-    with pytest.raises(extract.ExtractError, match=r"encoder\.json: not valid JSON"):
-        extract.load_encoder(str(enc))
-    wrong = dict(spec, config=dict(spec["config"], width=64))
-    (enc / "encoder.json").write_text(json.dumps(wrong))
-    with pytest.raises(extract.ExtractError,
-                       match=r"params\.npz: parameters do not match the model of .*encoder\.json: "
-                             r".*encoder_norm.*\[32\] \(model \[64\]\)"):
-        extract.load_encoder(str(enc))
-    (enc / "encoder.json").write_text(json.dumps(dict(spec, params="gone.npz")))
-    with pytest.raises(extract.ExtractError, match=r"encoder\.json: key 'params' names .*gone\.npz"):
-        extract.load_encoder(str(enc))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,10 +397,8 @@ def test_config_errors_name_the_key(frames, key, value, match):
         extract.validate(c)
 
 
-def test_bad_frames_video_list_and_spec(frames, encoder, tmp_path):
+def test_bad_frames_and_video_list(frames, encoder, tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"config\.frames = .*no such folder"):
         extract.extract(tiny_config(tmp_path / "nowhere", encoder[0]), tmp_path / "s1")
     with pytest.raises(config_lib.ConfigError, match=r"config\.videos: .*'vid_z'"):
         extract.extract(tiny_config(frames, encoder[0], videos="vid_a,vid_z"), tmp_path / "s2")
-    with pytest.raises(extract.ExtractError, match=r"'resnet:B/16'.*not a resnet variant"):
-        extract.load_encoder("resnet:B/16")

@@ -56,7 +56,7 @@ def _hf_model(tmp_path, norm_pix_loss: bool, seed: int = 0, posemb: str = "sinco
                                                    (False, "random")])
 def test_parity_with_hugging_face(tmp_path, norm_pix_loss, posemb):
     torch, model = _hf_model(tmp_path, norm_pix_loss, posemb=posemb)
-    mae, params, info = mae_lib.load_hf_mae(tmp_path)
+    mae, params, info = weights_lib.load_hf_mae(tmp_path)
     assert mae.posemb == ("sincos" if posemb == "sincos" else "learn")
     assert mae.norm_pix_loss == norm_pix_loss
     assert (mae.decoder_width, mae.decoder_depth, mae.decoder_num_heads) == (24, 2, 3)
@@ -76,7 +76,7 @@ def test_parity_with_hugging_face(tmp_path, norm_pix_loss, posemb):
 def test_hf_encoder_export_matches_hf_vitmae_model(tmp_path):
     """The encoder in ViT layout reproduces ViTMAEModel's tokens when nothing is masked."""
     torch, model = _hf_model(tmp_path, False, seed=1)
-    mae, params, _ = mae_lib.load_hf_mae(tmp_path)
+    mae, params, _ = weights_lib.load_hf_mae(tmp_path)
     vit = mae_lib.encoder_vit(mae, pool="cls")
     images = np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32)
     model.config.mask_ratio = 0.0
@@ -163,4 +163,4 @@ def test_hf_checkpoint_without_decoder_is_rejected(tmp_path):
     model = _hf_model(tmp_path, False)[1]
     model.vit.save_pretrained(tmp_path / "encoder_only")
     with pytest.raises(weights_lib.WeightsError, match="encoder_only: no MAE decoder blocks"):
-        mae_lib.load_hf_mae(tmp_path / "encoder_only")
+        weights_lib.load_hf_mae(tmp_path / "encoder_only")

@@ -69,7 +69,6 @@ def _read_csv_plainly(path) -> list[dict[str, str]]:
 def _reference_outputs(run: predict_lib.Run, features: np.ndarray, present: np.ndarray,
                        tmp_path: pathlib.Path) -> np.ndarray:
     """The evaluation path of training: a feature store, eval windows and runs.predict_split."""
-    import jax
     from abaw_jax import runs, sharding
     from abaw_jax.data import features as features_lib
     t = len(present)
@@ -295,20 +294,15 @@ def test_encoder_read_from_the_store_meta(runs, tmp_path):
     assert p.encoder.spec == TINY_ENCODER
     assert p.encoder.module.image_size == 64 and p.encoder.module.pool == "gap"
     assert p.encoder.info["seed"] == 3
-    # Stores that name no loadable encoder.
-    assert predict_lib.store_encoder({"extractor": "demo:vit"}) is None
-    assert predict_lib.store_encoder({"extractor": "openface_au_r"}) is None
-    assert predict_lib.store_encoder({"extractor": "/gone/vit.npz pool=mean",
-                                      "params": {"encoder": "/gone/vit.npz"}}) is None
 
 
 def test_bad_encoder_spec_and_missing_workdir(runs, tmp_path):
     with pytest.raises(predict_lib.PredictError, match=r"encoder 'vit:width=3'.*no variant"):
-        predict_lib.load_encoder("vit:width=3")
+        predict_lib.Predictor([runs["VA"]], encoder="vit:width=3")
     with pytest.raises(predict_lib.PredictError, match=r"encoder 'vit:Zz/16'"):
-        predict_lib.load_encoder("vit:Zz/16")
+        predict_lib.Predictor([runs["VA"]], encoder="vit:Zz/16")
     with pytest.raises(predict_lib.PredictError, match=r"encoder '.*missing.npz'"):
-        predict_lib.load_encoder(str(tmp_path / "missing.npz"))
+        predict_lib.Predictor([runs["VA"]], encoder=str(tmp_path / "missing.npz"))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope" / "config.json")):
         predict_lib.Predictor([tmp_path / "nope"], encoder=TINY_ENCODER)
 

@@ -224,7 +224,7 @@ def test_config_errors_name_the_key():
 
 
 def test_mae_run_resumes_and_finetune_starts_from_it(tmp_path):
-    from abaw_jax import extract
+    from abaw_jax.models import encoders
     from abaw_jax.models import mae as mae_lib
     root = _image_folder(tmp_path / "imgs", subjects=5, per=2, size=(36, 36))
     config = _load_config("mae_face", "tiny")
@@ -243,7 +243,8 @@ def test_mae_run_resumes_and_finetune_starts_from_it(tmp_path):
     png = Image.open(mae_dir / "reconstructions" / "step_00000006.png")
     assert png.size == (3 * 32, 4 * 32)          # 1 held-out subject: 4 images x 3 panels
     # The export is extraction's encoder format and computes the MAE encoder's features.
-    vit, variables, info = extract.load_encoder(str(mae_dir / "encoder"))
+    encoder = encoders.load_encoder(str(mae_dir / "encoder"))
+    vit, variables, info = encoder.module, encoder.variables, encoder.info
     assert info["config"]["width"] == 32 and tuple(info["mean"]) == (0.5, 0.5, 0.5)
     mae = mae_lib.mae_from_config(config.model)
     _, state = pretrain.checkpoints.restore_params(

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file as save_numpy
 
-from abaw_jax.models import resnet, vit, weights
+from abaw_jax.models import vit, weights
+
+from conftest import timm_state
 
 
 def _rel(a, b):
@@ -383,29 +385,8 @@ def test_hf_vit_mae_encoder_matches(transformers, torch, tmp_path):
 # Errors (no reference library needed: timm-layout files are made from numpy).
 
 
-def _timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def r(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    state = {"patch_embed.proj.weight": r(width, 3, patch, patch), "patch_embed.proj.bias": r(width),
-             "cls_token": r(1, 1, width), "pos_embed": r(1, 1 + grid * grid, width),
-             "norm.weight": r(width), "norm.bias": r(width), "head.weight": r(10, width), "head.bias": r(10)}
-    for i in range(depth):
-        b = f"blocks.{i}."
-        state.update({
-            b + "norm1.weight": r(width), b + "norm1.bias": r(width),
-            b + "attn.qkv.weight": r(3 * width, width), b + "attn.qkv.bias": r(3 * width),
-            b + "attn.proj.weight": r(width, width), b + "attn.proj.bias": r(width),
-            b + "norm2.weight": r(width), b + "norm2.bias": r(width),
-            b + "mlp.fc1.weight": r(mlp, width), b + "mlp.fc1.bias": r(mlp),
-            b + "mlp.fc2.weight": r(width, mlp), b + "mlp.fc2.bias": r(width)})
-    return state
-
-
 def test_errors_name_keys_and_file(tmp_path):
-    state = _timm_state()
+    state = timm_state()
     good = tmp_path / "good.safetensors"
     save_numpy(state, str(good))
     m, params, _ = weights.load_vit(good, num_heads=4)
@@ -507,65 +488,8 @@ def test_npz_and_hf_errors_name_keys(tmp_path):
         weights.load_vit(tmp_path / "hf")
 
 
-# ---------------------------------------------------------------------------------------------
-# Encoders for extraction.
-
-
-def test_load_encoder_and_feature_fn(tmp_path):
-    m, variables, info = weights.load_encoder("Ti/16", image_size=32, depth=1, pool="mean")
-    assert isinstance(m, vit.ViT)
-    assert (m.width, m.depth, info["dim"], info["format"]) == (192, 1, 192, "random")
-    fn = jax.jit(weights.feature_fn(m, info))
-    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
-    features = fn(variables, images)
-    assert features.shape == (3, 192) and features.dtype == jnp.float32
-    assert np.all(np.isfinite(features))
-    # uint8 and the same images as floats in [0, 1] give the same features.
-    np.testing.assert_allclose(fn(variables, images.astype(np.float32) / 255), features, atol=1e-5)
-
-    save_numpy(_timm_state(width=192, depth=1, mlp=768), str(tmp_path / "ti.safetensors"))
-    m, variables, info = weights.load_encoder(
-        tmp_path / "ti.safetensors", mean=(0.2,) * 3, std=(0.1,) * 3)
-    assert set(variables) == {"params"} and info["format"] == "timm"
-    assert (info["mean"], info["std"], info["norm_source"]) == ((0.2,) * 3, (0.1,) * 3, "argument")
-    # The given statistics are the ones the feature function normalises with.
-    expected = m.apply(variables, weights.preprocess(images, mean=(0.2,) * 3, std=(0.1,) * 3,
-                                                     image_size=32))[0]
-    np.testing.assert_allclose(weights.feature_fn(m, info)(variables, images), expected, atol=1e-5)
-
-    rm = resnet.resnet_from_config(resnet.tiny_config())
-    shapes = jax.eval_shape(rm.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
-    state = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-        names = [p.key for p in path]
-        key = ".".join(n.replace("_", ".") for n in names[1:-1])
-        suffix = {"kernel": "weight", "scale": "weight", "bias": "bias",
-                  "mean": "running_mean", "var": "running_var"}[names[-1]]
-        shape = leaf.shape if names[-1] != "kernel" else tuple(leaf.shape[i] for i in (3, 2, 0, 1))
-        state[f"{key}.{suffix}"] = np.ones(shape, np.float32)
-    save_numpy(state, str(tmp_path / "resnet.safetensors"))
-    rm, rvariables, rinfo = weights.load_encoder(tmp_path / "resnet.safetensors")
-    assert isinstance(rm, resnet.ResNet) and rinfo["dim"] == 64 and "batch_stats" in rvariables
-    assert weights.feature_fn(rm, rinfo)(rvariables, images).shape == (3, 64)
-    with pytest.raises(weights.WeightsError, match="neither an existing weights path nor a usable"):
-        weights.load_encoder("vit_base_patch16")
-
-
-def test_preprocess_matches_torch_resize_and_normalise(torch):
-    import torch.nn.functional as F
-
-    images = np.random.default_rng(1).integers(0, 256, (2, 20, 28, 3), dtype=np.uint8)
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    x = torch.tensor(images).permute(0, 3, 1, 2).float() / 255
-    for size in [(40, 56), (10, 14), (32, 32)]:
-        ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        ref = ((ref - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])
-        ours = weights.preprocess(jnp.asarray(images), mean=mean, std=std, image_size=size)
-        np.testing.assert_allclose(ours, ref.permute(0, 2, 3, 1).numpy(), atol=1e-4)
-
-
 def test_bfloat16_override_loads_close_to_float32(tmp_path):
-    save_numpy(_timm_state(), str(tmp_path / "w.safetensors"))
+    save_numpy(timm_state(), str(tmp_path / "w.safetensors"))
     x = jnp.asarray(np.random.default_rng(2).standard_normal((2, 32, 32, 3)), jnp.float32)
     m32, p32, _ = weights.load_vit(tmp_path / "w.safetensors", num_heads=2)
     m16, p16, info = weights.load_vit(tmp_path / "w.safetensors", num_heads=2, dtype="bfloat16")

@@ -3,7 +3,7 @@
 The encoder is :class:`abaw_jax.models.vit.ViT`'s, applied to the visible patches only; its
 parameters sit at the same paths as a ViT's (``embedding``, ``cls``, ``Transformer/...``), so
 :func:`encoder_params` hands them to a plain ViT for fine-tuning and for feature extraction
-(``abaw_jax.extract.save_encoder`` writes them as an encoder directory). The
+(``abaw_jax.models.encoders.save_encoder`` writes them as an encoder directory). The
 decoder is a narrower Transformer over all patches (mask tokens where the encoder saw nothing)
 that predicts the ``patch_size**2 * C`` pixels of every patch::
 
@@ -23,17 +23,14 @@ patches. The loss is the per-pixel MSE averaged over hidden patches only; with
 ``norm_pix_loss`` each target patch is normalised by its own mean and (unbiased, as
 ``torch.var``) variance.
 
-Hugging Face ``ViTMAEForPreTraining`` checkpoints load with :func:`load_hf_mae`.
+Hugging Face ``ViTMAEForPreTraining`` checkpoints load with
+:func:`abaw_jax.models.weights.load_hf_mae`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -44,7 +41,6 @@ import numpy as np
 
 from abaw_jax.models import linear
 from abaw_jax.models import vit as vit_lib
-from abaw_jax.models import weights as weights_lib
 
 POSEMBS = ("sincos", "learn")
 
@@ -321,136 +317,3 @@ def encoder_params(mae: MAE, params: Mapping[str, Any]) -> dict[str, Any]:
         out["pos_embedding"] = jnp.asarray(sincos_posemb(mae.grid_size, mae.width), mae.param_dtype)
     return out
 
-
-# ---------------------------------------------------------------------------------------------
-# Hugging Face ViTMAEForPreTraining.
-
-_HF_DECODER_LAYOUTS = (   # (block prefix, names), newest first
-    ("decoder.decoder_layers.", weights_lib._HF_V5),
-    ("decoder.decoder_encoder.layer.", weights_lib._HF_LEGACY),
-    ("decoder.decoder_layers.", weights_lib._HF_LEGACY),
-)
-
-
-def _hf_decoder_layout(arrays: Mapping[str, np.ndarray], where: str):
-    for prefix, names in _HF_DECODER_LAYOUTS:
-        query = {v: k for k, v in names.items()}["query"]
-        if f"{prefix}0.{query}.weight" in arrays:
-            return prefix, names
-    raise weights_lib.WeightsError(
-        f"{where}: no MAE decoder blocks ('decoder.decoder_layers.0...' or "
-        f"'decoder.decoder_encoder.layer.0...'); is this a ViTMAEForPreTraining checkpoint?")
-
-
-def _torch_linear(arrays, key, where, shape_out_in):
-    w = arrays.get(f"{key}.weight")
-    b = arrays.get(f"{key}.bias")
-    if w is None or b is None:
-        raise weights_lib.WeightsError(f"{where}: missing key {key}.weight or {key}.bias")
-    if tuple(w.shape) != shape_out_in:
-        raise weights_lib.WeightsError(
-            f"{where}: {key}.weight has shape {list(w.shape)}, expected {list(shape_out_in)}")
-    return {"kernel": np.asarray(w, np.float32).T.copy(), "bias": np.asarray(b, np.float32).copy()}
-
-
-def _hf_block(arrays, prefix, names, width, heads, mlp, where) -> dict[str, Any]:
-    """One pre-norm block stored as torch Linear layers, in the ViT EncoderBlock layout."""
-    hd = width // heads
-    theirs = {v: k for k, v in names.items()}
-    block: dict[str, Any] = {}
-    for ln in ("LayerNorm_0", "LayerNorm_1"):
-        key = f"{prefix}{theirs[ln]}"
-        if f"{key}.weight" not in arrays:
-            raise weights_lib.WeightsError(f"{where}: missing key {key}.weight")
-        block[ln] = {"scale": np.asarray(arrays[f"{key}.weight"], np.float32),
-                     "bias": np.asarray(arrays[f"{key}.bias"], np.float32)}
-    attn = {}
-    for name in ("query", "key", "value"):
-        lin = _torch_linear(arrays, f"{prefix}{theirs[name]}", where, (width, width))
-        attn[name] = {"kernel": lin["kernel"].reshape(width, heads, hd),
-                      "bias": lin["bias"].reshape(heads, hd)}
-    out = _torch_linear(arrays, f"{prefix}{theirs['out']}", where, (width, width))
-    attn["out"] = {"kernel": out["kernel"].reshape(heads, hd, width), "bias": out["bias"]}
-    block["MultiHeadDotProductAttention_0"] = attn
-    block["MlpBlock_0"] = {
-        "Dense_0": _torch_linear(arrays, f"{prefix}{theirs['MlpBlock_0/Dense_0']}", where, (mlp, width)),
-        "Dense_1": _torch_linear(arrays, f"{prefix}{theirs['MlpBlock_0/Dense_1']}", where, (width, mlp)),
-    }
-    return block
-
-
-def load_hf_mae(path: str | os.PathLike, **overrides) -> tuple[MAE, dict[str, Any], dict[str, Any]]:
-    """``(MAE, params, info)`` from a Hugging Face ``ViTMAEForPreTraining`` save (dir or file).
-
-    The encoder goes through ``weights.load_vit``; the decoder is mapped here. Position tables
-    equal to MAE's sin-cos ones (as in every released checkpoint) become ``posemb="sincos"``;
-    others are kept as parameters (``posemb="learn"``). ``overrides`` are MAE fields
-    (``mask_ratio``, ``norm_pix_loss``, ``dtype``, ...).
-    """
-    path = Path(path)
-    folder = path if path.is_dir() else path.parent
-    where = str(path)
-    vit, vit_params, info = weights_lib.load_vit(path)
-    files = [path] if path.is_file() else sorted(folder.glob("*.safetensors"))
-    arrays: dict[str, np.ndarray] = {}
-    for file in files:
-        arrays.update(weights_lib.read_safetensors(file)[0])
-    config = {}
-    if (folder / "config.json").is_file():
-        config = json.loads((folder / "config.json").read_text())
-    prefix, names = _hf_decoder_layout(arrays, where)
-    query = {v: k for k, v in names.items()}["query"]
-    fc1 = {v: k for k, v in names.items()}["MlpBlock_0/Dense_0"]
-    dw = arrays[f"{prefix}0.{query}.weight"].shape[0]
-    ddepth = len({int(m.group(1)) for k in arrays if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))})
-    dheads = int(config.get("decoder_num_attention_heads") or overrides.get("decoder_num_heads") or 16)
-    dmlp = arrays[f"{prefix}0.{fc1}.weight"].shape[0]
-
-    params: dict[str, Any] = dict(jax.device_get(vit_params))
-    enc_pos = np.asarray(params.pop("pos_embedding"), np.float32)
-    params["decoder_embed"] = _torch_linear(arrays, "decoder.decoder_embed", where, (dw, vit.width))
-    params["mask_token"] = np.asarray(arrays["decoder.mask_token"], np.float32)
-    decoder = {f"encoderblock_{i}": _hf_block(arrays, f"{prefix}{i}.", names, dw, dheads, dmlp, where)
-               for i in range(ddepth)}
-    decoder["encoder_norm"] = {"scale": np.asarray(arrays["decoder.decoder_norm.weight"], np.float32),
-                               "bias": np.asarray(arrays["decoder.decoder_norm.bias"], np.float32)}
-    params["Decoder"] = decoder
-    pred_out = arrays["decoder.decoder_pred.weight"].shape[0]
-    params["decoder_pred"] = _torch_linear(arrays, "decoder.decoder_pred", where, (pred_out, dw))
-
-    grid = vit.grid_size
-    dec_pos = np.asarray(arrays["decoder.decoder_pos_embed"], np.float32)
-    fixed = (np.allclose(enc_pos, sincos_posemb(grid, vit.width), atol=1e-5)
-             and dec_pos.shape == (1, grid[0] * grid[1] + 1, dw)
-             and np.allclose(dec_pos, sincos_posemb(grid, dw), atol=1e-5))
-    if not fixed:
-        params["pos_embedding"] = enc_pos
-        params["decoder_pos_embedding"] = dec_pos
-    fields = dict(
-        width=vit.width, depth=vit.depth, num_heads=vit.num_heads, mlp_dim=vit.mlp_dim,
-        patch_size=vit.patch_size, image_size=vit.image_size, decoder_width=dw,
-        decoder_depth=ddepth, decoder_num_heads=dheads, decoder_mlp_dim=dmlp,
-        mask_ratio=float(config.get("mask_ratio", 0.75)),
-        norm_pix_loss=bool(config.get("norm_pix_loss", False)),
-        posemb="sincos" if fixed else "learn", layer_norm_eps=vit.layer_norm_eps,
-        qkv_bias=vit.qkv_bias)
-    fields.update(overrides)
-    try:
-        mae = mae_from_config(fields)
-    except (TypeError, ValueError) as e:
-        raise weights_lib.WeightsError(f"{where}: {e}") from None
-    channels = params["embedding"]["kernel"].shape[2]
-    if pred_out != mae.patch_size ** 2 * channels:
-        raise weights_lib.WeightsError(
-            f"{where}: decoder.decoder_pred.weight predicts {pred_out} values per patch, expected "
-            f"patch_size**2 * channels = {mae.patch_size ** 2 * channels}")
-    h, w = vit_lib.image_hw(mae.image_size)
-    expected = jax.eval_shape(lambda: mae.init(
-        {"params": jax.random.key(0), "masking": jax.random.key(1)},
-        jnp.zeros((1, h, w, channels), jnp.float32)))["params"]
-    got = jax.tree_util.tree_map(lambda a: np.shape(a), params)
-    want = jax.tree_util.tree_map(lambda a: tuple(a.shape), expected)
-    if got != want:
-        raise weights_lib.WeightsError(f"{where}: converted MAE parameters do not match the model")
-    info = dict(info, format="hf_vit_mae_pretraining", config=weights_lib.module_config(mae))
-    return mae, jax.device_put(params), info
