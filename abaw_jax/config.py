@@ -147,17 +147,21 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     # Empty root: the built-in demo dataset (generated once and cached).
     c.data.root = ""
-    # Feature store directory; empty: `<root>/features/vit`. Fusion models read several sets,
-    # `<root>/features/<name>` for each name in model.feature_sets unless given here as
+    # Feature store directory; empty: `<root>/features/<feature_set>`. Fusion models read several
+    # sets, `<root>/features/<name>` for each name in model.feature_sets unless given here as
     # "name=path,name=path".
     c.data.features = ""
+    c.data.feature_set = "vit"
     c.data.seq_len = 100
     c.data.train_stride = 0        # 0: equal to seq_len (non-overlapping windows)
     c.data.eval_stride = 0         # 0: equal to seq_len
-    # Folds: -1 trains on Train_Set and validates on Validation_Set; k in [0, num_folds) validates
-    # on fold k of their union (video-disjoint, _left/_right of a source video together).
-    c.data.fold = -1
+    # Folds (system B's table 1, data/folds.py): 0 (or -1) trains on Train_Set and validates on
+    # Validation_Set; k in [1, num_folds) validates on part k of Train_Set + Validation_Set split
+    # into num_folds - 1 parts, video-disjoint by source video ("grouped") or as the authors'
+    # code did ("ungrouped").
+    c.data.fold = 0
     c.data.num_folds = 5
+    c.data.fold_scheme = "grouped"
     c.data.num_threads = 4         # grain reader threads
     c.data.prefetch = 4            # batches read ahead per thread pool
     # Train features held on the devices, windows gathered in the step ("auto": when they fit).
@@ -192,14 +196,22 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    # Early stopping on the validation score: evaluations without improvement; 0 disables it.
+    # Early stopping on the validation score: evaluations without an improvement of more than
+    # min_delta; 0 disables it.
     c.early_stopping_patience = 0
+    c.early_stopping_min_delta = 0.0
 
     c.log_every = 50
     c.eval_every = 500
     c.checkpoint_every = 500
+    # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
+    c.evals_per_epoch = 0.0
     c.keep_checkpoints = 2
     c.eval_batch_size = 0          # 0: same as batch_size
+    # EXPR at `evaluate`: each frame's class becomes the most frequent class of the frames within
+    # eval_mode_filter // 2 of it (0: off; system B's code uses 40). Training's evaluations and
+    # the saved raw outputs are not smoothed.
+    c.eval_mode_filter = 0
     c.skip_nonfinite = False       # skip updates with non-finite gradients instead of stopping
     c.compute_dtype = "auto"       # "auto": bfloat16 on GPU/TPU, float32 on CPU
     c.mesh_data = -1               # devices on the 'data' axis; -1: all
@@ -220,10 +232,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("data.train_stride", "data.eval_stride"):
         # A stride past the window would leave frames between windows unseen.
         need(get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
+    need(config.data.num_folds >= 3, "data.num_folds", "must be >= 3 (the official split and at "
+         "least two parts)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
-         f"-1 (official split) or in [0, data.num_folds={config.data.num_folds})")
+         f"0 (official split) or in [1, data.num_folds={config.data.num_folds})")
+    need(config.data.fold_scheme in ("grouped", "ungrouped"), "data.fold_scheme",
+         "'grouped' or 'ungrouped'")
     optim.check(need, config)
     need(config.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: off)")
+    need(config.evals_per_epoch >= 0, "evals_per_epoch", "must be >= 0 (0: use eval_every)")
+    need(config.eval_mode_filter >= 0, "eval_mode_filter", "must be >= 0 (0: off)")
+    need(config.eval_mode_filter == 0 or config.task == "EXPR", "eval_mode_filter",
+         "smooths expression classes: EXPR only")
     need(config.model.get("max_len", config.data.seq_len) >= config.data.seq_len,
          "model.max_len", "must be >= data.seq_len")
     if "mask_prob" in config.model:
@@ -270,6 +290,7 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
     config.total_steps = 600
     config.num_epochs = 0.0
     config.early_stopping_patience = 0
+    config.evals_per_epoch = 0.0
     o = config.optimizer
     o.lr, o.weight_decay, o.schedule = 1e-3, 1e-2, "warmup_cosine"
     o.warmup_steps, o.warmup_epochs, o.end_lr_factor = 50, 0.0, 0.0
@@ -354,6 +375,8 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     c.total_steps = 10000
     c.num_epochs = 0.0          # > 0 with total_steps = 0: the run's length in epochs
     c.early_stopping_patience = 0   # evaluations without a better score before stopping; 0: off
+    c.early_stopping_min_delta = 0.0
+    c.evals_per_epoch = 0.0     # > 0: evaluate and checkpoint this often per epoch
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1.5e-4, weight_decay=0.05, warmup_steps=500, warmup_epochs=0.0, end_lr_factor=0.0,
         grad_clip=0.0, b1=0.9, b2=0.95, eps=1e-8, layer_decay=1.0, schedule="warmup_cosine",

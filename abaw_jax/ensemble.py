@@ -78,13 +78,14 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
         outputs = [from_probabilities(task, np.mean(
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
-        submission.write_submission(split_dir / f"{task}.txt", task, names, outputs)
+        decided = runs.smoothed(configs[0], outputs)
+        submission.write_submission(split_dir / f"{task}.txt", task, names, decided)
         runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
         metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
         if split == "val":
             data = runs.resolve_data(configs[0])
             by_name = {v.name: v for v in data.val}
-            score, details = runs.score_split(task, outputs, [by_name[n] for n in names])
+            score, details = runs.score_split(task, decided, [by_name[n] for n in names])
             metrics.update(score=score, **details)
             files.write_json(split_dir / "metrics.json", metrics)
         results[split] = metrics

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pathlib
 import signal
 import sys
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abaw_jax import checkpoints, files, sharding, writers
+from abaw_jax import checkpoints, files, writers
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 
@@ -116,6 +117,7 @@ class Loop:
     mesh: Any
     skip_nonfinite: bool = False
     patience: int = 0
+    min_delta: float = 0.0
     check_keys: tuple[str, ...] = ("loss", "grad_norm")
     # Appended to the non-finite error (e.g. the first NaN feature of the data); called lazily.
     nonfinite_hint: Callable[[], str] = lambda: ""
@@ -129,7 +131,7 @@ class Loop:
         is_main = jax.process_index() == 0
         pending: list[tuple[int, Any]] = []
         last_eval: dict = {}
-        stopper = _EarlyStopping(self.workdir, self.patience)
+        stopper = _EarlyStopping(self.workdir, self.patience, self.min_delta)
 
         def flush() -> None:
             """Fetches pending step metrics, stops on non-finite values, logs their mean."""
@@ -209,8 +211,9 @@ def _line(values: dict) -> str:
 class _EarlyStopping:
     """Counts evaluations since the best score; the count survives a resume (a JSON file)."""
 
-    def __init__(self, workdir: pathlib.Path, patience: int):
+    def __init__(self, workdir: pathlib.Path, patience: int, min_delta: float = 0.0):
         self.patience = patience
+        self.min_delta = min_delta
         self.path = workdir / EARLY_STOPPING_FILE
         self.best, self.best_step, self.since = -np.inf, -1, 0
         if patience and self.path.is_file():
@@ -224,7 +227,7 @@ class _EarlyStopping:
     def update(self, step: int, score: float) -> None:
         if not self.patience:
             return
-        if score > self.best:
+        if score > self.best + self.min_delta:
             self.best, self.best_step, self.since = float(score), step, 0
         else:
             self.since += 1
@@ -256,6 +259,10 @@ def start(workdir: pathlib.Path, abstract_state: Any, init_fn: Callable[[], Any]
     return ckpt, state, int(state["step"])
 
 
-def global_batches(mesh) -> Callable[[dict], dict]:
-    """The host batch -> global array function for `mesh` (each process holds its rows)."""
-    return lambda batch: sharding.to_global(batch, mesh)
+def cadence(config, steps_per_epoch: int) -> tuple[int, int]:
+    """(eval_every, checkpoint_every) in steps: `config.evals_per_epoch` > 0 evaluates (and
+    checkpoints) that many times per epoch, as the systems' sources do; else the step counts."""
+    if config.get("evals_per_epoch", 0) > 0:
+        every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
+        return every, every
+    return config.eval_every, config.checkpoint_every

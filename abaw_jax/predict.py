@@ -130,8 +130,8 @@ def _store_path(config) -> pathlib.Path | None:
     if config.data.features:
         return pathlib.Path(config.data.features).expanduser()
     if config.data.root:
-        return pathlib.Path(config.data.root).expanduser() / "features" / "vit"
-    return runs.demo_root(config, build=False) / "features" / "vit"
+        return pathlib.Path(config.data.root).expanduser() / "features" / config.data.get("feature_set", "vit")
+    return runs.demo_root(config, build=False) / "features" / config.data.get("feature_set", "vit")
 
 
 def _read_store_meta(path: pathlib.Path | None) -> dict:

@@ -358,14 +358,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     f"balanced accuracy {values['balanced_accuracy']:.4f}")
         return loop_lib.Evaluation(score, values, line)
 
+    eval_every, checkpoint_every = loop_lib.cadence(config, plan.steps_per_epoch)
     writer = writers.MetricWriter(workdir)
     progress = writers.Progress(plan.total_steps, config.batch_size, step,
                                 enabled=is_main and config.progress)
     loop = loop_lib.Loop(
         workdir=workdir, total_steps=plan.total_steps, log_every=config.log_every,
-        eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, ckpt=ckpt,
+        eval_every=eval_every, checkpoint_every=checkpoint_every, ckpt=ckpt,
         writer=writer, progress=progress, mesh=mesh, check_keys=("loss",), unit="images",
-        patience=config.early_stopping_patience)
+        patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta)
     try:
         result = loop.run(state, step, train_iter, train_step,
                           lambda b: sharding.to_global(b, mesh),

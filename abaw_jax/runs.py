@@ -63,15 +63,49 @@ def demo_root(config: ml_collections.ConfigDict, *, build: bool = True) -> pathl
     return demo.ensure_demo(**kwargs) if build else demo.demo_dir(**kwargs)
 
 
+# How each named feature set of the systems is produced, for the error of a missing store.
+FEATURE_HINTS = {
+    "vit": "python -m abaw_jax.extract --config configs/extract_vit.py --workdir <root>/features/vit "
+           "--config.frames=<root> --config.encoder=<ViT-B/16 in21k weights>",
+    "mae_ft": "python -m abaw_jax.pretrain --config configs/mae_face.py --workdir runs/mae; "
+              "python -m abaw_jax.pretrain --config configs/finetune_expr.py --workdir runs/ft "
+              "--config.init_from=runs/mae; python -m abaw_jax.extract --config "
+              "configs/extract_vit.py:mae --workdir <root>/features/mae_ft --config.frames=<root> "
+              "--config.encoder=runs/ft/encoder",
+    "resnet18": "python -m abaw_jax.extract --config configs/extract_vit.py:resnet18 --workdir "
+                "<root>/features/resnet18 --config.frames=<root> --config.encoder=<ResNet-18 "
+                "weights (.safetensors, MS-Celeb-1M)>",
+    "poster2": "per-video .npy files of POSTER++ (POSTER V2) 768-d features: "
+               "abaw_jax.data.features.import_npy(<npy folder>, <root>/features/poster2)",
+    "fau": "OpenFace 2.0 FeatureExtraction CSVs (AU01_r..AU45_r): "
+           "abaw_jax.data.features.import_openface(<csv folder>, <root>/features/fau)",
+    "openface": "OpenFace 2.0 CSVs: abaw_jax.data.features.import_openface(<csv folder>, "
+                "<root>/features/openface)",
+}
+
+
+def _store(path: pathlib.Path, name: str):
+    """The feature store at `path`; a missing one names the command that writes it."""
+    if not (path / "meta.json").exists() and name in FEATURE_HINTS:
+        raise features_lib.StoreError(
+            f"{path}: no feature store ({name!r} features); write it with: {FEATURE_HINTS[name]}")
+    return features_lib.FeatureStore(path)
+
+
 def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
     """The feature store of the run, or the aligned feature sets a fusion model reads."""
     if config.model.name != "fusion":
-        return features_lib.FeatureStore(config.data.features or root / "features" / "vit")
+        if config.data.features:
+            return features_lib.FeatureStore(config.data.features)
+        return _store(root / "features" / config.data.feature_set, config.data.feature_set)
     given = dict(item.split("=", 1) for item in config.data.features.split(",") if "=" in item)
     if config.data.features and not given:
         raise config_lib.ConfigError(
             f"config.data.features = {config.data.features!r}: a fusion model needs "
             f"'name=path,name=path' (or empty for <root>/features/<name>)")
+    for name in config.model.feature_sets:
+        if name not in given:
+            _store(root / "features" / name, name)   # a clear error when one is missing
     return features_lib.FeatureSets(
         {name: given.get(name, root / "features" / name) for name in config.model.feature_sets})
 
@@ -88,9 +122,10 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
     store = open_features(config, root)
     train = affwild2.load_split(root, config.task, "train")
     val = affwild2.load_split(root, config.task, "val")
-    if config.data.fold >= 0:
+    if config.data.fold > 0:
         from abaw_jax.data.folds import fold_split
-        train, val = fold_split(train + val, config.data.fold, config.data.num_folds)
+        train, val = fold_split(train, val, config.data.fold, config.data.num_folds,
+                                config.data.fold_scheme)
     for split, videos in (("train", train), ("val", val)):
         missing = [v.name for v in videos if v.name not in store]
         if missing:
@@ -259,6 +294,17 @@ def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.nd
     return assembler.result()
 
 
+def smoothed(config: ml_collections.ConfigDict, outputs: list[np.ndarray]) -> list[np.ndarray]:
+    """EXPR outputs whose decisions follow `config.eval_mode_filter` (0: unchanged): per video,
+    one-hot scores of the mode-filtered argmax classes (`metrics.mode_filter`)."""
+    window = config.get("eval_mode_filter", 0)
+    if config.task != "EXPR" or not window:
+        return outputs
+    return [np.where(np.eye(o.shape[1], dtype=bool)[metrics.mode_filter(o.argmax(-1), window,
+                                                                       o.shape[1])], 0.0, -1e4)
+            .astype(np.float32) for o in outputs]
+
+
 def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Video]) -> tuple[float, dict]:
     """The official metric over all valid frames of a split."""
     out = np.concatenate(outputs)
@@ -316,14 +362,17 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         else:
             raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
         outputs = predict_split(predict, state["params"], videos, data.features, config, mesh)
+        decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in videos]
         result = {"step": step, "checkpoint": checkpoint}
         if split == "val":
-            score, details = score_split(config.task, outputs, videos)
+            score, details = score_split(config.task, decided, videos)
             result.update(score=score, **details)
+            if decided is not outputs:
+                result["unsmoothed_score"] = score_split(config.task, outputs, videos)[0]
         if is_main:
-            submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, outputs)
+            submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, decided)
             save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
             if split == "val":
                 files.write_json(split_dir / "metrics.json", result)

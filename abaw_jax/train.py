@@ -131,14 +131,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                      if isinstance(v, (int, float))}}
         return loop_lib.Evaluation(score, values, metrics.describe(config.task, score, details))
 
+    eval_every, checkpoint_every = loop_lib.cadence(config, plan.steps_per_epoch)
     writer = writers.MetricWriter(workdir)
     progress = writers.Progress(plan.total_steps, config.batch_size * seq_len, step,
                                 enabled=is_main and config.progress)
     loop = loop_lib.Loop(
         workdir=workdir, total_steps=plan.total_steps, log_every=config.log_every,
-        eval_every=config.eval_every, checkpoint_every=config.checkpoint_every, ckpt=ckpt,
+        eval_every=eval_every, checkpoint_every=checkpoint_every, ckpt=ckpt,
         writer=writer, progress=progress, mesh=mesh, skip_nonfinite=config.skip_nonfinite,
         patience=config.early_stopping_patience,
+        min_delta=config.early_stopping_min_delta,
         nonfinite_hint=lambda: nonfinite_features_hint(data.features, data.train))
     try:
         result = loop.run(state, step, train_iter, train_step,

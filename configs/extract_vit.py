@@ -1,28 +1,46 @@
-"""ViT-B/16 frame features with average pooling (system A's extractor) into a feature store.
+"""Frame features into a feature store: ViT-B/16 with average pooling (system A's extractor) by
+default, the fine-tuned MAE encoder (system B) or a ResNet-18 (system C) as variants.
 
-  python -m abaw_jax.extract --config configs/extract_vit.py --workdir feats/vit \
+System A (paper: ViT-Base pretrained on ImageNet-21k, average pooling of the last layer's tokens
+instead of the class token, after "Better plain ViT baselines", whose ViT has no class token:
+so the mean of the 196 patch tokens after the final LayerNorm, pool="gap"):
+  python -m abaw_jax.extract --config configs/extract_vit.py --workdir /data/affwild2/features/vit \
       --config.frames=/data/affwild2 \
-      --config.encoder=/weights/vit_base_patch16_224.augreg2_in21k_ft_in1k.safetensors \
+      --config.encoder=/weights/vit_base_patch16_224.orig_in21k.safetensors \
       --config.frame_counts=../shared/data/affwild2_meta/counter_frame.csv
-then train on it with --config.data.features=feats/vit.
-Variants after the colon: `random` (random-init ViT-B/16, for benchmarks), `demo` (a tiny random
-ViT on the demo dataset's 32 px JPEG frames, a laptop smoke test), `decode=N` (decode at N px on
-the host and resize on the device: `decode=112` for Aff-Wild2's 112 px crops moves the upsampling
-to the accelerator and sends 4x fewer bytes to it).
+System B (the MAE-pretrained, expression-fine-tuned encoder, pooled as fine-tuning pooled it):
+  python -m abaw_jax.extract --config configs/extract_vit.py:mae --workdir /data/affwild2/features/mae_ft \
+      --config.frames=/data/affwild2 --config.encoder=runs/ft/encoder
+System C's ResNet-18 (512-d, MS-Celeb-1M weights as torchvision-layout .safetensors):
+  python -m abaw_jax.extract --config configs/extract_vit.py:resnet18 --workdir /data/affwild2/features/resnet18 \
+      --config.frames=/data/affwild2 --config.encoder=/weights/resnet18_msceleb.safetensors
+Variants after the colon: `mae`, `resnet18`; `pool=P` (gap | mean, which averages the class
+token too | cls | pooler, the tanh dense layer over the class token of Hugging Face checkpoints
+that system A's code used); `random` (random-init ViT-B/16, for benchmarks); `demo` (a tiny
+random ViT on the demo dataset's 32 px JPEG frames, a laptop smoke test); `decode=N` (decode at N
+px on the host and resize on the device: `decode=112` for Aff-Wild2's 112 px crops moves the
+upsampling to the accelerator and sends 4x fewer bytes to it).
 """
 
 from abaw_jax import config as config_lib
 
 
-
 def get_config(arg=None):
-    v = config_lib.parse_arg(arg, random=False, demo=False, decode=0)
+    v = config_lib.parse_arg(arg, random=False, demo=False, decode=0, mae=False, resnet18=False,
+                             pool="")
     config = config_lib.extraction_config()
     config.encoder = ""
-    config.pool = "mean"
+    config.pool = "gap"
     config.image_size = 224
     config.batch_size = 256
     config.dtype = "float16"
+    if v.mae:
+        config.pool = ""            # the encoder directory's own pooling
+    if v.resnet18:
+        config.pool = ""
+        config.image_size = 112     # Aff-Wild2's aligned crops at their own size
+    if v.pool:
+        config.pool = v.pool
     if v.random:
         config.encoder = "vit:B/16"
     if v.demo:

@@ -1,8 +1,10 @@
 """System A: the masked temporal Transformer (IMLAB, 6th ABAW), every hyperparameter in one place.
 
 Used through the task files: `configs/va.py`, `configs/expr.py`, `configs/au.py` (system A is
-their default). `get_config(task)` returns the full config of one task; `demo(config)` scales
-it to the built-in demo data on a laptop.
+their default). `get_config(task)` returns the full config of one task; `demo(config)` scales it
+to the built-in demo data on a laptop. Sources: the paper (seeds/imlab_random_masking, "PA") and
+the authors' code (msjae/ABAW, branch old, "code"); docs/systems.md lists every setting, its
+source and each deviation.
 """
 
 from abaw_jax import config as config_lib
@@ -11,25 +13,44 @@ from abaw_jax import config as config_lib
 def get_config(task: str):
     config = config_lib.base_config(task)
     config.system = "A"
+    # Features: ViT-B/16 pretrained on ImageNet-21k, average of the last layer's patch tokens
+    # (PA 3.1; configs/extract_vit.py, pool "gap"), in <root>/features/vit.
+    config.data.feature_set = "vit"
+
     m = config_lib.model_defaults("transformer")
-    # ViT-B/16 frame features -> 6-layer Transformer (8 heads, dropout .2) -> one FC per frame.
+    # 6 layers, 8 heads, dropout .2 (PA 4.1); d 768 = the feature size with no input projection,
+    # feed-forward 2048, ReLU, post-norm (code: torch TransformerEncoderLayer defaults).
     m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.dropout = 768, 6, 8, 2048, 0.2
-    m.norm = "post"                 # post-norm encoder layers, as the authors' code
-    m.pos_encoding = "sinusoidal"
-    # Random masking of whole frames with p = .2, in training only.
+    m.norm, m.activation = "post", "relu"
+    m.pos_encoding = "sinusoidal"   # code
+    # Whole frames masked with p = .2 during training only, zero fill (PA 3.2); the code's
+    # element-wise masking is the variant mask_mode="element".
     m.mask_prob, m.mask_mode, m.mask_value = 0.2, "frame", "zero"
-    m.output_activation = "tanh" if task == "VA" else "none"
+    m.output_activation = "tanh" if task == "VA" else "none"   # code
     config.model = m
-    # CCC loss for VA; focal loss (alpha .25, gamma 2) for EXPR (softmax) and AU (sigmoid).
+
+    # CCC loss for VA (PA Eq. 2); focal loss, alpha .25, gamma 2 (PA Eq. 1) for EXPR (softmax)
+    # and AU (sigmoid, one scalar alpha for positives and negatives as Eq. 1 writes it).
     config.loss.name = {"VA": "ccc", "EXPR": "focal", "AU": "focal"}[task]
     config.loss.alpha, config.loss.gamma = 0.25, 2.0
+
+    # Sequences of 100 frames (PA 4.1). Windows: non-overlapping in training and evaluation
+    # (a documented choice; the code's stride-1 windows read at their last frame are the
+    # variant `windows=causal`, 100x the evaluation cost).
     config.data.seq_len = 100
-    # AdamW, lr 1e-4, weight decay 1e-3, batch 512 sequences.
+    config.data.train_stride = config.data.eval_stride = 0
+
+    # AdamW, lr 1e-4, weight decay 1e-3, batch 512 sequences (PA 4.1); betas and eps torch's
+    # defaults, weight decay on every parameter (code). No schedule, no warmup, no clipping
+    # (code). Up to 200 epochs, one evaluation per epoch, early stopping after 3 evaluations
+    # without a better challenge score (code).
     config.batch_size = 512
-    config.total_steps = 4000
+    config.total_steps, config.num_epochs = 0, 200.0
     o = config.optimizer
-    o.lr, o.weight_decay = 1e-4, 1e-3
-    o.schedule, o.warmup_steps, o.end_lr_factor, o.grad_clip = "warmup_cosine", 200, 0.0, 1.0
+    o.lr, o.weight_decay, o.b1, o.b2, o.eps = 1e-4, 1e-3, 0.9, 0.999, 1e-8
+    o.schedule, o.warmup_steps, o.grad_clip = "constant", 0, 0.0
+    config.evals_per_epoch = 1.0
+    config.early_stopping_patience = 3
     return config
 
 

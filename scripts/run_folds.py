@@ -3,8 +3,9 @@
   python scripts/run_folds.py --config configs/va.py:model=tcn,demo --workdir runs/va_folds \
       [--folds 5] [--set data.root=/data/affwild2 --set total_steps=1000]
 
-Fold k trains on the other folds of Train_Set + Validation_Set and validates on fold k
-(`--config.data.fold=k`); each fold gets `<workdir>/fold<k>` and resumes if re-run. The folds
+Fold 0 is the official split; fold k >= 1 validates on part k of Train_Set + Validation_Set cut
+into `--folds - 1` video-disjoint parts (system B's five folds, abaw_jax.data.folds;
+`--config.data.fold=k`); each fold gets `<workdir>/fold<k>` and resumes if re-run. The folds
 validate on different videos, so their scores are reported side by side (mean and standard
 deviation, also in `<workdir>/folds.json`); `python -m abaw_jax.evaluate --ensemble` averages the
 fold models' outputs on a common split such as the test set.
@@ -13,7 +14,6 @@ fold models' outputs on a common split such as the test set.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -34,7 +34,7 @@ def main() -> None:
                         help="config override, repeatable (e.g. total_steps=300)")
     args = parser.parse_args()
 
-    from abaw_jax import train
+    from abaw_jax import files, train
     scores = []
     for k in range(args.folds):
         config = load_config_arg(args.config)
@@ -45,7 +45,7 @@ def main() -> None:
         scores.append(result["val/score"])
         print(f"fold {k}: {result['val/score']:.4f}", flush=True)
     summary = {"folds": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores))}
-    (pathlib.Path(args.workdir) / "folds.json").write_text(json.dumps(summary, indent=2))
+    files.write_json(pathlib.Path(args.workdir) / "folds.json", summary)
     print(f"{args.folds} folds: {summary['mean']:.4f} +- {summary['std']:.4f}")
 
 

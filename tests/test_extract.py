@@ -32,7 +32,7 @@ CKPLUS = SHARED_DATA / "ckplus48"
 def encoder(tmp_path_factory):
     """A random tiny ViT (32-wide, 2 layers, 8 px patches, 32 px images) saved as an encoder
     directory, and a reference image -> feature function built directly from the same weights."""
-    enc = encoders.load_encoder(TINY_SPEC, seed=0, image_size=32, pool="mean", dtype=jnp.float32)
+    enc = encoders.load_encoder(TINY_SPEC, seed=0, image_size=32, pool="gap", dtype=jnp.float32)
     variables = enc.variables
     path = encoders.save_encoder(tmp_path_factory.mktemp("encoder"), enc.module, variables,
                                  mean=enc.info["mean"], std=enc.info["std"])
@@ -201,9 +201,9 @@ def test_store_equals_direct_encoder(frames, encoder, reference):
         np.testing.assert_array_equal(present, expected_present)
         assert not got[~expected_present].any()
     meta = features_lib.FeatureStore(out).meta
-    assert meta["dtype"] == "float16" and "pool=mean" in meta["extractor"]
+    assert meta["dtype"] == "float16" and "pool=gap" in meta["extractor"]
     p = meta["params"]
-    assert p["pool"] == "mean" and p["image_size"] == [32, 32] and p["resize"] is None
+    assert p["pool"] == "gap" and p["image_size"] == [32, 32] and p["resize"] is None
     assert p["mean"] == [0.5] * 3 and p["std"] == [0.5] * 3 and p["format"] == "abaw_jax_encoder"
     assert (out / "config.json").is_file() and not (out / extract.CORRUPT_FILE).exists()
 

@@ -46,21 +46,42 @@ def test_paper_size_config_trains(tiny_demo, tmp_path, task, model):
     assert np.isfinite(result["val/score"])
 
 
-def test_folds_are_video_disjoint_and_deterministic(tiny_demo):
+def test_folds_are_the_papers(tiny_demo):
+    """Fold 0 is the official split; folds 1.. re-split Train + Validation into num_folds - 1
+    video-disjoint parts, each video validated exactly once, deterministically."""
     from abaw_jax.data import affwild2
     from abaw_jax.data.folds import fold_split
-    videos = affwild2.load_split(tiny_demo, "VA", "train") + affwild2.load_split(tiny_demo, "VA", "val")
+    train = affwild2.load_split(tiny_demo, "VA", "train")
+    val = affwild2.load_split(tiny_demo, "VA", "val")
+    videos = train + val
+    assert fold_split(train, val, 0, 4) == (train, val)
+    assert fold_split(train, val, -1, 4) == (train, val)
     seen = []
-    for k in range(3):
-        tr, va = fold_split(videos, k, 3)
+    for k in (1, 2, 3):
+        tr, va = fold_split(train, val, k, 4)
         assert not {v.name for v in tr} & {v.name for v in va}
         assert {v.name for v in tr} | {v.name for v in va} == {v.name for v in videos}
         # _left/_right crops of one source video never straddle train and val.
         assert not ({affwild2.source_video(v.name) for v in tr}
                     & {affwild2.source_video(v.name) for v in va})
         seen += [v.name for v in va]
-        assert [v.name for v in fold_split(videos, k, 3)[1]] == [v.name for v in va]
+        assert [v.name for v in fold_split(train, val, k, 4)[1]] == [v.name for v in va]
     assert sorted(seen) == sorted(v.name for v in videos)
+    with pytest.raises(ValueError, match="fold 4 is not in"):
+        fold_split(train, val, 4, 4)
+
+
+def test_ungrouped_folds_are_kfold_over_sorted_names(tiny_demo):
+    """The authors' code's split: scikit-learn KFold without shuffling over the sorted videos."""
+    from sklearn.model_selection import KFold
+    from abaw_jax.data import affwild2
+    from abaw_jax.data.folds import fold_split
+    train = affwild2.load_split(tiny_demo, "VA", "train")
+    val = affwild2.load_split(tiny_demo, "VA", "val")
+    names = sorted(v.name for v in train + val)
+    for k, (_, idx) in enumerate(KFold(n_splits=3).split(names), start=1):
+        got = [v.name for v in fold_split(train, val, k, 4, "ungrouped")[1]]
+        assert got == [names[i] for i in idx]
 
 
 def test_fold_config_trains(tiny_demo, tmp_path):
