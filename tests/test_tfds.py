@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -44,6 +45,24 @@ def _load_config(name: str, arg: str):
 def _metrics(workdir: pathlib.Path, key: str) -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r[key]) for r in rows if key in r]
+
+
+@pytest.fixture
+def shared_compiles(tmp_path):
+    """A persistent XLA cache for one test, so that a second run of the same program skips
+    compiling it (compilation dominates a tiny run on a CPU); the old settings come back after."""
+    from jax.experimental.compilation_cache import compilation_cache
+    settings = {"jax_compilation_cache_dir": str(tmp_path / "xla_cache"),
+                "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    saved = {key: getattr(jax.config, key) for key in settings}
+    for key, value in settings.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
+    yield
+    for key, value in saved.items():
+        jax.config.update(key, value)
+    compilation_cache.reset_cache()
 
 
 @NEEDS_TENSORFLOW
@@ -120,7 +139,7 @@ def test_folder_splits_label_names():
 
 
 @NEEDS_TENSORFLOW
-def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path):
+def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_compiles):
     if not CKPLUS.is_dir():
         pytest.skip(f"{CKPLUS} is absent (../shared/data holds the CK+ faces)")
     import tensorflow_datasets as tfds
@@ -177,7 +196,8 @@ def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path):
             np.testing.assert_array_equal(b[i][0], a[i][0])
 
     # MAE pretraining, then fine-tuning from it (balanced class weights from the labels), on
-    # each copy with the same seed: the same losses at every step.
+    # each copy with the same seed: the same losses at every step. The TFDS runs compile the same
+    # programs as the folder runs (the cache serves them) and feed them the TFDS records.
     for cfg in (folder_cfg, tfds_cfg):
         cfg.update(total_steps=4, log_every=1, eval_every=4, checkpoint_every=4)
     workdirs = {}
