@@ -5,7 +5,7 @@
       --data_dir ~/tensorflow_datasets --val_fraction 0.2 --group_pattern '^(S\\d+)_'
   python -m abaw_jax.pretrain --config configs/mae_face.py:ckplus --workdir runs/mae \\
       --config.data.source=tfds --config.data.tfds_name=ckplus48 \\
-      --config.data.root=~/tensorflow_datasets
+      --config.data.root=$HOME/tensorflow_datasets
 
 The splits are the ones ``--config.data.source=folder`` makes from the same ``--mapping``,
 ``--val_root``, ``--val_fraction``, ``--group_pattern`` and ``--split_seed`` (subjects held out
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -146,6 +147,11 @@ def prepare(
     Raises ``ImageSourceError`` naming the path for a missing or empty folder, a folder without
     class subfolders, a file that is not an image, or a dataset already written there.
     """
+    # TFDS's own name and version forms: anything else cannot be read back by name.
+    if not re.fullmatch(r"[a-zA-Z]\w*", name):
+        raise ImageSourceError(f"dataset name {name!r}: use a letter, then letters, digits or _")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+        raise ImageSourceError(f"version {version!r}: use MAJOR.MINOR.PATCH, e.g. 1.0.0")
     data_dir = pathlib.Path(data_dir).expanduser() if data_dir else default_data_dir()
     target = data_dir / name / version
     if target.exists():

@@ -121,6 +121,8 @@ def test_make_tfds_rejects_bad_folders_naming_the_path(tmp_path, capsys):
     assert "nor JSON" in error("--root", str(faces), "--mapping", "{anger")
     assert "finds 1 group(s)" in error("--root", str(faces), "--val_fraction", "0.5",
                                        "--group_pattern", r"^(S)")
+    assert "dataset name 'ck+'" in error("--root", str(faces), "--name", "ck+")
+    assert "version '1.0'" in error("--root", str(faces), "--version", "1.0")
     (tmp_path / "tfds" / "faces" / "1.0.0").mkdir(parents=True)
     assert "faces/1.0.0: dataset faces 1.0.0 already exists" in error("--root", str(faces))
 
