@@ -23,8 +23,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CKPLUS = ROOT.parent / "shared" / "data" / "ckplus48"
 HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
 NEEDS_TENSORFLOW = pytest.mark.skipif(
-    not HAS_TENSORFLOW, reason="writing a TFDS dataset imports TensorFlow: "
-    "pip install -e '.[tfds-prepare]' (the [test] extra includes it)")
+    not HAS_TENSORFLOW, reason="writing a TFDS dataset imports TensorFlow, which is not "
+    "installed: pip install -e '.[tfds-prepare]' (the [test] extra includes it)")
 SUBJECT = r"^(S\d+)_"
 
 
@@ -65,7 +65,8 @@ def shared_compiles(tmp_path):
     compilation_cache.reset_cache()
 
 
-@NEEDS_TENSORFLOW
+@pytest.mark.skipif(not HAS_TENSORFLOW, reason="TensorFlow is not installed, so nothing can "
+                    "import it; the check needs it present (the [test] extra installs it)")
 def test_package_never_imports_tensorflow():
     # In a fresh interpreter: this process may hold modules that other tests imported.
     code = (
@@ -186,36 +187,43 @@ def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_c
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "(48, 48, 3) 123 False"
 
-    # The runs read the TFDS copy record for record as the folder source: same images, labels.
-    folder_cfg = _load_config("mae_face", "tiny")
-    folder_cfg.data.root = str(CKPLUS)
-    tfds_cfg = _load_config("mae_face", "tiny")
-    tfds_cfg.data.update(source="tfds", tfds_name="ckplus48", root=str(data_dir))
-    for (a, b) in zip(pretrain.make_sources(folder_cfg), pretrain.make_sources(tfds_cfg)):
+    # Record i of each split is image i of the folder source's split: same pixels, same labels.
+    train, val, _ = image_sources.split_by_group(image_sources.ImageFolder(CKPLUS), 0.2,
+                                                 pattern=SUBJECT)
+    for a, split in ((train, "train"), (val, "val")):
+        b = image_sources.TfdsImages("ckplus48", split, str(data_dir))
         assert len(a) == len(b)
         np.testing.assert_array_equal(b.labels, a.labels)
-        for i in range(0, len(a), 40):
-            np.testing.assert_array_equal(b[i][0], a[i][0])
+        for i in range(len(a)):
+            np.testing.assert_array_equal(b[i][0], a[i][0], err_msg=str(a.paths[i]))
+
+    folder_cfg = _load_config("mae_face", "tiny")
+    folder_cfg.data.root = str(CKPLUS)
+    assert (folder_cfg.data.val_fraction, folder_cfg.data.group_pattern) == (0.2, SUBJECT)
+    tfds_cfg = _load_config("mae_face", "tiny")
+    tfds_cfg.data.update(source="tfds", tfds_name="ckplus48", root=str(data_dir))
 
     # MAE pretraining, then fine-tuning from it (balanced class weights from the labels), on
     # each copy with the same seed: the same losses at every step. The TFDS runs compile the same
     # programs as the folder runs (the cache serves them) and feed them the TFDS records.
     for cfg in (folder_cfg, tfds_cfg):
         cfg.update(total_steps=4, log_every=1, eval_every=4, checkpoint_every=4)
-    workdirs = {}
+    runs = {}
     for kind, mae_cfg in (("folder", folder_cfg), ("tfds", tfds_cfg)):
-        pretrain.train_and_evaluate(mae_cfg, tmp_path / f"mae_{kind}")
+        runs[kind] = {"mae": tmp_path / f"mae_{kind}", "ft": tmp_path / f"ft_{kind}"}
+        pretrain.train_and_evaluate(mae_cfg, runs[kind]["mae"])
         ft = _load_config("finetune_expr", "tiny")
         ft.data.update({k: mae_cfg.data[k] for k in ("source", "root", "tfds_name")})
-        ft.update(init_from=str(tmp_path / f"mae_{kind}"), total_steps=4, log_every=1,
-                  eval_every=4, checkpoint_every=4)
+        ft.update(init_from=str(runs[kind]["mae"]), total_steps=4, log_every=1, eval_every=4,
+                  checkpoint_every=4)
         assert ft.loss.class_weights == "balanced" and ft.num_classes == 6
-        pretrain.train_and_evaluate(ft, tmp_path / f"ft_{kind}")
-        workdirs[kind] = tmp_path / f"mae_{kind}", tmp_path / f"ft_{kind}"
-    for stage in (0, 1):
-        keys = ("train/loss", "val/loss") if stage == 0 else ("train/loss", "val/accuracy", "val/macro_f1")
+        pretrain.train_and_evaluate(ft, runs[kind]["ft"])
+    compared = {"mae": ("train/loss", "val/loss"),
+                "ft": ("train/loss", "train/accuracy", "val/accuracy", "val/macro_f1")}
+    for stage, keys in compared.items():
         for key in keys:
-            folder = _metrics(workdirs["folder"][stage], key)
-            assert folder and all(np.isfinite(v) for _, v in folder), (stage, key, folder)
-            assert _metrics(workdirs["tfds"][stage], key) == folder, (stage, key)
-    assert len({v for _, v in _metrics(workdirs["folder"][0], "train/loss")}) == 4
+            expected = _metrics(runs["folder"][stage], key)
+            assert expected and all(np.isfinite(v) for _, v in expected), (stage, key, expected)
+            assert _metrics(runs["tfds"][stage], key) == expected, (stage, key)
+    # The MAE trained: a different loss at each of its 4 steps.
+    assert len({v for _, v in _metrics(runs["folder"]["mae"], "train/loss")}) == 4
