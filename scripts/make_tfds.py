@@ -140,12 +140,13 @@ def prepare(
     root: str | os.PathLike, name: str, data_dir: str | os.PathLike | None = None, *,
     mapping=None, val_root: str | os.PathLike | None = None, val_fraction: float = 0.0,
     group_pattern: str = r"^(.*)$", split_seed: int = 0, version: str = "1.0.0",
-    train_split: str = "train", val_split: str = "val",
 ) -> dict[str, int]:
     """Writes the folder as TFDS dataset ``name`` under ``data_dir``; returns images per split.
 
+    The splits are ``train`` and, when anything is held out, ``val`` (the configs' defaults).
     Raises ``ImageSourceError`` naming the path for a missing or empty folder, a folder without
-    class subfolders, a file that is not an image, or a dataset already written there.
+    class subfolders, a file that is not an image (checked before writing starts) or cannot be
+    decoded (found while writing; nothing is left behind), or a dataset already written there.
     """
     # TFDS's own name and version forms: anything else cannot be read back by name.
     if not re.fullmatch(r"[a-zA-Z]\w*", name):
@@ -161,9 +162,9 @@ def prepare(
                                       val_fraction=val_fraction, group_pattern=group_pattern,
                                       split_seed=split_seed)
     channels = channels_of(train.paths + val.paths)
-    splits = {train_split: train}
+    splits = {"train": train}
     if len(val):
-        splits[val_split] = val
+        splits["val"] = val
 
     import tensorflow_datasets as tfds  # reads no TensorFlow; the writer below imports it
     features = tfds.features.FeaturesDict({

@@ -116,6 +116,12 @@ def test_make_tfds_rejects_bad_folders_naming_the_path(tmp_path, capsys):
     bad = faces / "happy" / "S009_001_00000001.png"
     bad.write_bytes(b"not a png")
     assert f"{bad}: not a readable image" in error("--root", str(faces))
+    # A valid header over truncated data passes the header check and fails while writing.
+    bad.write_bytes((faces / "happy" / "S000_001_00000001.png").read_bytes()[:60])
+    src = image_sources.ImageFolder(faces)
+    assert make_tfds.channels_of(src.paths) == 1
+    with pytest.raises(image_sources.ImageSourceError, match=f"{re.escape(str(bad))}: cannot decode"):
+        list(make_tfds._examples(src, 1))
     bad.unlink()
     other = _faces(tmp_path / "other", classes=("anger", "sadness"))
     assert "differ from" in error("--root", str(faces), "--val_root", str(other))
