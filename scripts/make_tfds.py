@@ -32,7 +32,6 @@ import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 
-import numpy as np
 from PIL import Image
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -210,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {args.name} {args.version} to {data_dir / args.name / args.version}: "
           + ", ".join(f"{split} {n} images" for split, n in counts.items()))
-    flags = [f"--config.data.source=tfds", f"--config.data.tfds_name={args.name}",
+    flags = ["--config.data.source=tfds", f"--config.data.tfds_name={args.name}",
              f"--config.data.root={data_dir}"]
     if "val" not in counts:
         flags.append("--config.data.val_split=")
