@@ -42,6 +42,10 @@ def _load_config(name: str, arg: str):
     return module.get_config(arg)
 
 
+def _tensorflow_loaded() -> bool:
+    return any(m.split(".")[0] == "tensorflow" for m in sys.modules)
+
+
 def _metrics(workdir: pathlib.Path, key: str) -> list[tuple[int, float]]:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     return [(r["step"], r[key]) for r in rows if key in r]
@@ -152,6 +156,8 @@ def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_c
     if not CKPLUS.is_dir():
         pytest.skip(f"{CKPLUS} is absent (../shared/data holds the CK+ faces)")
     import tensorflow_datasets as tfds
+    # Only checkable when no earlier test in this process imported TensorFlow (none does).
+    tf_loaded_before = _tensorflow_loaded()
 
     # The documented command, in its own process (it imports TensorFlow; this one need not).
     data_dir = tmp_path / "tfds"
@@ -233,3 +239,5 @@ def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_c
             assert _metrics(runs["tfds"][stage], key) == expected, (stage, key)
     # The MAE trained: a different loss at each of its 4 steps.
     assert len({v for _, v in _metrics(runs["folder"]["mae"], "train/loss")}) == 4
+    # Reading, training, checkpointing and writing metrics on the TFDS copy pulled in no TensorFlow.
+    assert tf_loaded_before or not _tensorflow_loaded()
