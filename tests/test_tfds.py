@@ -112,8 +112,8 @@ def test_make_tfds_rejects_bad_folders_naming_the_path(tmp_path, capsys):
     loose.mkdir()
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(loose / "S001_001_00000001.png")
     assert f"{loose}: no class subfolders" in error("--root", str(loose))
-    (tmp_path / "hollow" / "anger").mkdir(parents=True)
     hollow = tmp_path / "hollow"
+    (hollow / "anger").mkdir(parents=True)
     assert f"{hollow}: the class folders hold no images" in error("--root", str(hollow))
 
     faces = _faces(tmp_path / "faces")
@@ -128,7 +128,8 @@ def test_make_tfds_rejects_bad_folders_naming_the_path(tmp_path, capsys):
         list(make_tfds._examples(src, 1))
     bad.unlink()
     other = _faces(tmp_path / "other", classes=("anger", "sadness"))
-    assert "differ from" in error("--root", str(faces), "--val_root", str(other))
+    assert f"{other}: class folders ['anger', 'sadness'] differ from" in error(
+        "--root", str(faces), "--val_root", str(other))
     assert "nor JSON" in error("--root", str(faces), "--mapping", "{anger")
     assert "finds 1 group(s)" in error("--root", str(faces), "--val_fraction", "0.5",
                                        "--group_pattern", r"^(S)")
