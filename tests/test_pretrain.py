@@ -106,28 +106,6 @@ def test_affwild2_frames_skip_missing_images_and_invalid_labels(tmp_path):
     assert src[1][0].shape == (8, 8, 3)
 
 
-def test_tfds_source(tmp_path):
-    pytest.importorskip("tensorflow_datasets", reason="tensorflow_datasets is not installed")
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("preparing even a tiny TFDS dataset (download_and_prepare / "
-                    "store_as_tfds_dataset) imports TensorFlow, which is not installed; reading "
-                    "a prepared one through tfds.data_source does not need it")
-    import tensorflow_datasets as tfds
-    rng = np.random.default_rng(0)
-    examples = [{"image": rng.integers(0, 256, (10, 12, 1), dtype=np.uint8), "label": i % 3}
-                for i in range(6)]
-    features = tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(10, 12, 1)),
-        "label": tfds.features.ClassLabel(num_classes=3)})
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name="tiny_faces", version="1.0.0", features=features, split_datasets={"train": examples},
-        data_dir=str(tmp_path), config=None, file_format="array_record")
-    src = image_sources.TfdsImages("tiny_faces", "train", str(tmp_path))
-    assert len(src) == 6
-    image, label = src[0]
-    assert image.shape == (10, 12, 3)
-
-
 def test_random_resized_crop_and_determinism(tmp_path):
     rng = np.random.default_rng(3)
     for _ in range(50):

@@ -18,6 +18,7 @@ with random resized crops and horizontal flips, each record's randomness seeded 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -174,9 +175,19 @@ class TfdsImages:
                 f"tfds dataset {name!r} split {split!r} in {data_dir or 'the default data_dir'}: "
                 f"{type(e).__name__}: {e}") from None
         self.name, self.image_key, self.label_key = name, image_key, label_key
+        self.split, self.data_dir = split, data_dir
 
     def __len__(self) -> int:
         return len(self.source)
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """Every record's label, int32 ``[N]`` (for class weights), images left undecoded."""
+        import tensorflow_datasets as tfds
+        # A second reader that skips the image: PNG decoding would dominate a pass over labels.
+        source = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir,
+                                  decoders={self.image_key: tfds.decode.SkipDecoding()})
+        return np.asarray([int(source[i][self.label_key]) for i in range(len(source))], np.int32)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         record = self.source[i]
