@@ -35,6 +35,7 @@ import io
 import os
 import pathlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -185,9 +186,13 @@ def read_mtl_annotation(path: str | os.PathLike) -> list[MTLVideo]:
         rests.append(rest if comma else "")
     line_numbers = list(range(2, 2 + len(rests)))
 
+    # Fast path for the whole file; loadtxt skips empty lines (an image with no values), which
+    # the shape check catches, and the slow path then names the line.
     try:
-        values = np.loadtxt(io.StringIO("\n".join(rests)), delimiter=",", comments=None, dtype=np.float64,
-                            ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data"
+            values = np.loadtxt(io.StringIO("\n".join(rests)), delimiter=",", comments=None, dtype=np.float64,
+                                ndmin=2)
         shape_ok = values.shape == (len(rests), NUM_VALUES)
     except ValueError:
         shape_ok = False
