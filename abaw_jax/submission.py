@@ -208,7 +208,7 @@ def write_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]]
         raise ValueError(f"{path}: {len(images)} images but {len(values['VA'])} rows of outputs")
     if len(set(images)) != len(images):
         raise ValueError(f"{path}: an image is listed twice")
-    texts = zip(_value_texts("VA", values["VA"]), _value_texts("EXPR", values["EXPR"]), _value_texts("AU", values["AU"]))
+    texts = zip(*(_value_texts(task, values[task]) for task in ("VA", "EXPR", "AU")))
     lines = [MTL_HEADER] + [f"{image_name(v, f)},{a},{e},{u}" for (v, f), (a, e, u) in zip(images, texts)]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -300,7 +300,8 @@ def check_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]]
         problems.append(f"{len(missing)} of {len(images)} listed images missing, e.g. "
                         + ", ".join(image_name(v, f) for v, f in missing[:3]))
     if extra:
-        problems.append(f"{len(extra)} images not in the list, e.g. " + ", ".join(image_name(v, f) for v, f in extra[:3]))
+        problems.append(f"{len(extra)} images not in the list, e.g. "
+                        + ", ".join(image_name(v, f) for v, f in extra[:3]))
     if problems:
         raise SubmissionError(f"{path}: " + "; ".join(problems))
     return got

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -92,7 +93,8 @@ def test_write_gives_the_official_form(tmp_path):
 
 def test_round_trip_labels_and_bytes(tmp_path):
     rng = np.random.default_rng(0)
-    videos = _random_videos(rng, sorted(["103", "1-30-1280x720", "video45_1_left", "video45_1_right", "7-60-640x360-2"]))
+    names = ["103", "1-30-1280x720", "video45_1_left", "video45_1_right", "7-60-640x360-2"]
+    videos = _random_videos(rng, sorted(names))
     path = tmp_path / "training_set_annotations.txt"
     mtl.write_mtl_annotation(path, videos)
     back = mtl.read_mtl_annotation(path)
@@ -348,7 +350,6 @@ def test_ensure_demo_rebuilds_a_demo_without_the_mtl_split(tmp_path):
     summary = json.loads((path / "demo.complete").read_text())
     del summary["mtl"]
     (path / "demo.complete").write_text(json.dumps(summary))
-    import shutil
     shutil.rmtree(path / aw.ANNOTATIONS_DIR / mtl.MTL_DIR)
     assert not demo.is_complete(path, **kwargs)
     assert demo.ensure_demo(tmp_path, **kwargs) == path and demo.is_complete(path, **kwargs)

@@ -158,7 +158,8 @@ def test_score_of_a_validation_submission(tmp_path):
                  zero_division=0)
     u = np.mean([f1_score(labels["AU"][valid["AU"][:, j], j], written.au[valid["AU"][:, j], j], zero_division=0)
                  for j in range(12)])
-    assert got["valence_ccc"] == pytest.approx(ccc[0], abs=1e-9) and got["arousal_ccc"] == pytest.approx(ccc[1], abs=1e-9)
+    assert got["valence_ccc"] == pytest.approx(ccc[0], abs=1e-9)
+    assert got["arousal_ccc"] == pytest.approx(ccc[1], abs=1e-9)
     assert got["expr_f1"] == pytest.approx(e, abs=1e-12) and got["au_f1"] == pytest.approx(u, abs=1e-12)
     assert got["score"] == pytest.approx((ccc[0] + ccc[1]) / 2 + e + u, abs=1e-9)
     with pytest.raises(submission.SubmissionError, match="1 of 181 listed images missing, e.g. d/00001.jpg"):
