@@ -12,6 +12,7 @@ frames, never averaged over windows or videos: that is how the ABAW challenges r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -205,3 +206,76 @@ def mode_filter(labels: Any, window: int, num_classes: int = NUM_EXPR_CLASSES) -
     i = np.arange(labels.size)
     lo, hi = np.maximum(i - half, 0), np.minimum(i + half + 1, labels.size)
     return np.argmax(counts[hi] - counts[lo], axis=1)
+
+
+# --------------------------------------------------------------------------- multi-task challenge
+
+MTL_TASKS = ("VA", "EXPR", "AU")
+MTL_PARTS = ("valence_ccc", "arousal_ccc", "expr_f1", "au_f1")
+
+
+def mtl_combine(valence_ccc: float, arousal_ccc: float, expr_f1: float, au_f1: float) -> float:
+    """P_MTL from its four parts: (CCC_V + CCC_A) / 2 + F1_EXPR + F1_AU (range -1 .. 3)."""
+    return float((valence_ccc + arousal_ccc) / 2.0 + expr_f1 + au_f1)
+
+
+def _mtl_inputs(name: str, x: Any) -> Any:
+    if not isinstance(x, Mapping):
+        raise ValueError(f"{name}: expected a mapping with keys {MTL_TASKS}, got {type(x).__name__}")
+    missing = [t for t in MTL_TASKS if t not in x]
+    if missing:
+        raise ValueError(f"{name}: missing {', '.join(missing)} (expected keys {MTL_TASKS})")
+    return x
+
+
+def _check_rows(**tasks: Any) -> None:
+    # The three label sets belong to the same frames, so every array has one row per frame.
+    rows = {name: np.shape(a)[0] if np.ndim(a) else None for name, a in tasks.items()}
+    if len(set(rows.values())) > 1:
+        listed = ", ".join(f"{name} {n}" for name, n in rows.items())
+        raise ValueError(f"the tasks have different numbers of frames: {listed}")
+
+
+def p_mtl(pred: Any, true: Any, valid: Any, au_threshold: float = 0.5) -> dict[str, float]:
+    """The multi-task challenge score P_MTL and its four parts, over all frames of a split.
+
+    `pred`, `true` and `valid` map "VA", "EXPR" and "AU" to arrays of one row per frame:
+    pred VA [N, 2] values, EXPR [N] class indices, AU [N, 12] probabilities (or 0/1 decisions;
+    positive where >= au_threshold); true as in the annotation (VA float, EXPR 0..7, AU 0/1, any
+    value where not valid); valid VA [N, 2] and AU [N, 12] per column, EXPR [N]. Each part uses
+    its own task's valid entries only (`va_score`, `expr_f1` over 8 classes, `au_f1`).
+
+    Returns {"score", "valence_ccc", "arousal_ccc", "expr_f1", "au_f1"}.
+    """
+    pred, true, valid = (_mtl_inputs(n, x) for n, x in (("pred", pred), ("true", true), ("valid", valid)))
+    _check_rows(**{f"{kind} {t}": d[t] for kind, d in (("pred", pred), ("true", true), ("valid", valid))
+                   for t in MTL_TASKS})
+    va = va_score(pred["VA"], true["VA"], valid["VA"])
+    expr = expr_f1(pred["EXPR"], true["EXPR"], valid["EXPR"], num_classes=NUM_EXPR_CLASSES)
+    au = au_f1(pred["AU"], true["AU"], valid["AU"], threshold=au_threshold)
+    parts = {"valence_ccc": va["valence"], "arousal_ccc": va["arousal"], "expr_f1": expr["f1"], "au_f1": au["f1"]}
+    return {"score": mtl_combine(**parts), **parts}
+
+
+def mtl_score(outputs: Any, labels: Any, valid: Any) -> tuple[float, dict[str, Any]]:
+    """P_MTL of raw model outputs (VA values, EXPR logits [N, 8], AU logits [N, 12]) and its details.
+
+    The decisions are those of `task_score`: EXPR argmax, AU sigmoid(logit) >= 0.5. Returns
+    (score, details): `p_mtl`'s dict plus "expr_per_class" and "au_per_au" (per-class F1 lists).
+    """
+    outputs, labels, valid = (_mtl_inputs(n, x) for n, x in (("outputs", outputs), ("labels", labels),
+                                                              ("valid", valid)))
+    expr_logits = _as_array("outputs EXPR", outputs["EXPR"], 2, np.float64)
+    if expr_logits.shape[1] != NUM_EXPR_CLASSES:
+        raise ValueError(f"outputs EXPR: expected [N, {NUM_EXPR_CLASSES}] logits, got shape {expr_logits.shape}")
+    expr_valid = np.asarray(valid["EXPR"], dtype=bool)
+    if expr_valid.shape != expr_logits.shape[:1]:
+        raise ValueError(f"shapes differ: outputs EXPR {expr_logits.shape} (frames first), valid EXPR "
+                         f"{expr_valid.shape}")
+    _check_finite("outputs EXPR", expr_logits, np.broadcast_to(expr_valid[:, None], expr_logits.shape))
+    au_logits = _as_array("outputs AU", outputs["AU"], 2, np.float64)
+    pred = {"VA": outputs["VA"], "EXPR": np.argmax(expr_logits, axis=-1), "AU": _sigmoid(au_logits)}
+    details: dict[str, Any] = p_mtl(pred, labels, valid)
+    details["expr_per_class"] = expr_f1(pred["EXPR"], labels["EXPR"], valid["EXPR"])["per_class"]
+    details["au_per_au"] = au_f1(pred["AU"], labels["AU"], valid["AU"])["per_au"]
+    return details["score"], details

@@ -1,7 +1,8 @@
 """ABAW submission files: writing them, reading the forms seen in the wild, and checking them.
 
 One text file per challenge; header `image_location,<columns>`, then one row per frame:
-`<video>/00001.jpg,<values>` (REFERENCE.md). The writer emits every frame of every video (frames
+`<video>/00001.jpg,<values>` (REFERENCE.md). The multi-task (MTL) challenge has its own format,
+one row per image of its test list (the section at the end). The writer emits every frame of every video (frames
 without a face image included) and replaces the file atomically. The reader accepts a quoted
 class list in the header and files that skip frames.
 """
@@ -9,12 +10,15 @@ class list in the header and files that skip frames.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import pathlib
 
 import numpy as np
 
 from abaw_jax import files
-from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES
+from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES, format_annotation
+from abaw_jax.data.mtl import image_name, parse_image_name, split_arrays
+from abaw_jax.metrics import p_mtl
 
 COLUMNS = {"VA": ("valence", "arousal"), "EXPR": EXPR_CLASSES, "AU": AU_NAMES}
 
@@ -136,3 +140,175 @@ def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str
     if problems:
         raise SubmissionError(f"{path}: " + "; ".join(problems))
     return warnings
+
+
+# --------------------------------------------------------------------------- multi-task challenge
+#
+# One file for the whole test set: header `image,valence,arousal,expression,aus`, then one row per
+# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (REFERENCE.md).
+
+MTL_HEADER = "image,valence,arousal,expression,aus"
+_MTL_FIELDS = 1 + 2 + 1 + len(AU_NAMES)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MTLSubmission:
+    """The rows of an MTL submission in file order: image (video, 1-based frame) and its values."""
+
+    images: list[tuple[str, int]]
+    va: np.ndarray  # float64 [N, 2]
+    expr: np.ndarray  # int64 [N]
+    au: np.ndarray  # int64 [N, 12]
+
+    def rows(self, images: list[tuple[str, int]]) -> dict[str, np.ndarray]:
+        """{"VA", "EXPR", "AU"} -> the values of `images`, in that order (KeyError names a missing one)."""
+        where = {image: i for i, image in enumerate(self.images)}
+        try:
+            idx = np.array([where[image] for image in images], dtype=np.int64)
+        except KeyError as e:
+            video, frame = e.args[0]
+            raise KeyError(f"{video}/{frame:05d}.jpg is not in the submission") from None
+        return {"VA": self.va[idx], "EXPR": self.expr[idx], "AU": self.au[idx]}
+
+
+def mtl_decisions(outputs) -> dict[str, np.ndarray]:
+    """Raw MTL outputs {"VA": [N, 2], "EXPR": [N, 8] logits, "AU": [N, 12] logits} -> submitted values."""
+    missing = [t for t in COLUMNS if t not in outputs]
+    if missing:
+        raise ValueError(f"outputs: missing {', '.join(missing)} (expected VA, EXPR, AU)")
+    shapes = {"VA": 2, "EXPR": len(EXPR_CLASSES), "AU": len(AU_NAMES)}
+    values = {}
+    for task, width in shapes.items():
+        out = np.asarray(outputs[task], np.float64)
+        if out.ndim != 2 or out.shape[1] != width:
+            raise ValueError(f"outputs {task}: expected shape [N, {width}], got {out.shape}")
+        if not np.isfinite(out).all():
+            row = int(np.argwhere(~np.isfinite(out))[0, 0])
+            raise ValueError(f"outputs {task}: non-finite value in row {row}")
+        values[task] = decisions(task, out)
+    rows = {task: len(v) for task, v in values.items()}
+    if len(set(rows.values())) != 1:
+        raise ValueError(f"outputs: different numbers of rows per task: {rows}")
+    return values
+
+
+def _value_texts(task: str, values: np.ndarray) -> list[str]:
+    # The annotation writer gives VA its VA_DECIMALS decimals (never "-0.000") and integers as
+    # digits; every value of a submission is valid.
+    text = format_annotation(task, values, np.ones(values.shape, bool), where=f"submission {task}").decode()
+    return text.split("\n")[1:-1]
+
+
+def write_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]], outputs) -> pathlib.Path:
+    """Writes the MTL submission: one row per listed image, in list order, from raw outputs.
+
+    `images` are (video, 1-based frame) as `read_mtl_test_list` gives them; `outputs` maps VA,
+    EXPR, AU to raw outputs with one row per image (see `mtl_decisions`): VA is clipped to
+    [-1, 1] and written with `affwild2.VA_DECIMALS` decimals, EXPR is the argmax, AU sigmoid >= 0.5.
+    The file is replaced atomically.
+    """
+    path = pathlib.Path(path)
+    values = mtl_decisions(outputs)
+    if len(images) != len(values["VA"]) or not images:
+        raise ValueError(f"{path}: {len(images)} images but {len(values['VA'])} rows of outputs")
+    if len(set(images)) != len(images):
+        raise ValueError(f"{path}: an image is listed twice")
+    texts = zip(*(_value_texts(task, values[task]) for task in ("VA", "EXPR", "AU")))
+    lines = [MTL_HEADER] + [f"{image_name(v, f)},{a},{e},{u}" for (v, f), (a, e, u) in zip(images, texts)]
+    files.write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def read_mtl_submission(path: str | pathlib.Path) -> MTLSubmission:
+    """Reads an MTL submission; SubmissionError (`<path>:<line>: ...`) on any malformed row.
+
+    Checks the header, 16 fields per row, the image name, values (VA finite in [-1, 1],
+    expression an integer 0..7, AUs 0 or 1) and that no image appears twice. Blank lines are
+    skipped. Completeness against a test list is `check_mtl_submission`'s job.
+    """
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise SubmissionError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise SubmissionError(f"{path}: not UTF-8 text ({e.reason})") from None
+    lines = text.replace("\r\n", "\n").split("\n")
+    header = lines[0].strip()
+    if header != MTL_HEADER:
+        raise SubmissionError(f"{path}:1: header {header!r} is not {MTL_HEADER!r}")
+    images: list[tuple[str, int]] = []
+    values: list[list[float]] = []
+    seen: dict[tuple[str, int], int] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        if len(fields) != _MTL_FIELDS:
+            raise SubmissionError(f"{path}:{lineno}: expected {_MTL_FIELDS} fields (image, valence, arousal, "
+                                  f"expression, 12 AUs), got {len(fields)}")
+        image = parse_image_name(fields[0].strip())
+        if image is None:
+            raise SubmissionError(f"{path}:{lineno}: image {fields[0].strip()!r} is not <video>/<NNNNN>.jpg")
+        try:
+            row = [float(c) for c in fields[1:]]
+        except ValueError:
+            raise SubmissionError(f"{path}:{lineno}: non-numeric value in {','.join(fields[1:])!r}") from None
+        _check_mtl_row(path, lineno, np.array(row))
+        if image in seen:
+            raise SubmissionError(f"{path}:{lineno}: image {fields[0].strip()} appears twice (first on line "
+                                  f"{seen[image]})")
+        seen[image] = lineno
+        images.append(image)
+        values.append(row)
+    if not images:
+        raise SubmissionError(f"{path}: no rows after the header")
+    v = np.array(values, np.float64)
+    return MTLSubmission(images, v[:, :2], v[:, 2].astype(np.int64), v[:, 3:].astype(np.int64))
+
+
+def _check_mtl_row(path, lineno, row: np.ndarray) -> None:
+    if not np.isfinite(row).all():
+        raise SubmissionError(f"{path}:{lineno}: value is not finite")
+    if np.any(np.abs(row[:2]) > 1):
+        raise SubmissionError(f"{path}:{lineno}: valence/arousal outside [-1, 1]")
+    if row[2] not in range(len(EXPR_CLASSES)):
+        raise SubmissionError(f"{path}:{lineno}: expression {row[2]:g} is not one of 0..{len(EXPR_CLASSES) - 1}")
+    if not np.isin(row[3:], (0, 1)).all():
+        raise SubmissionError(f"{path}:{lineno}: action units must be 0 or 1")
+
+
+def check_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]]) -> MTLSubmission:
+    """Checks an MTL submission against the test list: every listed image exactly once, no other.
+
+    Row order is free. Returns the submission read; raises SubmissionError naming the file and
+    what is missing or extra (counts and the first few images).
+    """
+    if len(set(images)) != len(images):
+        raise ValueError("images: an image is listed twice")
+    got = read_mtl_submission(path)
+    listed, submitted = set(images), set(got.images)
+    problems = []
+    missing = [image for image in images if image not in submitted]
+    extra = [image for image in got.images if image not in listed]
+    if missing:
+        problems.append(f"{len(missing)} of {len(images)} listed images missing, e.g. "
+                        + ", ".join(image_name(v, f) for v, f in missing[:3]))
+    if extra:
+        problems.append(f"{len(extra)} images not in the list, e.g. "
+                        + ", ".join(image_name(v, f) for v, f in extra[:3]))
+    if problems:
+        raise SubmissionError(f"{path}: " + "; ".join(problems))
+    return got
+
+
+def score_mtl_submission(path: str | pathlib.Path, videos) -> dict[str, float]:
+    """P_MTL of an MTL submission against annotated videos (`data.mtl.MTLVideo`s of one split).
+
+    The submission must hold exactly the annotated frames (`check_mtl_submission`); returns
+    `metrics.p_mtl`'s dict.
+    """
+    images = [(v.name, int(f)) for v in videos for f in v.frames]
+    got = check_mtl_submission(path, images)
+    labels, valid = split_arrays(videos)
+    return p_mtl(got.rows(images), labels, valid)

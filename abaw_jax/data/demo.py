@@ -9,6 +9,9 @@ Written layout (`<out>/`)::
 
     6th ABAW Annotations/{VA_Estimation,EXPR_Recognition,AU_Detection}_Challenge/
         {Train_Set,Validation_Set}/<video>.txt
+    6th ABAW Annotations/MTL_Challenge/         the multi-task split (abaw_jax.data.mtl)
+        training_set_annotations.txt, validation_set_annotations.txt,
+        MTL_Challenge_test_set_release.txt
     names_of_videos_in_each_test_set/<Challenge>_test_set_release.txt
     features/<set name>/            feature stores (abaw_jax.data.features), every video
     cropped_aligned/<video>/NNNNN.jpg   with jpeg=True; no image where there is no face
@@ -66,6 +69,15 @@ present):
     Fear, AU09 from Disgust, AU17 from Sadness, AU20 from Fear, AU24 folded into AU23, AU45 noise
     only), c' ~ U(0, 0.3) per video and AU.
 
+MTL split (s-Aff-Wild2 style). Each frame with a face is selected with probability
+`MTL_SAMPLE_RATE` (at least one per video), so a video's frame numbers have gaps. A selected
+frame of a train / validation video carries the video's own labels for each challenge that
+annotates the video (with their invalid spans), and none (-5 / -1) for the others; each task is
+then dropped from each frame with probability `MTL_TASK_DROP`, so some rows miss one task only;
+rows left with no label at all are not written. Selected frames of the test videos form the test
+image list. The features of frame number f of video v are row f - 1 of v in every feature store.
+This split draws from its own random stream: the single-task files do not depend on it.
+
 Images (jpeg=True): a drawn face per present frame from the true (not lagged) state: brows raised
 by AU1 / AU2 and lowered by AU4, eyes narrowed by AU6 / AU7 and widened by arousal, cheeks by AU6,
 nose wrinkles by AU10 and Disgust, mouth corners up with AU12 and valence and down with AU15, lips
@@ -94,7 +106,7 @@ import ml_dtypes
 import numpy as np
 from scipy import ndimage, signal
 
-from abaw_jax.data import affwild2
+from abaw_jax.data import affwild2, mtl
 from abaw_jax.data.features import FeatureStoreWriter
 
 GENERATOR_VERSION = 1  # part of the cache key: bump whenever the generated data changes
@@ -152,10 +164,16 @@ _OPENFACE_SOURCES = (
 )
 _LATENT_NAMES = ("valence", "arousal") + affwild2.EXPR_CLASSES + affwild2.AU_NAMES
 
+# MTL split: the share of frames with a face that are selected, the chance that a selected
+# frame loses one task's labels, and the test list's name (as in the 3rd to 7th ABAW releases).
+MTL_SAMPLE_RATE = 0.2
+MTL_TASK_DROP = 0.05
+MTL_TEST_LIST = "MTL_Challenge_test_set_release.txt"
+
 _ANNOTATION_DIRS = {task: dirs[0] for task, dirs in affwild2.CHALLENGE_DIRS.items()}
 _PARAMS_FILE = "demo.json"
 _COMPLETE_FILE = "demo.complete"
-_PURPOSE = {"plan": 0, "labels": 1, "features": 2, "projection": 3, "images": 4}
+_PURPOSE = {"plan": 0, "labels": 1, "features": 2, "projection": 3, "images": 4, "mtl": 5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -482,6 +500,59 @@ def _write_frames(folder: pathlib.Path, video: DemoVideo, labels: DemoLabels, se
         img.save(folder / f"{f + 1:05d}.jpg", quality=90)
 
 
+# --------------------------------------------------------------------------- MTL split
+
+
+def sample_mtl(video: DemoVideo, labels: DemoLabels, seed: int = 0) -> mtl.MTLVideo | None:
+    """The frames of `video` in the demo's MTL split with their three label sets (see module doc).
+
+    Returns None when no frame is selected. Test videos get their selected frames with no
+    valid label (they form the test image list).
+    """
+    rng = _rng(seed, "mtl", video.index)
+    candidates = np.flatnonzero(labels.present)
+    chosen = candidates[rng.random(candidates.size) < MTL_SAMPLE_RATE]
+    if chosen.size == 0 and candidates.size:
+        chosen = candidates[[int(rng.integers(candidates.size))]]
+    k = len(affwild2.AU_NAMES)
+    valid = {}
+    for task in affwild2.TASKS:
+        mask = labels.valid[task][chosen]
+        if video.split == "test" or task not in video.tasks:
+            mask = np.zeros_like(mask)
+        # Whole-task gaps per frame, drawn for every frame in a fixed order so that each task's
+        # draw is the same whatever the others are.
+        dropped = rng.random(chosen.size) < MTL_TASK_DROP
+        mask = mask & ~(dropped if mask.ndim == 1 else dropped[:, None])
+        valid[task] = mask
+    if video.split != "test":
+        keep = valid["VA"].any(axis=1) | valid["EXPR"] | valid["AU"].any(axis=1)
+        chosen = chosen[keep]
+        valid = {task: mask[keep] for task, mask in valid.items()}
+    if chosen.size == 0:
+        return None
+    return mtl.MTLVideo(
+        video.name, (chosen + 1).astype(np.int64),
+        np.where(valid["VA"], labels.va[chosen], 0).astype(np.float32), valid["VA"],
+        np.where(valid["EXPR"], labels.expr[chosen], 0).astype(np.int32), valid["EXPR"],
+        np.where(valid["AU"], labels.au[chosen], 0).astype(np.int32).reshape(-1, k), valid["AU"])
+
+
+def _write_mtl(out: pathlib.Path, videos: Mapping[str, list[mtl.MTLVideo]]) -> dict:
+    folder = out / affwild2.ANNOTATIONS_DIR / mtl.MTL_DIR
+    folder.mkdir(parents=True)
+    summary = {}
+    for split in ("train", "val"):
+        if not videos[split]:
+            raise RuntimeError(f"the demo's MTL {split} split selected no frame; use more or longer videos")
+        mtl.write_mtl_annotation(folder / f"{mtl.SPLIT_FILES[split]}.txt", videos[split])
+        summary[split] = sum(v.num_rows for v in videos[split])
+    images = [(v.name, int(f)) for v in videos["test"] for f in v.frames]
+    mtl.write_mtl_test_list(folder / MTL_TEST_LIST, images)
+    summary["test"] = len(images)
+    return summary
+
+
 # --------------------------------------------------------------------------- building
 
 _DISK_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
@@ -577,6 +648,7 @@ def build_demo(out: str | os.PathLike, *, num_videos: int = 40, seed: int = 0, l
         for name, dim in sets.items()
     }
     summary = {"videos": {}, "frames": 0, "present": 0}
+    mtl_videos: dict[str, list[mtl.MTLVideo]] = {"train": [], "val": [], "test": []}
     workers = max(1, min(4, os.cpu_count() or 1))
     try:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -593,10 +665,14 @@ def build_demo(out: str | os.PathLike, *, num_videos: int = 40, seed: int = 0, l
                     summary["videos"][key] = summary["videos"].get(key, 0) + 1
                 summary["frames"] += video.num_frames
                 summary["present"] += int(labels.present.sum())
+                selected = sample_mtl(video, labels, seed)
+                if selected is not None:
+                    mtl_videos[video.split].append(selected)
     finally:
         for writer in writers.values():
             writer.close()
     summary["videos"] = dict(sorted(summary["videos"].items()))
+    summary["mtl"] = _write_mtl(out, mtl_videos)
     (out / _COMPLETE_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return out
 
@@ -606,9 +682,12 @@ def is_complete(path: str | os.PathLike, **kwargs) -> bool:
     path = pathlib.Path(path)
     try:
         built = json.loads((path / _PARAMS_FILE).read_text())
+        summary = json.loads((path / _COMPLETE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return built == _params(**kwargs) and (path / _COMPLETE_FILE).is_file()
+    # A demo finished before the MTL split existed lacks it: ensure_demo rebuilds it in place,
+    # with byte-identical single-task files (their random streams do not involve the MTL split).
+    return built == _params(**kwargs) and isinstance(summary, dict) and "mtl" in summary
 
 
 def demo_dir(cache_dir: str | os.PathLike | None = None, **kwargs) -> pathlib.Path:
