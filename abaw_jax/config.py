@@ -19,7 +19,10 @@ from typing import Any
 import ml_collections
 
 from abaw_jax import optim
-from abaw_jax.data.affwild2 import TASKS
+from abaw_jax.data.affwild2 import TASKS as VIDEO_TASKS
+
+# The three video challenges, and the multi-task challenge on s-Aff-Wild2 (data/mtl.py).
+TASKS = VIDEO_TASKS + ("MTL",)
 
 RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 IMAGE_MODES = ("mae", "finetune")
@@ -171,11 +174,15 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.demo.seed = 0
     c.data.demo.length_scale = 0.1
     c.data.demo.dim = 768
+    c.data.demo.sets = ""          # "": vit (dim) and openface (17); else "name:dim,name:dim"
 
     c.model = ml_collections.ConfigDict({"name": ""})
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = ""
+    c.loss.name = ""               # the task's loss; "mtl" for the multi-task challenge
+    # The system's loss of each task; the multi-task loss sums them with task_weights.
+    c.loss.tasks = ml_collections.ConfigDict({"VA": "", "EXPR": "", "AU": ""})
+    c.loss.task_weights = ml_collections.ConfigDict({"VA": 1.0, "EXPR": 1.0, "AU": 1.0})
     c.loss.alpha = 0.25            # focal losses
     c.loss.gamma = 2.0
     c.loss.label_smoothing = 0.0   # cross-entropy
@@ -254,6 +261,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0,
              "model.d_model", f"must be divisible by model.num_heads={config.model.num_heads}")
     _check_model(config)
+    if config.task == "MTL":
+        need(config.loss.name == "mtl", "loss.name", "the multi-task challenge trains 'mtl'")
+        for t in VIDEO_TASKS:
+            from abaw_jax import losses
+            need(config.loss.tasks[t] in losses.loss_names(t), f"loss.tasks.{t}",
+                 f"one of {losses.loss_names(t)}")
+            need(config.loss.task_weights[t] >= 0, f"loss.task_weights.{t}", "must be >= 0")
     need(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", f"one of {COMPUTE_DTYPES}")
     need(config.mesh_data == -1 or config.mesh_data >= 1, "mesh_data", "-1 (all devices) or >= 1")
     need(config.data.num_threads >= 1, "data.num_threads", "must be >= 1")
@@ -305,9 +319,10 @@ TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, step
 
 
 def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config of a task file: system `model=` (A by default) from its system file in
-    `configs_dir`, then the variants of `arg` (see configs/va.py)."""
-    v = parse_arg(arg, **TASK_VARIANTS)
+    """The config of a task file: system `model=` from its system file in `configs_dir` (A for
+    the video challenges, C for the multi-task challenge it was built for), then the variants of
+    `arg` (see configs/va.py)."""
+    v = parse_arg(arg, **dict(TASK_VARIANTS, model="fusion" if task == "MTL" else "transformer"))
     if v.model not in MODELS:
         raise ConfigError(f"unknown config variant model={v.model!r}; known: {', '.join(MODELS)}")
     system = load_module(pathlib.Path(configs_dir) / SYSTEM_FILES[v.model])

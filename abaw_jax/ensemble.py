@@ -15,8 +15,10 @@ from abaw_jax import files, runs, submission
 
 
 def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
-    """Raw outputs -> the space in which members are averaged."""
+    """Raw outputs -> the space in which members are averaged (per task's columns for "MTL")."""
     x = np.asarray(outputs, np.float64)
+    if task == "MTL":
+        return _per_task(to_probabilities, x)
     if task == "EXPR":
         e = np.exp(x - x.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
@@ -25,8 +27,19 @@ def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
     return x
 
 
+def _per_task(fn, x: np.ndarray) -> np.ndarray:
+    """`fn` applied to each task's columns of packed multi-task outputs."""
+    from abaw_jax.data import mtl
+    out = np.empty_like(x)
+    for task, cols in mtl.OUTPUT_COLUMNS.items():
+        out[..., cols] = fn(task, x[..., cols])
+    return out
+
+
 def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
     """Averaged probabilities -> raw-output form (log-probabilities / logits) for scoring."""
+    if task == "MTL":
+        return _per_task(from_probabilities, np.asarray(probs, np.float64))
     p = np.clip(probs, 1e-7, 1 - 1e-7) if task != "VA" else probs
     if task == "EXPR":
         return np.log(p)
@@ -79,7 +92,13 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
         decided = runs.smoothed(configs[0], outputs)
-        submission.write_submission(split_dir / f"{task}.txt", task, names, decided)
+        if task == "MTL":
+            got = runs.mtl_split(configs[0], runs.resolve_data(configs[0]), split, True)
+            if got is None:
+                continue
+            runs.write_mtl_outputs(split_dir / "MTL.txt", got[2], names, decided)
+        else:
+            submission.write_submission(split_dir / f"{task}.txt", task, names, decided)
         runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
         metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
         if split == "val":

@@ -72,7 +72,7 @@ from abaw_jax.models import vit as vit_lib
 log = logging.getLogger(__name__)
 
 CORRUPT_FILE = "corrupt_frames.txt"
-_NUMBER_RE = re.compile(r"(\d+)\.[^.]+")
+NUMBER_RE = re.compile(r"(\d+)\.[^.]+")
 _PREFETCH = 2  # decoded batches waiting for the device: enough to hide decoding jitter
 
 
@@ -115,7 +115,7 @@ def plan_video(folder: str | os.PathLike, num_frames: int | None = None) -> Fram
     names = [e.name for e in os.scandir(folder) if images_lib.is_image_file(e.name) and e.is_file()]
     if not names:
         return None
-    numbers = [_NUMBER_RE.fullmatch(n) for n in names]
+    numbers = [NUMBER_RE.fullmatch(n) for n in names]
     ignored: list[str] = []
     if all(numbers):
         by_number: dict[int, str] = {}

@@ -269,3 +269,33 @@ def get_loss(task: str, name: str, **kwargs: Any) -> LossFn:
         raise ValueError("AU loss 'wal' needs weights=[per-AU weights] or rates=[per-AU "
                          "occurrence rates in the training split]")
     return functools.partial(fn, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# The multi-task challenge
+
+
+def multi_task_loss(task_losses: dict[str, LossFn], weights: dict[str, float]) -> LossFn:
+    """The MTL loss: the sum over tasks of `weights[task]` x that task's loss on its columns.
+
+    Outputs are packed as `data.mtl.OUTPUT_COLUMNS` (VA 2, EXPR 8 logits, AU 12 logits), labels
+    and valid masks as `data.mtl.LABEL_COLUMNS` (VA 2, the class as a number, AU 12). Each task's
+    loss sees only its own valid entries, so a frame missing one task's labels still trains the
+    other two.
+    """
+    from abaw_jax.data import mtl
+
+    def loss(outputs, labels, valid):
+        total = jnp.zeros((), jnp.float32)
+        for task, fn in task_losses.items():
+            out = outputs[..., mtl.OUTPUT_COLUMNS[task]]
+            lab = labels[..., mtl.LABEL_COLUMNS[task]]
+            val = valid[..., mtl.LABEL_COLUMNS[task]]
+            if task == "EXPR":
+                lab, val = lab[..., 0], val[..., 0]
+            if task != "VA":
+                lab = jnp.round(lab).astype(jnp.int32)
+            total = total + weights[task] * fn(out, lab, val)
+        return total
+
+    return loss

@@ -185,6 +185,10 @@ def task_score(task: str, outputs: Any, labels: Any, valid: Any = None) -> tuple
 def describe(task: str, score: float, details: dict[str, Any]) -> str:
     """The score with its metric named, for progress and eval lines: "VA CCC 0.6333 (valence
     CCC 0.6012, arousal CCC 0.6654)", "EXPR F1 0.2600 (accuracy 0.4100)", "AU F1 0.3400"."""
+    if task == "MTL" and "valence_ccc" in details:
+        return (f"P_MTL {score:.4f} (valence CCC {details['valence_ccc']:.4f}, arousal CCC "
+                f"{details['arousal_ccc']:.4f}, EXPR F1 {details['expr_f1']:.4f}, AU F1 "
+                f"{details['au_f1']:.4f})")
     head = f"{task} {SCORE_NAMES.get(task, 'score')} {score:.4f}"
     if task == "VA" and "valence" in details:
         return f"{head} (valence CCC {details['valence']:.4f}, arousal CCC {details['arousal']:.4f})"

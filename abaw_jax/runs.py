@@ -59,7 +59,7 @@ def demo_root(config: ml_collections.ConfigDict, *, build: bool = True) -> pathl
     from abaw_jax.data import demo
     d = config.data.demo
     kwargs = dict(num_videos=d.num_videos, seed=d.seed, length_scale=d.length_scale,
-                  feature_sets={"vit": d.dim, "openface": 17})
+                  feature_sets=demo_sets(config))
     return demo.ensure_demo(**kwargs) if build else demo.demo_dir(**kwargs)
 
 
@@ -92,6 +92,21 @@ def _store(path: pathlib.Path, name: str):
     return features_lib.FeatureStore(path)
 
 
+def demo_sets(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """The demo's feature sets: {"vit": data.demo.dim, "openface": 17}, or `data.demo.sets`
+    ("name:dim,name:dim", e.g. system C's table-1 sets "resnet18:512,poster2:768,fau:17")."""
+    spec = config.data.demo.get("sets", "")
+    if not spec:
+        return {"vit": config.data.demo.dim, "openface": 17}
+    out = {}
+    for item in spec.split(","):
+        name, _, dim = item.partition(":")
+        if not name.strip() or not dim.strip().isdigit():
+            raise config_lib.ConfigError(f"config.data.demo.sets = {spec!r}: items are name:dim")
+        out[name.strip()] = int(dim)
+    return out
+
+
 def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
     """The feature store of the run, or the aligned feature sets a fusion model reads."""
     if config.model.name != "fusion":
@@ -120,8 +135,16 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
             print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
                   f"{root}", file=sys.stderr, flush=True)
     store = open_features(config, root)
-    train = affwild2.load_split(root, config.task, "train")
-    val = affwild2.load_split(root, config.task, "val")
+    if config.task == "MTL":
+        # s-Aff-Wild2: each video is the sequence of its annotated frames (data/mtl.py).
+        from abaw_jax.data import mtl
+        rows = mtl.loadmtl_split(root, "train") + mtl.loadmtl_split(root, "val")
+        store = mtl.annotated_rows(store, rows)
+        train = [mtl.as_video(v) for v in mtl.loadmtl_split(root, "train")]
+        val = [mtl.as_video(v) for v in mtl.loadmtl_split(root, "val")]
+    else:
+        train = affwild2.load_split(root, config.task, "train")
+        val = affwild2.load_split(root, config.task, "val")
     if config.data.fold > 0:
         from abaw_jax.data.folds import fold_split
         train, val = fold_split(train, val, config.data.fold, config.data.num_folds,
@@ -306,10 +329,13 @@ def smoothed(config: ml_collections.ConfigDict, outputs: list[np.ndarray]) -> li
 
 
 def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Video]) -> tuple[float, dict]:
-    """The official metric over all valid frames of a split."""
+    """The official metric over all valid frames of a split (P_MTL and its parts for "MTL")."""
     out = np.concatenate(outputs)
     labels = np.concatenate([v.labels for v in videos])
     valid = np.concatenate([v.valid for v in videos])
+    if task == "MTL":
+        from abaw_jax.data import mtl
+        return metrics.mtl_score(mtl.unpack_outputs(out), *mtl.unpack_labels(labels, valid))
     return metrics.task_score(task, out, labels, valid)
 
 
@@ -346,7 +372,12 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
 
     results = {}
     for split in splits:
-        if split == "val":
+        if config.task == "MTL":
+            got = mtl_split(config, data, split, is_main)
+            if got is None:
+                continue
+            videos, features, images = got
+        elif split == "val":
             videos = data.val
         elif split == "test":
             try:
@@ -361,7 +392,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                 continue
         else:
             raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
-        outputs = predict_split(predict, state["params"], videos, data.features, config, mesh)
+        if config.task != "MTL":
+            features = data.features
+        outputs = predict_split(predict, state["params"], videos, features, config, mesh)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in videos]
@@ -371,7 +404,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             result.update(score=score, **details)
             if decided is not outputs:
                 result["unsmoothed_score"] = score_split(config.task, outputs, videos)[0]
-        if is_main:
+        if is_main and config.task == "MTL":
+            write_mtl_outputs(split_dir / "MTL.txt", images, names, decided)
+        elif is_main:
             submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, decided)
             save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
             if split == "val":
@@ -382,3 +417,47 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
                   f"frames of {len(names)} videos)", file=sys.stderr)
         results[split] = result
     return results
+
+
+def mtl_split(config, data: Data, split: str, is_main: bool):
+    """(videos, features, images) of an MTL split: the annotated rows of the validation split,
+    or the test image list grouped into videos; None when the dataset has no test list."""
+    from abaw_jax.data import mtl
+    if split == "val":
+        rows = mtl.loadmtl_split(data.root, "val") if config.data.fold <= 0 else None
+        videos = data.val
+        if rows is None:   # a fold's validation videos come from train and val
+            rows = [v for s in ("train", "val") for v in mtl.loadmtl_split(data.root, s)
+                    if v.name in {x.name for x in videos}]
+        images = [(v.name, int(f)) for v in sorted(rows, key=lambda r: r.name) for f in v.frames]
+        return videos, data.features, images
+    if split != "test":
+        raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
+    try:
+        images = mtl.load_mtl_test(data.root)
+    except (FileNotFoundError, affwild2.LayoutError) as e:
+        if is_main:
+            print(f"No MTL test image list: skipping the test split ({e})", file=sys.stderr)
+        return None
+    test_rows = mtl.mtl_test_videos(images)
+    store = data.features.store if isinstance(data.features, mtl.AnnotatedRows) else None
+    base = store if store is not None else features_lib.FeatureSets(
+        {n: s.store for n, s in data.features.stores.items()})
+    missing = [v.name for v in test_rows if v.name not in base]
+    if missing:
+        raise features_lib.StoreError(f"features lack {len(missing)} MTL test videos, e.g. "
+                                      f"{missing[:3]}")
+    return [mtl.as_video(v) for v in test_rows], mtl.annotated_rows(base, test_rows), images
+
+
+def write_mtl_outputs(path: pathlib.Path, images, names: list[str], outputs: list[np.ndarray]) -> None:
+    """The MTL submission file: one row per listed image, in the list's order. Each video's
+    outputs follow its listed frames in ascending order (as `mtl.as_video` built it)."""
+    from abaw_jax.data import mtl
+    frames: dict[str, list[int]] = {}
+    for video, frame in images:
+        frames.setdefault(video, []).append(frame)
+    row_of = {video: {f: i for i, f in enumerate(sorted(fs))} for video, fs in frames.items()}
+    by_video = dict(zip(names, outputs))
+    gathered = np.stack([by_video[video][row_of[video][frame]] for video, frame in images])
+    submission.write_mtl_submission(path, images, mtl.unpack_outputs(gathered))

@@ -19,11 +19,12 @@ import optax
 
 from abaw_jax import checkpoints, cli, files, losses, loop as loop_lib, metrics, optim, runs, sharding, writers
 from abaw_jax import config as config_lib
-from abaw_jax.data import affwild2, device_bank, features as features_lib, pipeline
+from abaw_jax.data import affwild2, device_bank, features as features_lib, mtl, pipeline
 
-def make_loss(config: ml_collections.ConfigDict, train_videos: list[affwild2.Video]):
-    """The task loss named by `config.loss.name`, with its hyperparameters."""
-    name = config.loss.name
+def task_loss(config: ml_collections.ConfigDict, task: str, name: str, labels: np.ndarray,
+              valid: np.ndarray):
+    """The loss `name` of `task` with its hyperparameters; `labels` / `valid` are the training
+    split's (the weighted asymmetric loss takes its AU weights from them)."""
     kwargs: dict[str, Any] = {}
     if name == "focal":
         kwargs = dict(alpha=config.loss.alpha, gamma=config.loss.gamma)
@@ -31,17 +32,23 @@ def make_loss(config: ml_collections.ConfigDict, train_videos: list[affwild2.Vid
         kwargs = dict(label_smoothing=config.loss.label_smoothing)
     elif name == "wal":
         # Per-AU weights from each AU's occurrence rate over the valid frames of the train split.
-        labels = np.concatenate([v.labels for v in train_videos]).astype(np.float64)
-        valid = np.concatenate([v.valid for v in train_videos])
+        labels = np.asarray(labels, np.float64)
         rates = (labels * valid).sum(0) / np.maximum(valid.sum(0), 1)
         kwargs = dict(weights=losses.au_weights_from_rates(np.clip(rates, 1e-3, 1.0)))
-    return losses.get_loss(config.task, name, **kwargs)
+    return losses.get_loss(task, name, **kwargs)
 
 
-def model_inputs(batch: dict) -> tuple:
-    """(features, present, frame_mask); features is {set: array} when several sets are read."""
-    sets = {k.split("/", 1)[1]: v for k, v in batch.items() if k.startswith("features/")}
-    return (sets or batch["features"]), batch["present"], batch["frame_mask"]
+def make_loss(config: ml_collections.ConfigDict, train_videos: list[affwild2.Video]):
+    """The task loss named by `config.loss.name`; for the multi-task challenge the weighted sum
+    of the system's per-task losses (`config.loss.tasks`, `config.loss.task_weights`)."""
+    labels = np.concatenate([v.labels for v in train_videos])
+    valid = np.concatenate([v.valid for v in train_videos])
+    if config.task != "MTL":
+        return task_loss(config, config.task, config.loss.name, labels, valid)
+    per_task_labels, per_task_valid = mtl.unpack_labels(labels, valid)
+    fns = {task: task_loss(config, task, config.loss.tasks[task], per_task_labels[task],
+                           per_task_valid[task]) for task in mtl.OUTPUT_COLUMNS}
+    return losses.multi_task_loss(fns, dict(config.loss.task_weights))
 
 
 def make_train_step(model, tx, loss_fn, schedule, rng):

@@ -26,12 +26,14 @@ def get_config(task: str):
     # Whole frames masked with p = .2 during training only, zero fill (PA 3.2); the code's
     # element-wise masking is the variant mask_mode="element".
     m.mask_prob, m.mask_mode, m.mask_value = 0.2, "frame", "zero"
-    m.output_activation = "tanh" if task == "VA" else "none"   # code
+    # VA through tanh (code); the multi-task model applies it to its VA outputs only.
+    m.output_activation = {"VA": "tanh", "MTL": "tanh_va"}.get(task, "none")
     config.model = m
 
     # CCC loss for VA (PA Eq. 2); focal loss, alpha .25, gamma 2 (PA Eq. 1) for EXPR (softmax)
     # and AU (sigmoid, one scalar alpha for positives and negatives as Eq. 1 writes it).
-    config.loss.name = {"VA": "ccc", "EXPR": "focal", "AU": "focal"}[task]
+    config.loss.tasks.update({"VA": "ccc", "EXPR": "focal", "AU": "focal"})
+    config.loss.name = "mtl" if task == "MTL" else config.loss.tasks[task]
     config.loss.alpha, config.loss.gamma = 0.25, 2.0
 
     # Sequences of 100 frames (PA 4.1). Windows: non-overlapping in training and evaluation

@@ -20,19 +20,21 @@ def get_config(task: str):
     m.feature_sets = ("resnet18", "poster2", "fau")
     # One linear map per feature set to d_affine (512 for VA, 256 otherwise), dropout .5 on the
     # concatenation, sinusoidal positional encoding per set (PC Eq. 1; code for the sizes).
-    m.d_affine = 512 if task == "VA" else 256
+    # The multi-task challenge: the paper's own code (ABAW7) maps every set to 384.
+    m.d_affine = {"VA": 512, "MTL": 384}.get(task, 256)
     m.input_dropout = 0.5
     # Encoder d = d_affine x sets, feed-forward 2d, 4 heads, 4 layers, dropout .2, post-norm (code).
     m.num_layers, m.num_heads, m.mlp_ratio, m.dropout = 4, 4, 2, 0.2
     m.norm, m.activation = "post", "relu"
     # One head per output, Linear(d, d/2) -> BatchNorm -> Linear (code); VA through tanh.
     m.heads, m.head_norm = "per_output", "batch"
-    m.output_activation = "tanh" if task == "VA" else "none"
+    m.output_activation = {"VA": "tanh", "MTL": "tanh_va"}.get(task, "none")
     config.model = m
     # MSE + CCC for VA (PC 4.3, weights of the ABAW7 code), cross-entropy for EXPR (Eq. 6), the
     # weighted asymmetric loss of Eq. 7 for AU, weights from each AU's occurrence rate in the
     # training split.
-    config.loss.name = {"VA": "mse_ccc", "EXPR": "ce", "AU": "wal"}[task]
+    config.loss.tasks.update({"VA": "mse_ccc", "EXPR": "ce", "AU": "wal"})
+    config.loss.name = "mtl" if task == "MTL" else config.loss.tasks[task]
 
     # 256-frame non-overlapping chunks (code).
     config.data.seq_len = 256

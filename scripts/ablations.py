@@ -9,7 +9,15 @@ Sets, in the shape of the seed papers' tables:
 - B: system B, full / without TCN / without the Transformer encoder (table 5), on VA, EXPR, AU.
   (`--override data.features=<store of the encoder before fine-tuning>` gives the "w/o
   fine-tuning" row on real data.)
-- C: system C with each non-empty subset of its feature sets (table 1), on VA, EXPR and AU.
+- C: system C with each non-empty subset of its feature sets, on VA, EXPR and AU; with
+  `--tasks mtl`, the rows of its table 1 on the multi-task challenge (EAC, POSTER, ResNet18,
+  POSTER2, ResNet18+FAU, ResNet18+POSTER2, POSTER2+POSTER+EAC, ResNet18+POSTER2+FAU) with its
+  columns: valence CCC, arousal CCC, EXPR F1, AU F1 and the P_MTL score. On the demo data the
+  demo is generated with these five feature sets (their dims as the paper's extractors').
+
+  python scripts/ablations.py --set C --tasks mtl --out runs/table1            # demo data
+  python scripts/ablations.py --set C --tasks mtl --out runs/table1 --override data.root=/data/affwild2
+
 With no data root the demo dataset (and the laptop-size variants) is used. Each run has its own
 workdir under --out, so an interrupted table resumes.
 """
@@ -18,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import pathlib
 import sys
 import time
@@ -28,12 +35,25 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.common import load_config_arg, set_override  # noqa: E402
 
-TASKS = ("va", "expr", "au")
+# The columns of system C's table 1 and the metric keys they come from.
+MTL_COLUMNS = (("Valence CCC", "valence_ccc"), ("Arousal CCC", "arousal_ccc"),
+               ("EXPR F1", "expr_f1"), ("AU F1", "au_f1"), ("P_MTL", "score"))
+
+TASKS = ("va", "expr", "au", "mtl")
+# System C's table 1: its rows (feature sets) and the dims of those sets.
+TABLE1_ROWS = (("EAC", ("eac",)), ("POSTER", ("poster",)), ("ResNet18", ("resnet18",)),
+               ("POSTER2", ("poster2",)), ("ResNet18+FAU", ("resnet18", "fau")),
+               ("ResNet18+POSTER2", ("resnet18", "poster2")),
+               ("POSTER2+POSTER+EAC", ("poster2", "poster", "eac")),
+               ("ResNet18+POSTER2+FAU", ("resnet18", "poster2", "fau")))
+TABLE1_SETS = "resnet18:512,poster:768,poster2:768,eac:2048,fau:17"
 
 
-def runs_of(name: str, demo: bool, sets: tuple[str, ...]) -> list[tuple[str, str]]:
+def runs_of(name: str, demo: bool, sets: tuple[str, ...], mtl: bool = False) -> list[tuple[str, str]]:
     """(row label, variant string) of each ablation row."""
     d = "demo," if demo else ""
+    if name == "C" and mtl:
+        return [(label, f"{d}model=fusion,sets={'+'.join(row)}") for label, row in TABLE1_ROWS]
     if name == "A":
         return [("full (masking p=0.2, 100 frames)", f"{d}"), ("w/o masking", f"{d}mask=0"),
                 ("seq_len 1", f"{d}seq_len=1"), ("seq_len 10", f"{d}seq_len=10"),
@@ -61,17 +81,25 @@ def main() -> None:
                              "sizes on the demo data, paper sizes with data.root set")
     args = parser.parse_args()
 
-    from abaw_jax import train
+    from abaw_jax import files, train
     out = pathlib.Path(args.out)
     has_root = any(o.startswith("data.root=") for o in args.override)
     demo = args.size == "demo" or (args.size == "auto" and not has_root)
     tasks = [t for t in args.tasks.split(",") if t]
-    rows = runs_of(args.set, demo, tuple(args.feature_sets.split(",")))
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise SystemExit(f"unknown task {unknown[0]!r}: use {', '.join(TASKS)}")
+    mtl = tasks == ["mtl"]
+    if "mtl" in tasks and not mtl:
+        raise SystemExit("--tasks mtl is a table of its own: give it alone")
+    rows = runs_of(args.set, demo, tuple(args.feature_sets.split(",")), mtl)
     table: dict[str, dict[str, float]] = {}
     start = time.time()
     for label, variant in rows:
         for task in tasks:
             config = load_config_arg(f"{ROOT / 'configs' / task}.py:{variant}")
+            if mtl and args.set == "C" and demo and not has_root:
+                config.data.demo.sets = TABLE1_SETS
             for item in args.override:
                 set_override(config, item)
             if args.steps:
@@ -81,22 +109,27 @@ def main() -> None:
             config.progress = False
             slug = variant.replace(",", "_").replace("=", "-").replace("+", "-") or "full"
             result = train.train_and_evaluate(config, out / f"{task}_{slug}")
-            table.setdefault(label, {})[task] = result["val/score"]
+            if mtl:
+                table[label] = {c: result[f"val/{key}"] for c, key in MTL_COLUMNS}
+            else:
+                table.setdefault(label, {})[task] = result["val/score"]
             print(f"{label:40s} {task:5s} {result['val/score']:.4f}", flush=True)
     minutes = (time.time() - start) / 60
     metric = {"va": "CCC (V+A)/2", "expr": "F1", "au": "F1"}
+    columns = [c for c, _ in MTL_COLUMNS] if mtl else [f"{t.upper()} {metric[t]}" for t in tasks]
     lines = [f"Ablation set {args.set} ({'configured data' if has_root else 'demo data'}, "
              f"{minutes:.1f} min)", "",
-             "| variant | " + " | ".join(f"{t.upper()} {metric[t]}" for t in tasks) + " |",
-             "| --- |" + " --- |" * len(tasks)]
+             "| variant | " + " | ".join(columns) + " |",
+             "| --- |" + " --- |" * len(columns)]
     for label, scores in table.items():
-        lines.append(f"| {label} | " + " | ".join(f"{scores[t]:.4f}" for t in tasks) + " |")
+        values = scores.values() if mtl else [scores[t] for t in tasks]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
     markdown = "\n".join(lines) + "\n"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(markdown)
-    (out / "table.json").write_text(json.dumps(table, indent=2))
+    files.write_atomic(out / "table.md", markdown)
+    files.write_json(out / "table.json", table)
     print(markdown)
-    _bar_chart(table, tasks, out / "table.png", f"Ablation set {args.set}")
+    _bar_chart(table, columns if mtl else tasks, out / "table.png", f"Ablation set {args.set}")
 
 
 def _bar_chart(table, tasks, path, title) -> None:
@@ -108,7 +141,7 @@ def _bar_chart(table, tasks, path, title) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4))
     for i, task in enumerate(tasks):
         xs = [j + i * width for j in range(len(labels))]
-        ax.bar(xs, [table[l][task] for l in labels], width, label=task.upper())
+        ax.bar(xs, [table[l][task] for l in labels], width, label=task if " " in task else task.upper())
     ax.set_xticks([j + width * (len(tasks) - 1) / 2 for j in range(len(labels))])
     ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("validation score")

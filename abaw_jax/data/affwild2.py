@@ -40,7 +40,8 @@ TASKS = ("VA", "EXPR", "AU")
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
 VA_NAMES = ("valence", "arousal")
-NUM_OUTPUTS = {"VA": 2, "EXPR": 8, "AU": 12}
+# Model outputs per task; "MTL" (the multi-task challenge, data/mtl.py) packs all three.
+NUM_OUTPUTS = {"VA": 2, "EXPR": 8, "AU": 12, "MTL": 2 + 8 + 12}
 SPLITS = {"train": "Train_Set", "val": "Validation_Set"}
 
 # Folder names per task, preferred first.
@@ -66,7 +67,7 @@ _TEST_LIST_KEYWORDS = {
 VA_DECIMALS = 3
 
 _FRAME_RE = re.compile(r"(\d{5})\.jpg")
-_NUMBER_RE = re.compile(r"[ \t]*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[ \t]*")
+NUMBER_RE = re.compile(r"[ \t]*[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[ \t]*")
 _BLANK_LINE_RE = re.compile(r"\n[ \t]*(?=\n)")
 _SIDE_RE = re.compile(r"(.+)_(left|right)")
 _RESOLUTION_RE = re.compile(r"(\d+)-(\d+)-(\d+)x(\d+)(?:-\d+)?")
@@ -124,13 +125,15 @@ class VideoName:
     size: tuple[int, int] | None
 
 
-def _check_task(task: str) -> str:
+def check_task(task: str) -> str:
+    """`task` when it is one of the video challenges' tasks, else a ValueError."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     return task
 
 
-def _check_video_name(name: str) -> str:
+def check_video_name(name: str) -> str:
+    """`name` when it can name a video (no path separators, no surrounding spaces)."""
     if not isinstance(name, str) or not name or name != name.strip() or "/" in name or "\\" in name:
         raise ValueError(f"not a video name: {name!r}")
     return name
@@ -138,13 +141,13 @@ def _check_video_name(name: str) -> str:
 
 def source_video(name: str) -> str:
     """The source video of `name`: `_left` / `_right` stripped (both people share one source)."""
-    m = _SIDE_RE.fullmatch(_check_video_name(name))
+    m = _SIDE_RE.fullmatch(check_video_name(name))
     return m.group(1) if m else name
 
 
 def parse_video_name(name: str) -> VideoName:
     """Splits a video name into source, side, and the fps and size its name carries."""
-    m = _SIDE_RE.fullmatch(_check_video_name(name))
+    m = _SIDE_RE.fullmatch(check_video_name(name))
     source, side = (m.group(1), m.group(2)) if m else (name, None)
     fps = size = None
     r = _RESOLUTION_RE.fullmatch(source)
@@ -157,7 +160,8 @@ def parse_video_name(name: str) -> VideoName:
 # --------------------------------------------------------------------------- annotation files
 
 
-def _read_text(path: pathlib.Path) -> str:
+def read_text(path: pathlib.Path) -> str:
+    """The text of an annotation or list file (UTF-8, BOM tolerated); errors name the file."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -181,7 +185,7 @@ def _first_bad_line(path: pathlib.Path, lines: list[str], task: str, columns: in
                 f"{task}, got {len(fields)}: {line.strip()!r}"
             )
         for field in fields:
-            if not _NUMBER_RE.fullmatch(field):
+            if not NUMBER_RE.fullmatch(field):
                 if field.strip().lower().lstrip("+-") == "nan":
                     return AnnotationError(f"{where}: NaN value: {line.strip()!r}")
                 return AnnotationError(f"{where}: non-numeric value {field.strip()!r}")
@@ -197,8 +201,8 @@ def _column_error(path: pathlib.Path, bad: np.ndarray, values: np.ndarray, task:
 def read_annotation(path: str | os.PathLike, task: str) -> Annotation:
     """Reads one official annotation file (header line, then one line per frame)."""
     path = pathlib.Path(path)
-    _check_task(task)
-    text = _read_text(path)
+    check_task(task)
+    text = read_text(path)
     # Trailing whitespace and blank lines at the end carry no frame; blank lines before the last
     # frame line would shift every later frame, so they are errors.
     text = text.rstrip()
@@ -301,7 +305,7 @@ def _format_va(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def format_annotation(task: str, labels, valid, *, where: str = "labels") -> bytes:
     """The bytes of an official annotation file for `labels` / `valid` (see `write_annotation`)."""
-    _check_task(task)
+    check_task(task)
     labels, valid = _checked_arrays(where, task, labels, valid)
     if task == "EXPR":
         labels, valid = labels[:, None], valid[:, None]
@@ -330,7 +334,7 @@ def write_annotation(path: str | os.PathLike, task: str, labels, valid) -> None:
 def annotation_dir(root: str | os.PathLike, task: str) -> pathlib.Path:
     """The folder holding `task`'s Train_Set / Validation_Set (both EXPR folder names work)."""
     root = pathlib.Path(root)
-    _check_task(task)
+    check_task(task)
     if not root.is_dir():
         raise LayoutError(f"{root}: dataset root is not a folder")
     candidates = [root]
@@ -396,7 +400,7 @@ def frames_present(root: str | os.PathLike, video: str, num_frames: int) -> np.n
     mask is then authoritative. Images beyond `num_frames` are ignored (logged once per video).
     """
     root = pathlib.Path(root)
-    _check_video_name(video)
+    check_video_name(video)
     numbers = _frame_numbers(root, video)
     if numbers is None:
         return None
@@ -423,7 +427,7 @@ def read_test_list(path: str | os.PathLike) -> list[str]:
     path = pathlib.Path(path)
     names: list[str] = []
     seen: dict[str, int] = {}
-    for i, line in enumerate(_read_text(path).split("\n"), start=1):
+    for i, line in enumerate(read_text(path).split("\n"), start=1):
         name = line.strip()
         if not name:
             continue
@@ -441,7 +445,7 @@ def read_test_list(path: str | os.PathLike) -> list[str]:
 def test_list_path(root: str | os.PathLike, task: str) -> pathlib.Path:
     """The test-set list of `task` under `<root>/names_of_videos_in_each_test_set/`, found by keywords."""
     folder = pathlib.Path(root) / TEST_LISTS_DIR
-    _check_task(task)
+    check_task(task)
     if not folder.is_dir():
         raise LayoutError(f"{folder}: missing test-set list folder")
     matches = []

@@ -156,6 +156,9 @@ LATENT_DIM = 2 + len(affwild2.EXPR_CLASSES) + len(affwild2.AU_NAMES)
 GAIN, IDENTITY_SD, BLUR, LAG = 1.5, 0.5, 15, 6
 OPENFACE_BLUR, OPENFACE_LAG = 5, 2
 OPENFACE_DIM = 17
+# Set names generated as the 17-d AU-intensity view ("fau" is system C's name for OpenFace's AU
+# intensities); every other name is a random projection of the latent state.
+AU_VIEWS = ("openface", "fau")
 # Rows of M: where each OpenFace AU intensity comes from (latent name -> weight).
 _OPENFACE_SOURCES = (
     {"AU1": 1}, {"AU2": 1}, {"AU4": 1}, {"Surprise": 0.8, "Fear": 0.8}, {"AU6": 1}, {"AU7": 1},
@@ -407,9 +410,9 @@ def features(video: DemoVideo, labels: DemoLabels, set_name: str, dim: int, seed
     rng = _rng(seed, "features", video.index, _set_key(set_name))
     latent = labels.latent()
     t = video.num_frames
-    if set_name == "openface":
+    if set_name in AU_VIEWS:
         if dim != OPENFACE_DIM:
-            raise ValueError(f"feature set 'openface' has {OPENFACE_DIM} dims, got {dim}")
+            raise ValueError(f"feature set {set_name!r} has {OPENFACE_DIM} dims, got {dim}")
         x = 2.5 * (_blur_lag(latent, OPENFACE_BLUR, OPENFACE_LAG) @ openface_map())
         x += rng.uniform(0, 0.3, size=dim).astype(np.float32)
         x += 0.6 * rng.standard_normal((t, dim), dtype=np.float32)
@@ -581,8 +584,8 @@ def _params(num_videos: int = 40, *, seed: int = 0, length_scale: float = 0.1,
     for name, dim in feature_sets.items():
         if not name or "/" in name or not isinstance(dim, int) or dim <= 0:
             raise ValueError(f"feature_sets: bad entry {name!r}: {dim!r} (name: a folder name, dim: int > 0)")
-        if name == "openface" and dim != OPENFACE_DIM:
-            raise ValueError(f"feature_sets: 'openface' has {OPENFACE_DIM} dims, got {dim}")
+        if name in AU_VIEWS and dim != OPENFACE_DIM:
+            raise ValueError(f"feature_sets: {name!r} has {OPENFACE_DIM} dims, got {dim}")
     if dtype not in _DISK_DTYPES:
         raise ValueError(f"dtype must be one of {tuple(_DISK_DTYPES)}, got {dtype!r}")
     if not isinstance(jpeg_size, int) or jpeg_size < 16:
@@ -626,7 +629,7 @@ def build_demo(out: str | os.PathLike, *, num_videos: int = 40, seed: int = 0, l
         (lists / filename).write_text("".join(f"{n}\n" for n in names))
 
     sets = params["feature_sets"]
-    weights = {name: projection(name, dim, seed) for name, dim in sets.items() if name != "openface"}
+    weights = {name: projection(name, dim, seed) for name, dim in sets.items() if name not in AU_VIEWS}
     disk_dtype = _DISK_DTYPES[dtype]
     extra_rng = _rng(seed, "images", 1 << 30)
     extras = {v.name: int(v.split != "test" and extra_rng.random() < 0.1) for v in videos}

@@ -42,6 +42,7 @@ import numpy as np
 
 from abaw_jax.data import affwild2
 from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES, AnnotationError, LayoutError
+from abaw_jax.data.features import FeatureSets, FeatureStore, StoreError
 
 MTL_HEADER = "image,valence,arousal,expression,aus"
 MTL_DIR = "MTL_Challenge"
@@ -97,11 +98,11 @@ class MTLVideo:
 
     def labels(self, task: str) -> np.ndarray:
         """The label array of `task` ("VA", "EXPR", "AU"), shaped like the video challenges' labels."""
-        return {"VA": self.va, "EXPR": self.expr, "AU": self.au}[affwild2._check_task(task)]
+        return {"VA": self.va, "EXPR": self.expr, "AU": self.au}[affwild2.check_task(task)]
 
     def valid(self, task: str) -> np.ndarray:
         """The valid mask of `task`, per column for VA and AU."""
-        return {"VA": self.va_valid, "EXPR": self.expr_valid, "AU": self.au_valid}[affwild2._check_task(task)]
+        return {"VA": self.va_valid, "EXPR": self.expr_valid, "AU": self.au_valid}[affwild2.check_task(task)]
 
     def images(self) -> list[str]:
         """The image names `<video>/<NNNNN>.jpg` of the selected frames, in order."""
@@ -112,7 +113,7 @@ def image_name(video: str, frame: int) -> str:
     """`<video>/<NNNNN>.jpg` for a 1-based frame number."""
     if not 1 <= frame <= 99999:
         raise ValueError(f"frame number {frame} of video {video!r} is outside 1..99999")
-    return f"{affwild2._check_video_name(video)}/{frame:05d}.jpg"
+    return f"{affwild2.check_video_name(video)}/{frame:05d}.jpg"
 
 
 def parse_image_name(text: str) -> tuple[str, int] | None:
@@ -139,7 +140,7 @@ def _first_bad_line(path: pathlib.Path, rests: list[str], line_numbers: list[int
                 f"{path}:{lineno}: expected {NUM_VALUES} comma-separated values after the image "
                 f"(valence, arousal, expression, 12 AUs), got {len(fields)}")
         for name, field in zip(COLUMN_NAMES, fields):
-            if not affwild2._NUMBER_RE.fullmatch(field):
+            if not affwild2.NUMBER_RE.fullmatch(field):
                 if field.strip().lower().lstrip("+-") == "nan":
                     return AnnotationError(f"{path}:{lineno}: {name} is NaN")
                 return AnnotationError(f"{path}:{lineno}: non-numeric {name} value {field.strip()!r}")
@@ -160,7 +161,7 @@ def read_mtl_annotation(path: str | os.PathLike) -> list[MTLVideo]:
     listed twice.
     """
     path = pathlib.Path(path)
-    text = affwild2._read_text(path).rstrip()
+    text = affwild2.read_text(path).rstrip()
     if not text:
         raise AnnotationError(f"{path}:1: empty file (expected the header {MTL_HEADER!r})")
     header, _, body = text.partition("\n")
@@ -288,7 +289,7 @@ def read_mtl_test_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     images: list[tuple[str, int]] = []
     seen: dict[tuple[str, int], int] = {}
     first = True
-    for lineno, line in enumerate(affwild2._read_text(path).split("\n"), start=1):
+    for lineno, line in enumerate(affwild2.read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         image, _, rest = line.partition(",")
@@ -433,3 +434,93 @@ def load_mtl_test(root: str | os.PathLike) -> list[tuple[str, int]]:
     """The images of the MTL test list under `root`, in list order (the order of the submission)."""
     return read_mtl_test_list(mtl_test_list_path(root))
 
+
+
+# --------------------------------------------------------------------------- models over MTL rows
+#
+# The temporal models read a video's annotated frames as one sequence, in frame order: position
+# p of a window is the p-th annotated frame, whatever the gap to the one before (s-Aff-Wild2
+# samples frames, so positions count selected frames, not time). Labels of the three tasks are
+# packed into one array per video, and model outputs into one array per frame:
+
+#: Columns of the packed labels [n, 15]: valence, arousal, expression (as a number), 12 AUs.
+LABEL_COLUMNS = {"VA": slice(0, 2), "EXPR": slice(2, 3), "AU": slice(3, 3 + len(AU_NAMES))}
+#: Columns of a model's outputs [n, 22]: VA values, 8 EXPR logits, 12 AU logits.
+OUTPUT_COLUMNS = {"VA": slice(0, 2), "EXPR": slice(2, 10), "AU": slice(10, 10 + len(AU_NAMES))}
+NUM_OUTPUTS = 2 + len(EXPR_CLASSES) + len(AU_NAMES)
+
+
+def as_video(v: MTLVideo) -> affwild2.Video:
+    """The annotated rows of `v` as a sequence the temporal pipeline reads: one "frame" per row,
+    labels and valid masks packed per `LABEL_COLUMNS`, every row present (it has an image)."""
+    labels = np.concatenate([v.va, v.expr[:, None].astype(np.float32), v.au.astype(np.float32)],
+                            axis=1).astype(np.float32)
+    valid = np.concatenate([v.va_valid, v.expr_valid[:, None], v.au_valid], axis=1)
+    return affwild2.Video(v.name, v.num_rows, labels, valid, np.ones(v.num_rows, bool))
+
+
+def unpack_labels(labels: np.ndarray, valid: np.ndarray) -> tuple[dict, dict]:
+    """Packed labels and masks [N, 15] -> ({task: labels}, {task: valid}) as the metrics take."""
+    out_l = {"VA": labels[:, LABEL_COLUMNS["VA"]].astype(np.float64),
+             "EXPR": labels[:, 2].astype(np.int64),
+             "AU": labels[:, LABEL_COLUMNS["AU"]].astype(np.int64)}
+    out_v = {"VA": valid[:, LABEL_COLUMNS["VA"]], "EXPR": valid[:, 2], "AU": valid[:, LABEL_COLUMNS["AU"]]}
+    return out_l, out_v
+
+
+def unpack_outputs(outputs: np.ndarray) -> dict[str, np.ndarray]:
+    """Model outputs [N, 22] -> {"VA": [N, 2], "EXPR": [N, 8] logits, "AU": [N, 12] logits}."""
+    return {task: outputs[:, cols] for task, cols in OUTPUT_COLUMNS.items()}
+
+
+class AnnotatedRows(FeatureStore):
+    """A feature store seen through the annotated rows of each video: `read(video)` gives the
+    rows of the listed frames, in order. It stands in for the store wherever the temporal
+    pipeline reads one; `annotated_rows` wraps each store of a `FeatureSets` the same way."""
+
+    def __init__(self, store: FeatureStore, rows: Mapping[str, np.ndarray]):   # noqa: D107
+        # The store's own files were checked when it was opened; only the row lists are new.
+        self.store = store
+        self.path, self.meta, self.dim = store.path, store.meta, store.dim
+        self.dtype, self.extractor = store.dtype, store.extractor
+        self.rows = {name: np.asarray(r, np.int64) for name, r in rows.items()}
+        for name, r in self.rows.items():
+            if name not in store:
+                continue   # reported by the caller, which knows the split
+            n = store.num_frames(name)
+            if r.size and (r.min() < 0 or r.max() >= n):
+                bad = int(r[(r < 0) | (r >= n)][0])
+                raise StoreError(f"{store.path}: video {name!r} has {n} frames; the MTL "
+                                 f"annotations list frame {bad + 1}")
+        self.videos = sorted(set(self.rows) & set(store.videos))
+
+    def __contains__(self, video: str) -> bool:
+        return video in self.rows and video in self.store
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def num_frames(self, video: str) -> int:
+        """Number of annotated rows of `video`."""
+        return int(self._rows_of(video).size)
+
+    def _rows_of(self, video: str) -> np.ndarray:
+        if video not in self.rows:
+            raise StoreError(f"{self.path}: video {video!r} has no annotated rows")
+        return self.rows[video]
+
+    def read(self, video: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The feature rows of the annotated frames [start, stop) of `video` (a copy)."""
+        return self.store.read(video)[self._rows_of(video)[start:stop]]
+
+    def present(self, video: str) -> np.ndarray:
+        """Bool per annotated frame: it had a face image."""
+        return self.store.present(video)[self._rows_of(video)]
+
+
+def annotated_rows(features, videos: Sequence[MTLVideo]):
+    """`features` (a FeatureStore or FeatureSets) seen through the annotated rows of `videos`."""
+    rows = {v.name: v.indices for v in videos}
+    if isinstance(features, FeatureSets):
+        return FeatureSets({name: AnnotatedRows(s, rows) for name, s in features.stores.items()})
+    return AnnotatedRows(features, rows)
