@@ -80,15 +80,22 @@ class LearnedPositions(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention with a key mask (`attention.dot_product_attention`)."""
+    """Multi-head self-attention with a key mask (`attention.dot_product_attention`).
+
+    `dropout_rate` drops attention weights when `deterministic` is False (rng "dropout"), as
+    torch.nn.MultiheadAttention does; such calls run the einsum kernel (the fused ones take no
+    dropout), calls without dropout keep `attention_impl`.
+    """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str = "default"
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
+                 deterministic: bool = True) -> jax.Array:
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model width {dim} is not divisible by num_heads {self.num_heads}")
@@ -98,8 +105,13 @@ class MultiHeadSelfAttention(nn.Module):
                                   kernel_init=_dense_init)
         q, k, v = (dense(name=n)(x) for n in ("query", "key", "value"))   # [B, L, H, D/H]
         mask = None if key_mask is None else attention_mask(key_mask)
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
         y = attention_lib.dot_product_attention(q, k, v, mask,
-                                                implementation=self.attention_impl)
+                                                implementation=self.attention_impl,
+                                                dropout_rate=self.dropout_rate,
+                                                dropout_rng=dropout_rng)
         return linear.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                    param_dtype=self.param_dtype, kernel_init=_dense_init,
                                    name="out")(y)
@@ -109,14 +121,17 @@ class EncoderBlock(nn.Module):
     """One Transformer encoder layer: self-attention and an MLP, each with a residual.
 
     norm "post" (the original Transformer and PyTorch's default): x = LN(x + drop(f(x)));
-    norm "pre": x = x + drop(f(LN(x))). Dropout is applied to the attention output, after the
-    MLP activation and to the MLP output, like torch.nn.TransformerEncoderLayer; attention weights
-    are not dropped (the fused attention kernels take no dropout).
+    norm "pre": x = x + drop(f(LN(x))). Dropout is applied in the four places
+    torch.nn.TransformerEncoderLayer applies it: the attention weights (`attention_dropout`,
+    None meaning `dropout`, torch's single rate), the attention output, after the MLP activation
+    and the MLP output. Training with attention dropout runs the einsum attention kernel; set
+    attention_dropout=0.0 to keep a fused kernel in training (the behaviour before the option).
     """
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
     layer_norm_eps: float = 1e-5
@@ -134,9 +149,15 @@ class EncoderBlock(nn.Module):
         dense = functools.partial(linear.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         drop = functools.partial(nn.Dropout(self.dropout), deterministic=not train)
-        attention = MultiHeadSelfAttention(self.num_heads, dtype=self.dtype,
-                                           param_dtype=self.param_dtype,
-                                           attention_impl=self.attention_impl, name="attention")
+        attention_rate = (self.dropout if self.attention_dropout is None
+                          else self.attention_dropout)
+        if not 0.0 <= attention_rate < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {attention_rate!r}")
+        attention = functools.partial(
+            MultiHeadSelfAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   attention_impl=self.attention_impl,
+                                   dropout_rate=attention_rate, name="attention"),
+            deterministic=not train)
 
         def mlp(y):
             y = dense(self.mlp_dim, name="mlp_in")(y)
@@ -152,12 +173,15 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm."""
+    """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm.
+
+    `attention_dropout` None drops attention weights at `dropout` (see EncoderBlock)."""
 
     num_layers: int
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
     layer_norm_eps: float = 1e-5
@@ -169,7 +193,8 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
                  train: bool = False) -> jax.Array:
         for i in range(self.num_layers):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout, norm=self.norm,
+            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout,
+                             attention_dropout=self.attention_dropout, norm=self.norm,
                              activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                              dtype=self.dtype, param_dtype=self.param_dtype,
                              attention_impl=self.attention_impl, name=f"block_{i}")(
