@@ -206,6 +206,79 @@ class Encoder(nn.Module):
         return x
 
 
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the last axis with statistics from the valid entries only.
+
+    torch.nn.BatchNorm1d semantics (the heads of systems B and C normalise with it): in training
+    (`use_running_average` False) the features are normalised with the mean and biased variance
+    of the valid rows of the batch, and the running averages in the "batch_stats" collection
+    move by `momentum` towards that mean and the unbiased variance (n / (n - 1) times the biased
+    one); at inference they replace the batch statistics. `momentum` is torch's (0.1: the new
+    statistic's share), `epsilon` torch's 1e-5.
+
+    `mask` (broadcastable to x.shape[:-1]) says which rows count: padding frames of a window
+    must not move the statistics. Masked rows are normalised like the others (their outputs are
+    ignored downstream). A batch without any valid row leaves the running averages unchanged and
+    is normalised with them.
+
+    Training needs the collection mutable: `model.apply(variables, ..., train=True,
+    mutable=["batch_stats"])` returns `(outputs, {"batch_stats": new_stats})`; a call without
+    it is an error naming what to pass, as is inference without the "batch_stats" variables.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+                 use_running_average: bool) -> jax.Array:
+        features = x.shape[-1]
+        initializing = self.is_initializing()
+        where = "/".join(self.path) or "BatchNorm"
+        if not initializing and not self.has_variable("batch_stats", "mean"):
+            raise ValueError(
+                f"{where}: BatchNorm needs the model's 'batch_stats' variables: apply "
+                f"with {{'params': ..., 'batch_stats': ...}} (both made by model.init)")
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            if not initializing and not self.is_mutable_collection("batch_stats"):
+                raise ValueError(
+                    f"{where}: training with BatchNorm updates the 'batch_stats' "
+                    f"collection: apply with mutable=['batch_stats'] and keep the returned "
+                    f"statistics")
+            rows = x.reshape(-1, features)
+            if mask is None:
+                weight = jnp.ones((rows.shape[0], 1), jnp.float32)
+            else:
+                weight = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape[:-1]).reshape(-1, 1)
+                weight = weight.astype(jnp.float32)
+            count = jnp.sum(weight)
+            any_valid = count > 0
+            safe = jnp.maximum(count, 1.0)
+            batch_mean = jnp.sum(weight * rows, axis=0) / safe
+            # Centred second moment: E[x^2] - E[x]^2 cancels badly in float32.
+            batch_var = jnp.sum(weight * jnp.square(rows - batch_mean), axis=0) / safe
+            mean = jnp.where(any_valid, batch_mean, ra_mean.value)
+            var = jnp.where(any_valid, batch_var, ra_var.value)
+            if not initializing:
+                unbiased = batch_var * count / jnp.maximum(count - 1.0, 1.0)
+                m = self.momentum
+                ra_mean.value = jnp.where(
+                    any_valid, (1.0 - m) * ra_mean.value + m * jax.lax.stop_gradient(batch_mean),
+                    ra_mean.value)
+                ra_var.value = jnp.where(
+                    any_valid, (1.0 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased),
+                    ra_var.value)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y * scale + bias
+
+
 def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...] = ()) -> dict:
     """Constructor arguments of a temporal model from `config.model`.
 
