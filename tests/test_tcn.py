@@ -554,3 +554,49 @@ def test_earlier_defaults_remain_as_named_options():
         variables, x, m, m, train=True, rngs={"dropout": jax.random.key(seed)}))
     assert np.isfinite(train(0)).all() and not np.allclose(train(0), train(1))
     assert np.isfinite(np.asarray(evaluate(variables, x, m, m))).all()
+
+
+def test_train_state_helpers_update_and_use_the_batch_statistics():
+    """What a train step does with a BatchNorm model: init -> split -> apply_train (grads on
+    params, new statistics) -> predict with model_variables. A params-only model keeps {}."""
+    import optax
+
+    from abaw_jax import models
+    x = _features(27)
+    m = np.ones((B, L), bool)
+    m[0, 12:] = False
+    target = np.random.default_rng(28).normal(size=(B, L, 3)).astype(np.float32)
+    for head_norm, collections in (("batch", {"batch_stats"}), ("layer", set())):
+        cfg = tcn.tiny_config()
+        cfg.head_norm = head_norm
+        model = tcn.from_config(cfg, 3)
+        params, model_state = models.split_variables(
+            model.init({"params": jax.random.key(0)}, x, m, m, train=False))
+        assert set(model_state) == collections
+        tx = optax.sgd(0.01)
+        state = {"params": params, "opt_state": tx.init(params)}
+        if model_state:
+            state["model_state"] = model_state
+
+        @jax.jit
+        def step(state):
+            def loss_fn(p, s):
+                out, new_s = models.apply_train(model, p, s, x, m, m,
+                                                rngs={"dropout": jax.random.key(1)})
+                return jnp.mean(jnp.where(m[..., None], (out - target) ** 2, 0.0)), new_s
+            (loss, new_s), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state["params"], state.get("model_state", {}))
+            updates, opt = tx.update(grads, state["opt_state"], state["params"])
+            new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt}
+            if "model_state" in state:
+                new["model_state"] = new_s
+            return new, loss
+
+        new, loss = step(state)
+        assert np.isfinite(float(loss))
+        if head_norm == "batch":
+            before = state["model_state"]["batch_stats"]["head"]["norm"]["mean"]
+            after = new["model_state"]["batch_stats"]["head"]["norm"]["mean"]
+            assert not np.allclose(before, after)
+        out = model.apply(models.model_variables(new), x, m, m, train=False)
+        assert out.shape == (B, L, 3) and np.isfinite(np.asarray(out)).all()
