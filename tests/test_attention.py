@@ -91,3 +91,45 @@ def test_default_resolves_per_backend_and_rejects_unknown_names():
     assert attention.resolve("xla") == "xla"
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         attention.resolve("flash")
+
+
+def numpy_attention_dropout(q, k, v, mask, keep, rate):
+    """float64 attention whose normalised weights are dropped by `keep` [B, N, T, S] and the
+    kept ones scaled by 1 / (1 - rate), as torch's attention dropout does."""
+    q, k, v = (np.asarray(a, np.float64).transpose(0, 2, 1, 3) for a in (q, k, v))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+    mask = np.broadcast_to(mask, scores.shape)
+    scores = np.where(mask, scores, -np.inf)
+    scores = np.where(mask.any(-1, keepdims=True), scores, 0.0)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    w = np.where(keep, w / (1.0 - rate), 0.0)
+    return (w @ v).transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("impl", ["default", "einsum", "xla"])
+def test_attention_weight_dropout_matches_float64_reference(impl):
+    q, k, v = inputs(6, keys=5)
+    mask = key_mask(3, 5, 3)
+    rng, rate = jax.random.key(7), 0.4
+    keep = np.asarray(attention.dropout_keep(rng, rate, (3, 2, 7, 5)))
+    assert 0.3 < 1 - keep.mean() < 0.5
+    got = attention.dot_product_attention(q, k, v, mask, implementation=impl,
+                                          dropout_rate=rate, dropout_rng=rng)
+    np.testing.assert_allclose(np.asarray(got), numpy_attention_dropout(q, k, v, mask, keep, rate),
+                               atol=2e-6)
+    # Without an rng (inference) or at rate 0 nothing is dropped, whatever the kernel.
+    for kwargs in ({"dropout_rate": rate}, {"dropout_rate": 0.0, "dropout_rng": rng}):
+        plain = attention.dot_product_attention(q, k, v, mask, implementation=impl, **kwargs)
+        np.testing.assert_allclose(np.asarray(plain), numpy_attention(q, k, v, mask), atol=2e-6)
+
+
+def test_attention_weight_dropout_is_unbiased_and_rejects_rate_one():
+    q, k, v = inputs(8, shape=(1, 4, 1, 8))
+    draws = jax.vmap(lambda r: attention.einsum_attention(q, k, v, dropout_rate=0.5,
+                                                          dropout_rng=r))(
+        jax.random.split(jax.random.key(0), 20_000))
+    # 20k draws: the standard error of each mean is below 0.02.
+    np.testing.assert_allclose(np.asarray(draws).mean(0), numpy_attention(q, k, v), atol=0.06)
+    with pytest.raises(ValueError, match="attention dropout rate"):
+        attention.einsum_attention(q, k, v, dropout_rate=1.0, dropout_rng=jax.random.key(0))

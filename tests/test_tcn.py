@@ -13,17 +13,20 @@ import pytest
 from abaw_jax.models import tcn
 
 
-def _random_params(module, *args, seed=0):
-    """Params of `module` drawn in numpy: the behaviour under test must hold for any weights.
+def _random_variables(module, *args, seed=0):
+    """Variables of `module` drawn in numpy: the behaviour under test must hold for any weights.
 
     (Compiling Flax's random initialisers costs seconds per model on a small CPU; the shapes
-    come from an abstract init, the values from numpy.)
+    come from an abstract init, the values from numpy.) BatchNorm running statistics are drawn
+    too (means around 0, variances in [0.5, 1.5]).
     """
     shapes = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, train=False), *args)
     rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
         name = path[-1].key
+        if name == "var":
+            return rng.uniform(0.5, 1.5, size=leaf.shape).astype(np.float32)
         if name in ("kernel", "v"):
             scale = 1.0 / np.sqrt(np.prod(leaf.shape[:-1]))
             return (scale * rng.normal(size=leaf.shape)).astype(np.float32)
@@ -33,7 +36,12 @@ def _random_params(module, *args, seed=0):
             return rng.uniform(-0.25, 0.5, size=leaf.shape).astype(np.float32)
         return (0.1 * rng.normal(size=leaf.shape)).astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(draw, shapes["params"])
+    return jax.tree_util.tree_map_with_path(draw, dict(shapes))
+
+
+def _random_params(module, *args, seed=0):
+    """The "params" collection of `_random_variables`."""
+    return _random_variables(module, *args, seed=seed)["params"]
 
 
 def _init_apply(module, *args, seed=0):
@@ -201,9 +209,10 @@ def _torch_tcn(torch, params, channels, kernel_size, dilations, causal, in_dim):
                     conv.weight.data = torch.tensor(
                         np.transpose(np.asarray(q["kernel"]), (2, 1, 0)), dtype=torch.float64)
                 conv.bias.data = torch.tensor(np.asarray(q["bias"]), dtype=torch.float64)
-                act = nn.PReLU(c).double()
-                act.weight.data = torch.tensor(np.asarray(p[f"act_{j}"]["slope"]),
-                                               dtype=torch.float64)
+                slope = np.asarray(p[f"act_{j}"]["slope"])
+                # nn.PReLU() holds one shared slope, nn.PReLU(c) one per channel.
+                act = nn.PReLU(slope.size).double()
+                act.weight.data = torch.tensor(slope, dtype=torch.float64)
                 convs.append((conv, act))
             down = None
             if prev != c:
@@ -212,9 +221,9 @@ def _torch_tcn(torch, params, channels, kernel_size, dilations, causal, in_dim):
                 down.weight.data = torch.tensor(np.transpose(np.asarray(r["kernel"]), (2, 1, 0)),
                                                 dtype=torch.float64)
                 down.bias.data = torch.tensor(np.asarray(r["bias"]), dtype=torch.float64)
-            out_act = nn.PReLU(c).double()
-            out_act.weight.data = torch.tensor(np.asarray(p["act_out"]["slope"]),
-                                               dtype=torch.float64)
+            slope = np.asarray(p["act_out"]["slope"])
+            out_act = nn.PReLU(slope.size).double()
+            out_act.weight.data = torch.tensor(slope, dtype=torch.float64)
             blocks.append((convs, down, out_act, d * (kernel_size - 1) if causal else 0))
             prev = c
 
@@ -232,16 +241,20 @@ def _torch_tcn(torch, params, channels, kernel_size, dilations, causal, in_dim):
     return forward
 
 
-@pytest.mark.parametrize("causal,weight_norm", [(True, True), (False, True), (False, False)])
-def test_tcn_matches_pytorch_reference(causal, weight_norm):
+@pytest.mark.parametrize("causal,weight_norm,prelu_slopes", [
+    (True, True, "shared"), (True, True, "channel"), (False, True, "shared"),
+    (False, False, "channel")])
+def test_tcn_matches_pytorch_reference(causal, weight_norm, prelu_slopes):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(5)
     channels, kernel_size, dilations = (6, 6, 4), 3, (1, 2, 4)
     x = rng.normal(size=(2, 30, 5)).astype(np.float32)
     m = jnp.ones((2, 30), bool)
     module = tcn.TemporalConvNet(channels, kernel_size, dilations, causal=causal,
-                                 weight_norm=weight_norm)
+                                 weight_norm=weight_norm, prelu_slopes=prelu_slopes)
     params, apply = _init_apply(module, jnp.asarray(x), m)
+    slope_shape = (1,) if prelu_slopes == "shared" else (6,)
+    assert params["block_0"]["act_0"]["slope"].shape == slope_shape
     ours = np.asarray(apply(params, jnp.asarray(x), m))
     ref = _torch_tcn(torch, params, channels, kernel_size, dilations, causal, 5)(
         torch.tensor(x, dtype=torch.float64).transpose(1, 2))
@@ -286,12 +299,12 @@ def _tiny(**overrides):
         cfg[k] = v
     model = tcn.from_config(cfg, num_outputs=3)
     ones = jnp.ones((B, L), bool)
-    params = _random_params(model, jnp.zeros((B, L, D)), ones, ones)
-    evaluate = jax.jit(lambda p, x, present, m: model.apply({"params": p}, x, present, m,
-                                                            train=False))
-    train = jax.jit(lambda p, x, present, m, r: model.apply(
-        {"params": p}, x, present, m, train=True, rngs={"dropout": r}))
-    return model, params, evaluate, train
+    variables = _random_variables(model, jnp.zeros((B, L, D)), ones, ones)
+    evaluate = jax.jit(lambda v, x, present, m: model.apply(v, x, present, m, train=False))
+    # Training updates the BatchNorm statistics (when the head has them); outputs only here.
+    train = jax.jit(lambda v, x, present, m, r: model.apply(
+        v, x, present, m, train=True, rngs={"dropout": r}, mutable=["batch_stats"])[0])
+    return model, variables, evaluate, train
 
 
 def _features(seed):
@@ -342,8 +355,8 @@ def test_absent_frames_features_are_ignored_unless_attend_absent(attend_absent):
 def test_ablation_flags(use_tcn, use_transformer):
     model, params, evaluate, train = _tiny(use_tcn=use_tcn, use_transformer=use_transformer,
                                            output_activation="tanh")
-    assert ("tcn" in params) == use_tcn
-    assert ("encoder" in params) == use_transformer
+    assert ("tcn" in params["params"]) == use_tcn
+    assert ("encoder" in params["params"]) == use_transformer
     x = _features(9)
     m = np.ones((B, L), bool)
     out = np.asarray(train(params, x, m, m, jax.random.key(1)))
@@ -373,10 +386,10 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
     x = _features(11)
     m = np.ones((B, L), bool)
     init = jax.eval_shape(lambda x, m: model.init(jax.random.key(0), x, m, m, train=False),
-                          x, m)["params"]
+                          x, m)
     assert {p.dtype for p in jax.tree.leaves(init)} == {jnp.dtype(jnp.float32)}
-    assert jax.tree.structure(init) == jax.tree.structure(params)
-    out = jax.jit(lambda p: model.apply({"params": p}, x, m, m, train=False))(params)
+    assert jax.tree.structure(dict(init)) == jax.tree.structure(params)
+    out = jax.jit(lambda v: model.apply(v, x, m, m, train=False))(params)
     assert out.dtype == jnp.float32
     np.testing.assert_allclose(out, evaluate(params, x, m, m), atol=0.1)
 
@@ -387,9 +400,15 @@ def test_default_config_is_the_authors_model():
     model = tcn.from_config(cfg, 8)
     x = jax.ShapeDtypeStruct((1, 300, 768), jnp.float32)
     m = jax.ShapeDtypeStruct((1, 300), bool)
-    shapes = jax.eval_shape(lambda x, m: model.init(jax.random.key(0), x, m, m, train=False),
-                            x, m)["params"]
+    variables = jax.eval_shape(
+        lambda x, m: model.init(jax.random.key(0), x, m, m, train=False), x, m)
+    shapes = variables["params"]
+    assert (model.causal, model.pos_encoding, model.head_norm, model.prelu_slopes) == (
+        True, "none", "batch", "shared")
+    assert (model.dropout, model.attention_dropout, model.pos_dropout) == (0.3, None, 0.0)
+    assert "positions" not in shapes
     t = shapes["tcn"]
+    assert t["block_0"]["act_0"]["slope"].shape == (1,)
     assert [t[f"block_{i}"]["conv_1"]["v"].shape for i in range(3)] == [
         (5, 768, 768), (5, 256, 256), (5, 128, 128)]
     assert "residual" not in t["block_0"] and "residual" in t["block_1"]
@@ -398,8 +417,11 @@ def test_default_config_is_the_authors_model():
     assert shapes["encoder"]["block_0"]["mlp_in"]["kernel"].shape == (512, 512)
     assert shapes["head"]["hidden"]["kernel"].shape == (512, 256)
     assert shapes["head"]["out"]["kernel"].shape == (256, 8)
-    out = jax.eval_shape(lambda p, x, m: model.apply({"params": p}, x, m, m, train=False),
-                         shapes, x, m)
+    assert shapes["head"]["norm"]["scale"].shape == (256,)
+    assert {k: v.shape for k, v in variables["batch_stats"]["head"]["norm"].items()} == {
+        "mean": (256,), "var": (256,)}
+    out = jax.eval_shape(lambda v, x, m: model.apply(v, x, m, m, train=False),
+                         variables, x, m)
     assert out.shape == (1, 300, 8) and out.dtype == jnp.float32
 
 
@@ -410,7 +432,9 @@ def test_bad_config_and_inputs_name_the_key():
         tcn.from_config(cfg, 2)
     for key, value, why in [("dilations", (1, 2, 4), "one entry per block"),
                             ("tcn_activation", "swish", "tcn_activation"),
-                            ("head_norm", "batch", "head_norm"),
+                            ("head_norm", "group", "head_norm"),
+                            ("prelu_slopes", "layer", "prelu_slopes"),
+                            ("pos_encoding", "rope", "pos_encoding"),
                             ("output_activation", "sigmoid", "output_activation"),
                             ("num_heads", 3, "model.d_model"),
                             ("kernel_size", 0, "model.kernel_size"),
@@ -431,3 +455,148 @@ def test_bad_config_and_inputs_name_the_key():
         long = jnp.zeros((1, 65, D))
         model.init(jax.random.key(0), long, jnp.ones((1, 65), bool), jnp.ones((1, 65), bool),
                    train=False)
+
+
+# --- BatchNorm head, position encoding and the earlier defaults as named options --------------
+
+def test_masked_batch_norm_matches_torch_batchnorm1d_on_the_valid_rows():
+    torch = pytest.importorskip("torch", reason="torch.nn.BatchNorm1d is the reference")
+    from abaw_jax.models import layers
+    rng = np.random.default_rng(20)
+    bn = layers.MaskedBatchNorm()
+    ref = torch.nn.BatchNorm1d(5).double()
+    scale, bias = rng.uniform(0.5, 1.5, 5), rng.normal(size=5)
+    ref.weight.data, ref.bias.data = torch.tensor(scale), torch.tensor(bias)
+    variables = bn.init(jax.random.key(0), jnp.zeros((2, 3, 5)), use_running_average=True)
+    variables = {"params": {"scale": jnp.asarray(scale, jnp.float32),
+                            "bias": jnp.asarray(bias, jnp.float32)},
+                 "batch_stats": variables["batch_stats"]}
+    for step in range(3):
+        x = (2.0 + 3.0 * rng.normal(size=(4, 9, 5))).astype(np.float32)
+        mask = rng.random((4, 9)) < 0.6
+        x[~mask] = 1e4 * rng.normal(size=(int((~mask).sum()), 5))   # padding: huge garbage
+        ref.train()
+        expected = ref(torch.tensor(x[mask], dtype=torch.float64)).detach().numpy()
+        y, updates = bn.apply(variables, jnp.asarray(x), jnp.asarray(mask),
+                              use_running_average=False, mutable=["batch_stats"])
+        np.testing.assert_allclose(np.asarray(y)[mask], expected, atol=1e-4, rtol=1e-5)
+        variables = {"params": variables["params"], **updates}
+        np.testing.assert_allclose(variables["batch_stats"]["mean"], ref.running_mean.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(variables["batch_stats"]["var"], ref.running_var.numpy(),
+                                   rtol=1e-5)
+    ref.eval()
+    x = rng.normal(size=(3, 5)).astype(np.float32)
+    expected = ref(torch.tensor(x, dtype=torch.float64)).detach().numpy()
+    got = bn.apply(variables, jnp.asarray(x), use_running_average=True)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+    # A batch with no valid row leaves the running statistics alone and stays finite.
+    y, same = bn.apply(variables, jnp.asarray(x), jnp.zeros((3,), bool),
+                       use_running_average=False, mutable=["batch_stats"])
+    assert np.isfinite(np.asarray(y)).all()
+    for key in ("mean", "var"):
+        np.testing.assert_array_equal(same["batch_stats"][key], variables["batch_stats"][key])
+
+
+def test_batch_norm_head_needs_its_statistics_and_names_what_to_pass():
+    model, variables, _, _ = _tiny()
+    x, m = _features(21), np.ones((B, L), bool)
+    with pytest.raises(ValueError, match=r"mutable=\['batch_stats'\]"):
+        model.apply(variables, x, m, m, train=True, rngs={"dropout": jax.random.key(0)})
+    with pytest.raises(ValueError, match="'batch_stats' variables"):
+        model.apply({"params": variables["params"]}, x, m, m, train=False)
+
+
+def test_padding_does_not_reach_the_batch_statistics_or_real_frames_in_training():
+    model, variables, _, _ = _tiny(dropout=0.0)
+    x = _features(22)
+    m = np.ones((B, L), bool)
+    m[1, 10:] = False
+    step = jax.jit(lambda v, x: model.apply(v, x, m, m, train=True,
+                                            rngs={"dropout": jax.random.key(0)},
+                                            mutable=["batch_stats"]))
+    out, stats = step(variables, x)
+    garbage = x.copy()
+    garbage[~m] = 1e3 * np.random.default_rng(23).normal(size=(int((~m).sum()), D))
+    out2, stats2 = step(variables, garbage)
+    np.testing.assert_allclose(np.asarray(out2)[m], np.asarray(out)[m], atol=1e-4)
+    for key in ("mean", "var"):
+        np.testing.assert_allclose(stats2["batch_stats"]["head"]["norm"][key],
+                                   stats["batch_stats"]["head"]["norm"][key], rtol=1e-5)
+        assert not np.allclose(stats["batch_stats"]["head"]["norm"][key],
+                               variables["batch_stats"]["head"]["norm"][key])
+
+
+def test_no_position_encoding_by_default():
+    """Without positions (and without the TCN) the encoder cannot tell frames apart by place:
+    permuting the frames permutes the outputs; a sinusoidal encoding breaks that."""
+    x, m = _features(24), np.ones((B, L), bool)
+    perm = np.random.default_rng(25).permutation(L)
+    for pos_encoding, equivariant in (("none", True), ("sinusoidal", False)):
+        _, variables, evaluate, _ = _tiny(use_tcn=False, pos_encoding=pos_encoding)
+        out = np.asarray(evaluate(variables, x, m, m))
+        permuted = np.asarray(evaluate(variables, x[:, perm], m, m))
+        assert np.allclose(permuted, out[:, perm], atol=1e-5) == equivariant
+
+
+def test_earlier_defaults_remain_as_named_options():
+    """Non-causal TCN, per-channel PReLU, sinusoidal positions with dropout, LayerNorm head:
+    a params-only model, as this module built before."""
+    model, variables, evaluate, _ = _tiny(causal=False, prelu_slopes="channel",
+                                          pos_encoding="sinusoidal", pos_dropout=0.1,
+                                          head_norm="layer")
+    assert set(variables) == {"params"}
+    params = variables["params"]
+    assert params["tcn"]["block_0"]["act_0"]["slope"].shape == (16,)
+    assert set(params["head"]["norm"]) == {"scale", "bias"}
+    x, m = _features(26), np.ones((B, L), bool)
+    train = lambda seed: np.asarray(model.apply(  # noqa: E731
+        variables, x, m, m, train=True, rngs={"dropout": jax.random.key(seed)}))
+    assert np.isfinite(train(0)).all() and not np.allclose(train(0), train(1))
+    assert np.isfinite(np.asarray(evaluate(variables, x, m, m))).all()
+
+
+def test_train_state_helpers_update_and_use_the_batch_statistics():
+    """What a train step does with a BatchNorm model: init -> split -> apply_train (grads on
+    params, new statistics) -> predict with model_variables. A params-only model keeps {}."""
+    import optax
+
+    from abaw_jax import models
+    x = _features(27)
+    m = np.ones((B, L), bool)
+    m[0, 12:] = False
+    target = np.random.default_rng(28).normal(size=(B, L, 3)).astype(np.float32)
+    for head_norm, collections in (("batch", {"batch_stats"}), ("layer", set())):
+        cfg = tcn.tiny_config()
+        cfg.head_norm = head_norm
+        model = tcn.from_config(cfg, 3)
+        params, model_state = models.split_variables(
+            model.init({"params": jax.random.key(0)}, x, m, m, train=False))
+        assert set(model_state) == collections
+        tx = optax.sgd(0.01)
+        state = {"params": params, "opt_state": tx.init(params)}
+        if model_state:
+            state["model_state"] = model_state
+
+        @jax.jit
+        def step(state):
+            def loss_fn(p, s):
+                out, new_s = models.apply_train(model, p, s, x, m, m,
+                                                rngs={"dropout": jax.random.key(1)})
+                return jnp.mean(jnp.where(m[..., None], (out - target) ** 2, 0.0)), new_s
+            (loss, new_s), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                state["params"], state.get("model_state", {}))
+            updates, opt = tx.update(grads, state["opt_state"], state["params"])
+            new = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt}
+            if "model_state" in state:
+                new["model_state"] = new_s
+            return new, loss
+
+        new, loss = step(state)
+        assert np.isfinite(float(loss))
+        if head_norm == "batch":
+            before = state["model_state"]["batch_stats"]["head"]["norm"]["mean"]
+            after = new["model_state"]["batch_stats"]["head"]["norm"]["mean"]
+            assert not np.allclose(before, after)
+        out = model.apply(models.model_variables(new), x, m, m, train=False)
+        assert out.shape == (B, L, 3) and np.isfinite(np.asarray(out)).all()

@@ -238,8 +238,63 @@ def test_masking_with_a_learned_token_and_at_eval():
         temporal.FeatureMasking(prob=1.0).apply({}, x, train=True)
 
 
+def test_attention_dropout_defaults_to_dropout_and_leaves_inference_alone():
+    x, key_mask = attention_inputs(5)
+    block = lambda **kw: layers.EncoderBlock(num_heads=2, mlp_dim=12, **kw)  # noqa: E731
+    params = block(dropout=0.3).init(jax.random.key(4), x, key_mask)["params"]
+    run = lambda m, train: np.asarray(m.apply(  # noqa: E731
+        {"params": params}, x, key_mask, train=train, rngs={"dropout": jax.random.key(9)}))
+    # None (the default) drops the attention weights at `dropout`, torch's single rate.
+    np.testing.assert_array_equal(run(block(dropout=0.3), True),
+                                  run(block(dropout=0.3, attention_dropout=0.3), True))
+    assert not np.allclose(run(block(dropout=0.3), True),
+                           run(block(dropout=0.3, attention_dropout=0.0), True), atol=1e-3)
+    # Attention dropout alone changes training outputs, never inference ones.
+    only = block(dropout=0.0, attention_dropout=0.5)
+    assert not np.allclose(run(only, True), run(only, False), atol=1e-3)
+    np.testing.assert_array_equal(run(only, False), run(block(dropout=0.0), False))
+    np.testing.assert_array_equal(run(block(dropout=0.0), True), run(block(dropout=0.0), False))
+    with pytest.raises(ValueError, match="attention_dropout must be in"):
+        block(attention_dropout=1.0).init(jax.random.key(0), x, key_mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # TemporalTransformer
+
+
+def test_default_adds_positions_to_the_features_without_a_projection():
+    """The authors' code: PE added to the (masked) features, encoder, one Linear per frame."""
+    features, present, frame_mask = batch(6)
+    model = tiny(d_model=D_IN)
+    variables = init(model, features, present, frame_mask)
+    params = variables["params"]
+    assert "input_proj" not in params and set(params) == {"encoder", "head"}
+    encoder = layers.Encoder(2, 2, 64, dropout=0.2)
+    x = features + layers.sinusoidal_positions(L, D_IN)
+    hidden = encoder.apply({"params": params["encoder"]}, x, present & frame_mask)
+    expected = (np.asarray(hidden, np.float64) @ np.asarray(params["head"]["kernel"], np.float64)
+                + np.asarray(params["head"]["bias"]))
+    got = model.apply(variables, features, present, frame_mask, train=False)
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
+
+
+def test_input_projection_is_an_option_and_automatic_when_widths_differ():
+    features, present, frame_mask = batch(6)
+    # tiny: d_model 32 != 16 feature channels, so a projection is needed.
+    assert "input_proj" in init(tiny(), features, present, frame_mask)["params"]
+    forced = init(tiny(d_model=D_IN, input_proj=True), features, present, frame_mask)["params"]
+    assert forced["input_proj"]["kernel"].shape == (D_IN, D_IN)
+
+
+def test_dropout_after_the_positions_only_with_pos_dropout():
+    features, present, frame_mask = batch(7)
+    quiet = dict(mask_prob=0.0, dropout=0.0, attention_dropout=0.0)
+    for pos_dropout, changes in ((0.0, False), (0.5, True)):
+        model = tiny(pos_dropout=pos_dropout, **quiet)
+        variables = init(model, features, present, frame_mask)
+        train = model.apply(variables, features, present, frame_mask, train=True, rngs=rngs())
+        infer = model.apply(variables, features, present, frame_mask, train=False)
+        assert np.allclose(np.asarray(train), np.asarray(infer), atol=1e-6) != changes
 
 
 def test_output_shape_dtype_and_tanh():
@@ -335,6 +390,7 @@ def test_configs_and_from_config():
     assert (model.mask_mode, model.pos_encoding) == ("frame", "sinusoidal")
     assert (model.activation, model.attend_absent, model.output_activation) == (
         "relu", False, "none")
+    assert (model.input_proj, model.pos_dropout, model.attention_dropout) == (False, 0.0, None)
     tiny_model = temporal.from_config({"name": "transformer", **temporal.tiny_config()}, 2)
     assert (tiny_model.d_model, tiny_model.num_layers, tiny_model.mlp_dim) == (32, 2, 64)
     # Keys left out take the module defaults.

@@ -51,7 +51,11 @@ def _reference(params, images, *, eps, pool, class_token, final_norm, fc_norm):
         t = t + y @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"]
     if final_norm:
         t = _ln(t, blocks["encoder_norm"], eps)
-    pooled = {"cls": t[:, 0], "mean": t.mean(1), "gap": t[:, int(class_token):].mean(1)}[pool]
+    if pool == "pooler":
+        # Hugging Face ViTPooler: tanh(Dense(class token after the final LayerNorm)).
+        pooled = np.tanh(t[:, 0] @ p["pooler"]["kernel"] + p["pooler"]["bias"])
+    else:
+        pooled = {"cls": t[:, 0], "mean": t.mean(1), "gap": t[:, int(class_token):].mean(1)}[pool]
     if fc_norm:
         pooled = _ln(pooled, p["fc_norm"], eps)
     return pooled, t
@@ -95,7 +99,9 @@ def test_decode_variant_rejects_bad_names(bad):
 
 def test_configs_build_modules():
     m = vit.vit_from_config(vit.default_config())
-    assert (m.width, m.depth, m.num_heads, m.mlp_dim, m.patch_size, m.pool) == (768, 12, 12, 3072, 16, "mean")
+    # System A's paper: average of the patch tokens after the final LayerNorm, CLS excluded.
+    assert (m.width, m.depth, m.num_heads, m.mlp_dim, m.patch_size, m.pool) == (768, 12, 12, 3072, 16, "gap")
+    assert (m.final_norm, m.fc_norm, m.class_token) == (True, False, True)
     assert m.num_tokens == 197
     tiny = vit.vit_from_config(vit.tiny_config())
     assert (tiny.width, tiny.depth, tiny.patch_size, tiny.grid_size) == (32, 2, 8, (4, 4))
@@ -113,6 +119,10 @@ def test_config_errors_name_the_problem():
         vit.vit_from_config(vit.tiny_config(), pool="cls", class_token=False)
     with pytest.raises(ValueError, match="pool must be one of"):
         vit.vit_from_config(vit.tiny_config(), pool="max")
+    with pytest.raises(ValueError, match="pool='pooler' needs class_token"):
+        vit.vit_from_config(vit.tiny_config(), pool="pooler", class_token=False)
+    with pytest.raises(ValueError, match="pool='pooler' needs final_norm"):
+        vit.vit_from_config(vit.tiny_config(), pool="pooler", final_norm=False, fc_norm=True)
     with pytest.raises(ValueError, match="not a multiple of patch_size"):
         vit.vit_from_config(vit.tiny_config(), image_size=36)
     with pytest.raises(ValueError, match="not divisible by num_heads"):
@@ -146,6 +156,7 @@ def test_parameter_layout_is_big_vision_unscanned():
     dict(pool="gap"),
     dict(pool="gap", class_token=False, qkv_bias=False, layer_norm_eps=1e-12),
     dict(pool="gap", final_norm=False, fc_norm=True, image_size=(32, 48)),
+    dict(pool="pooler"),
 ])
 def test_forward_matches_float64_reference(fields):
     m = vit.vit_from_config(vit.tiny_config(), **fields)
@@ -160,6 +171,9 @@ def test_forward_matches_float64_reference(fields):
     assert tokens.shape == (2, m.num_tokens, 32)
     assert _rel(tokens, ref_tokens) < 1e-4
     assert _rel(pooled, ref_pooled) < 1e-4
+    if m.pool == "gap" and m.class_token:
+        # The class token is left out of the average.
+        assert _rel(pooled, ref_tokens.mean(1)) > 1e-3
 
 
 def test_bfloat16_compute_keeps_float32_params_and_stays_close():

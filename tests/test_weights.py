@@ -272,6 +272,21 @@ def test_original_npz_layout_loads_and_matches(timm, torch, tmp_path):
     pooled, tokens = m.apply({"params": params}, _nhwc(x))
     assert _rel(tokens, ref) < 1e-4 and _rel(pooled, ref.mean(1)) < 1e-4
 
+    # An in21k-style file with the representation layer: pool="pooler" is tanh(pre_logits(cls)).
+    rng = np.random.default_rng(5)
+    arrays = dict(np.load(path))
+    kernel = rng.normal(size=(192, 192)).astype(np.float32) / np.sqrt(192)
+    bias = rng.normal(size=192).astype(np.float32)
+    np.savez(tmp_path / "in21k.npz", **arrays, **{"pre_logits/kernel": kernel,
+                                                 "pre_logits/bias": bias})
+    m, params, info = weights.load_vit(tmp_path / "in21k.npz", pool="pooler")
+    assert "pre_logits/kernel" not in info["ignored_keys"]
+    pooled, _ = m.apply({"params": params}, _nhwc(x))
+    expected = np.tanh(ref[:, 0].astype(np.float64) @ kernel + bias)
+    assert _rel(pooled, expected) < 1e-4
+    with pytest.raises(weights.WeightsError, match="missing keys: pre_logits"):
+        weights.load_vit(path, pool="pooler")
+
     # At another size the .npz is resampled as timm's .npz loader does (bilinear, no antialias).
     bigger = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=96, depth=3).eval()
     bigger.load_pretrained(str(path))
@@ -340,6 +355,22 @@ def test_hf_vit_matches_and_reads_its_folder(transformers, torch, tmp_path):
     for folder in ("v5", "sharded"):
         _, other, _ = weights.load_vit(tmp_path / folder, pool="mean")
         jax.tree_util.tree_map(np.testing.assert_array_equal, other, reference_params)
+
+    # pool="pooler" loads HF's pooler: ViTModel(add_pooling_layer=True).pooler_output.
+    with torch.no_grad():
+        torch.nn.init.normal_(model.pooler.dense.bias, std=0.5)   # non-zero, to be checked
+        ref_pooler = model(pixel_values=x).pooler_output.numpy()
+    model.save_pretrained(tmp_path / "pooled")
+    m, params, info = weights.load_vit(tmp_path / "pooled", pool="pooler")
+    assert info["ignored_keys"] == [] and set(params["pooler"]) == {"kernel", "bias"}
+    pooled, _ = m.apply({"params": params}, _nhwc(x))
+    assert _rel(pooled, ref_pooler) < 1e-4
+    assert not np.allclose(np.asarray(pooled), np.tanh(ref[:, 0]), atol=1e-2)
+    # Without the pooling layer in the file, pool="pooler" names the missing keys.
+    no_pooler = transformers.ViTModel(model.config, add_pooling_layer=False)
+    no_pooler.save_pretrained(tmp_path / "no_pooler")
+    with pytest.raises(weights.WeightsError, match="missing keys: pooler.dense"):
+        weights.load_vit(tmp_path / "no_pooler", pool="pooler")
 
     # The image processor's statistics are the ones recorded.
     transformers.ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.3, 0.2, 0.1]) \

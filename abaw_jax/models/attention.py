@@ -44,13 +44,26 @@ def resolve(implementation: str | None) -> str:
     return implementation
 
 
+def dropout_keep(rng: jax.Array, rate: float, shape: tuple[int, ...]) -> jax.Array:
+    """The boolean keep mask of attention-weight dropout, ``[B, N, T, S]``: each weight kept
+    with probability ``1 - rate`` (what `einsum_attention` draws from ``rng``)."""
+    return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
 def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                     mask: jax.Array | None = None) -> jax.Array:
+                     mask: jax.Array | None = None, *, dropout_rate: float = 0.0,
+                     dropout_rng: jax.Array | None = None) -> jax.Array:
     """Softmax attention ``[B, T, N, H]`` in head-major layout with late normalisation.
 
     ``mask`` is boolean, broadcastable to ``[B, N, T, S]``, True where a query may attend to a
     key. Scores and their exponentials are float32 whatever the input dtype; a query row whose
     keys are all masked attends uniformly to all of them (finite, unlike a softmax over nothing).
+
+    With ``dropout_rate`` > 0 and a ``dropout_rng``, each normalised weight is zeroed with
+    probability ``dropout_rate`` and the kept ones are scaled by ``1 / (1 - dropout_rate)``, as
+    torch's attention dropout does (keep mask: `dropout_keep`). Because normalisation comes last,
+    the mask is applied to the unnormalised weights in the product with ``v`` while the row sums
+    stay those of all weights: the same value as dropping the normalised weights.
     """
     scale = q.shape[-1] ** -0.5
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q, k, v))          # [B, N, T|S, H]
@@ -63,17 +76,31 @@ def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     # Subtracting the row maximum only guards exp against overflow; it cancels in the ratio.
     scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
     weights = jnp.exp(scores)
+    row_sums = jnp.sum(weights, axis=-1, keepdims=True)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        if not dropout_rate < 1.0:
+            raise ValueError(f"attention dropout rate must be in [0, 1), got {dropout_rate!r}")
+        keep = dropout_keep(dropout_rng, dropout_rate, weights.shape)
+        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
     out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v,
                      preferred_element_type=jnp.float32)
-    out = out / jnp.sum(weights, axis=-1, keepdims=True)
+    out = out / row_sums
     return jnp.swapaxes(out, 1, 2).astype(q.dtype)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           mask: jax.Array | None = None, *,
-                          implementation: str | None = "default") -> jax.Array:
-    """Attention over ``[B, T, N, H]`` inputs with the kernel `implementation` names."""
+                          implementation: str | None = "default", dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Attention over ``[B, T, N, H]`` inputs with the kernel `implementation` names.
+
+    Attention-weight dropout (``dropout_rate`` > 0 and a ``dropout_rng``) always runs the
+    ``"einsum"`` kernel, the only one that can drop weights (see the module docstring).
+    """
     kernel = resolve(implementation)
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        return einsum_attention(q, k, v, mask, dropout_rate=dropout_rate,
+                                dropout_rng=dropout_rng)
     if kernel == "einsum":
         return einsum_attention(q, k, v, mask)
     if kernel == "cudnn" and mask is not None:

@@ -5,12 +5,25 @@ the ABAW7 Challenge". Each feature set (e.g. ViT 768-d, OpenFace AU intensities 
 its own "affine module", a Dense to a common width `d_affine` plus a sinusoidal position encoding;
 the aligned sets are concatenated along channels and fused over time:
 
-    per set: Dense(d_affine) + positions -> concat (d = d_affine * n_sets) -> dropout
-             -> Encoder(d, feed-forward mlp_ratio * d) -> head Dense(d / 2) -> norm -> Dense
+    per set: Dense(d_affine) -> concat (d = d_affine * n_sets) -> dropout -> + per-set positions
+             -> Encoder(d, feed-forward mlp_ratio * d)
+             -> one head per output: Dense(d / 2) -> BatchNorm -> Dense(size)
 
-Authors' code: d_affine 512 for VA and 256 otherwise, input dropout 0.5, a 4-layer, 4-head encoder
-with feed-forward 2d and dropout 0.2, head Linear(d, d/2), BatchNorm, Linear (LayerNorm here by
-default; see `tcn.FrameHead` for why).
+Sources of the defaults: the affine module with a position encoding per feature set is the
+paper's Eq. 1 (§4.1); where the paper is silent the group's temporal code decides
+(ABAW2023-HFUT/ABAW5 `model.py`, `main.py`, `utils.py`): d_affine 512 for VA and 256 otherwise,
+input dropout 0.5 on the concatenated affine outputs (the positions are added after it, not
+dropped), a 4-layer, 4-head post-norm nn.TransformerEncoderLayer stack with feed-forward 2d and
+dropout 0.2 (attention weights included), and **one head per output**, each
+Linear(d, d/2) -> BatchNorm1d -> Linear: VA 2 heads of 1 output, EXPR 1 head of 8, AU 12 heads of
+1. `head_sizes` gives the heads' output sizes; empty means one head per output column (VA, AU),
+so EXPR needs head_sizes=(8,).
+
+Named variants: `pe_after_concat=True` (ABAW5 code: one position table of width d added to the
+concatenation), `pe_dropped=True` (positions added before the input dropout, as this module did
+before), `heads="shared"` (one head for all outputs, as before), `head_norm="layer"` / "none"
+(see `tcn.FrameHead`). BatchNorm heads keep running statistics in "batch_stats": training
+applies the model with `mutable=["batch_stats"]`, inference passes them with the params.
 
 `features` is a dict {set name: [B, L, D_set]}. The sets used, and their order in the
 concatenation, are `feature_sets`; a dict may hold more sets than the model uses (so one feature
@@ -29,16 +42,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from ml_collections import config_dict
 
 from abaw_jax.models import layers
 from abaw_jax.models.tcn import HEAD_NORMS, OUTPUT_ACTIVATIONS, FrameHead
+
+HEADS = ("per_output", "shared")
 
 
 class MultiEncoderFusion(nn.Module):
     """System C: {set: [B, L, D_set]} -> per-frame outputs [B, L, num_outputs] float32.
 
     The per-set projections are named `affine_<set>`, so a feature set whose width differs from
-    the one the params were made for fails in Flax with that name in the message.
+    the one the params were made for fails in Flax with that name in the message. Per-output
+    heads are `head_0`, `head_1`, ... (in output order); a shared head is `head`.
     """
 
     num_outputs: int
@@ -49,9 +67,14 @@ class MultiEncoderFusion(nn.Module):
     num_heads: int = 4
     mlp_ratio: int = 2
     dropout: float = 0.2
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
-    head_norm: str = "layer"
+    pe_after_concat: bool = False
+    pe_dropped: bool = False
+    heads: str = "per_output"
+    head_sizes: Sequence[int] = ()
+    head_norm: str = "batch"
     output_activation: str = "none"
     attend_absent: bool = False
     attention_impl: str = "default"
@@ -62,10 +85,19 @@ class MultiEncoderFusion(nn.Module):
         """The encoder width d = d_affine * number of feature sets."""
         return self.d_affine * len(self.feature_sets)
 
+    def output_groups(self) -> tuple[int, ...]:
+        """Output sizes of the heads, in output order (one entry for a shared head)."""
+        if self.heads == "shared":
+            return (self.num_outputs,)
+        if self.head_sizes:
+            return tuple(int(k) for k in self.head_sizes)
+        return (1,) * self.num_outputs
+
     @nn.compact
     def __call__(self, features: Mapping[str, jax.Array], present: jax.Array,
                  frame_mask: jax.Array, *, train: bool) -> jax.Array:
         layers.check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        layers.check_choice("heads", self.heads, HEADS)
         if not self.feature_sets:
             raise ValueError("model.feature_sets is empty: name at least one feature set")
         if not isinstance(features, Mapping):
@@ -86,19 +118,39 @@ class MultiEncoderFusion(nn.Module):
         if not self.attend_absent:
             key_mask &= jnp.asarray(present, bool)
 
-        positions = jnp.asarray(layers.sinusoidal_positions(length, self.d_affine), self.dtype)
-        aligned = []
-        for name in self.feature_sets:
-            x = nn.Dense(self.d_affine, dtype=self.dtype, name=f"affine_{name}")(
-                jnp.asarray(features[name], jnp.float32))
-            aligned.append(x + positions)
-        x = jnp.concatenate(aligned, axis=-1)
+        # Eq. 1: each set's affine output gets its own d_affine-wide table; the ABAW5 code adds
+        # one table of width d to the concatenation instead.
+        if self.pe_after_concat:
+            positions = layers.sinusoidal_positions(length, self.width)
+        else:
+            positions = np.tile(layers.sinusoidal_positions(length, self.d_affine),
+                                (1, len(self.feature_sets)))
+        positions = jnp.asarray(positions, self.dtype)
+        x = jnp.concatenate([
+            nn.Dense(self.d_affine, dtype=self.dtype, name=f"affine_{name}")(
+                jnp.asarray(features[name], jnp.float32)) for name in self.feature_sets], axis=-1)
+        if self.pe_dropped:
+            x = x + positions
         x = nn.Dropout(self.input_dropout)(x, deterministic=not train)
+        if not self.pe_dropped:
+            x = x + positions
         x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_ratio * self.width,
-                           dropout=self.dropout, norm=self.norm, activation=self.activation,
-                           dtype=self.dtype, attention_impl=self.attention_impl,
-                           name="encoder")(x, key_mask, train=train)
-        out = FrameHead(self.width // 2, self.num_outputs, self.head_norm, name="head")(x)
+                           dropout=self.dropout, attention_dropout=self.attention_dropout,
+                           norm=self.norm, activation=self.activation, dtype=self.dtype,
+                           attention_impl=self.attention_impl, name="encoder")(
+                               x, key_mask, train=train)
+        frame_mask = jnp.asarray(frame_mask, bool)
+        groups = self.output_groups()
+        if sum(groups) != self.num_outputs:
+            raise ValueError(f"model.head_sizes = {tuple(self.head_sizes)}: the head sizes must "
+                             f"add up to the {self.num_outputs} outputs")
+        if self.heads == "shared":
+            out = FrameHead(self.width // 2, self.num_outputs, self.head_norm, name="head")(
+                x, frame_mask, train=train)
+        else:
+            out = jnp.concatenate([
+                FrameHead(self.width // 2, size, self.head_norm, name=f"head_{i}")(
+                    x, frame_mask, train=train) for i, size in enumerate(groups)], axis=-1)
         if self.output_activation == "tanh":
             out = jnp.tanh(out)
         return out
@@ -106,7 +158,10 @@ class MultiEncoderFusion(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The authors' model for EXPR and AU (d_affine 256; their VA model uses 512)."""
+    """The authors' model for EXPR and AU (d_affine 256; their VA model uses 512): per-set
+    positions (Eq. 1), one Linear -> BatchNorm -> Linear head per output. EXPR's single 8-class
+    head needs head_sizes=(8,). attention_dropout (a float placeholder left at None) means
+    `dropout`."""
     return ml_collections.ConfigDict({
         "name": "fusion",
         "feature_sets": ("vit", "openface"),
@@ -116,9 +171,14 @@ def default_config() -> ml_collections.ConfigDict:
         "num_heads": 4,
         "mlp_ratio": 2,
         "dropout": 0.2,
+        "attention_dropout": config_dict.placeholder(float),
         "norm": "post",
         "activation": "relu",
-        "head_norm": "layer",
+        "pe_after_concat": False,
+        "pe_dropped": False,
+        "heads": "per_output",
+        "head_sizes": (),
+        "head_norm": "batch",
         "output_activation": "none",
         "attend_absent": False,
         "attention_impl": "default",
@@ -141,7 +201,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
     any other unknown key, or a bad value, is an error naming it.
     """
-    kwargs = layers.module_kwargs(MultiEncoderFusion, model_cfg, ("feature_sets",))
+    kwargs = layers.module_kwargs(MultiEncoderFusion, model_cfg, ("feature_sets", "head_sizes"))
     model = MultiEncoderFusion(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
     _validate(model)
     return model
@@ -165,6 +225,12 @@ def _validate(model: MultiEncoderFusion) -> None:
     need(0.0 <= model.input_dropout < 1.0, "input_dropout", "must be in [0, 1)")
     need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
     need(model.head_norm in HEAD_NORMS, "head_norm", f"one of {HEAD_NORMS}")
+    need(model.heads in HEADS, "heads", f"one of {HEADS}")
+    need(all(int(k) >= 1 for k in model.head_sizes), "head_sizes", "sizes must be >= 1")
+    need(model.heads == "shared" or sum(model.output_groups()) == model.num_outputs,
+         "head_sizes", f"must add up to the {model.num_outputs} outputs")
+    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
+         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
     need(model.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
          f"one of {OUTPUT_ACTIVATIONS}")
     need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")

@@ -80,15 +80,22 @@ class LearnedPositions(nn.Module):
 
 
 class MultiHeadSelfAttention(nn.Module):
-    """Multi-head self-attention with a key mask (`attention.dot_product_attention`)."""
+    """Multi-head self-attention with a key mask (`attention.dot_product_attention`).
+
+    `dropout_rate` drops attention weights when `deterministic` is False (rng "dropout"), as
+    torch.nn.MultiheadAttention does; such calls run the einsum kernel (the fused ones take no
+    dropout), calls without dropout keep `attention_impl`.
+    """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str = "default"
+    dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
+                 deterministic: bool = True) -> jax.Array:
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model width {dim} is not divisible by num_heads {self.num_heads}")
@@ -98,8 +105,13 @@ class MultiHeadSelfAttention(nn.Module):
                                   kernel_init=_dense_init)
         q, k, v = (dense(name=n)(x) for n in ("query", "key", "value"))   # [B, L, H, D/H]
         mask = None if key_mask is None else attention_mask(key_mask)
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
         y = attention_lib.dot_product_attention(q, k, v, mask,
-                                                implementation=self.attention_impl)
+                                                implementation=self.attention_impl,
+                                                dropout_rate=self.dropout_rate,
+                                                dropout_rng=dropout_rng)
         return linear.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype,
                                    param_dtype=self.param_dtype, kernel_init=_dense_init,
                                    name="out")(y)
@@ -109,14 +121,17 @@ class EncoderBlock(nn.Module):
     """One Transformer encoder layer: self-attention and an MLP, each with a residual.
 
     norm "post" (the original Transformer and PyTorch's default): x = LN(x + drop(f(x)));
-    norm "pre": x = x + drop(f(LN(x))). Dropout is applied to the attention output, after the
-    MLP activation and to the MLP output, like torch.nn.TransformerEncoderLayer; attention weights
-    are not dropped (the fused attention kernels take no dropout).
+    norm "pre": x = x + drop(f(LN(x))). Dropout is applied in the four places
+    torch.nn.TransformerEncoderLayer applies it: the attention weights (`attention_dropout`,
+    None meaning `dropout`, torch's single rate), the attention output, after the MLP activation
+    and the MLP output. Training with attention dropout runs the einsum attention kernel; set
+    attention_dropout=0.0 to keep a fused kernel in training (the behaviour before the option).
     """
 
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
     layer_norm_eps: float = 1e-5
@@ -134,9 +149,15 @@ class EncoderBlock(nn.Module):
         dense = functools.partial(linear.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                                   kernel_init=_dense_init)
         drop = functools.partial(nn.Dropout(self.dropout), deterministic=not train)
-        attention = MultiHeadSelfAttention(self.num_heads, dtype=self.dtype,
-                                           param_dtype=self.param_dtype,
-                                           attention_impl=self.attention_impl, name="attention")
+        attention_rate = (self.dropout if self.attention_dropout is None
+                          else self.attention_dropout)
+        if not 0.0 <= attention_rate < 1.0:
+            raise ValueError(f"attention_dropout must be in [0, 1), got {attention_rate!r}")
+        attention = functools.partial(
+            MultiHeadSelfAttention(self.num_heads, dtype=self.dtype, param_dtype=self.param_dtype,
+                                   attention_impl=self.attention_impl,
+                                   dropout_rate=attention_rate, name="attention"),
+            deterministic=not train)
 
         def mlp(y):
             y = dense(self.mlp_dim, name="mlp_in")(y)
@@ -152,12 +173,15 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm."""
+    """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm.
+
+    `attention_dropout` None drops attention weights at `dropout` (see EncoderBlock)."""
 
     num_layers: int
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
     layer_norm_eps: float = 1e-5
@@ -169,7 +193,8 @@ class Encoder(nn.Module):
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
                  train: bool = False) -> jax.Array:
         for i in range(self.num_layers):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout, norm=self.norm,
+            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout,
+                             attention_dropout=self.attention_dropout, norm=self.norm,
                              activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                              dtype=self.dtype, param_dtype=self.param_dtype,
                              attention_impl=self.attention_impl, name=f"block_{i}")(
@@ -179,6 +204,79 @@ class Encoder(nn.Module):
             x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
                              param_dtype=self.param_dtype, name="norm_final")(x)
         return x
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the last axis with statistics from the valid entries only.
+
+    torch.nn.BatchNorm1d semantics (the heads of systems B and C normalise with it): in training
+    (`use_running_average` False) the features are normalised with the mean and biased variance
+    of the valid rows of the batch, and the running averages in the "batch_stats" collection
+    move by `momentum` towards that mean and the unbiased variance (n / (n - 1) times the biased
+    one); at inference they replace the batch statistics. `momentum` is torch's (0.1: the new
+    statistic's share), `epsilon` torch's 1e-5.
+
+    `mask` (broadcastable to x.shape[:-1]) says which rows count: padding frames of a window
+    must not move the statistics. Masked rows are normalised like the others (their outputs are
+    ignored downstream). A batch without any valid row leaves the running averages unchanged and
+    is normalised with them.
+
+    Training needs the collection mutable: `model.apply(variables, ..., train=True,
+    mutable=["batch_stats"])` returns `(outputs, {"batch_stats": new_stats})`; a call without
+    it is an error naming what to pass, as is inference without the "batch_stats" variables.
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+                 use_running_average: bool) -> jax.Array:
+        features = x.shape[-1]
+        initializing = self.is_initializing()
+        where = "/".join(self.path) or "BatchNorm"
+        if not initializing and not self.has_variable("batch_stats", "mean"):
+            raise ValueError(
+                f"{where}: BatchNorm needs the model's 'batch_stats' variables: apply "
+                f"with {{'params': ..., 'batch_stats': ...}} (both made by model.init)")
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            if not initializing and not self.is_mutable_collection("batch_stats"):
+                raise ValueError(
+                    f"{where}: training with BatchNorm updates the 'batch_stats' "
+                    f"collection: apply with mutable=['batch_stats'] and keep the returned "
+                    f"statistics")
+            rows = x.reshape(-1, features)
+            if mask is None:
+                weight = jnp.ones((rows.shape[0], 1), jnp.float32)
+            else:
+                weight = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape[:-1]).reshape(-1, 1)
+                weight = weight.astype(jnp.float32)
+            count = jnp.sum(weight)
+            any_valid = count > 0
+            safe = jnp.maximum(count, 1.0)
+            batch_mean = jnp.sum(weight * rows, axis=0) / safe
+            # Centred second moment: E[x^2] - E[x]^2 cancels badly in float32.
+            batch_var = jnp.sum(weight * jnp.square(rows - batch_mean), axis=0) / safe
+            mean = jnp.where(any_valid, batch_mean, ra_mean.value)
+            var = jnp.where(any_valid, batch_var, ra_var.value)
+            if not initializing:
+                unbiased = batch_var * count / jnp.maximum(count - 1.0, 1.0)
+                m = self.momentum
+                ra_mean.value = jnp.where(
+                    any_valid, (1.0 - m) * ra_mean.value + m * jax.lax.stop_gradient(batch_mean),
+                    ra_mean.value)
+                ra_var.value = jnp.where(
+                    any_valid, (1.0 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased),
+                    ra_var.value)
+        y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        return y * scale + bias
 
 
 def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...] = ()) -> dict:

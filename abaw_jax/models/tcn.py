@@ -4,12 +4,25 @@ Zhou et al., "Boosting Continuous Emotion Recognition with Self-Pretraining usin
 Autoencoders, Temporal Convolutional Networks, and Transformers" (6th ABAW). Per-frame features
 (a fine-tuned MAE ViT-B/16 in the paper) go through
 
-    TemporalConvNet -> 1x1 projection to d_model -> positions -> Encoder -> per-frame head
+    TemporalConvNet -> 1x1 projection to d_model -> Encoder -> per-frame head
 
-The authors' code: TCN blocks with output channels [768, 256, 128], kernel 5, dilations 1/2/4,
-weight normalisation and PReLU; a projection to 512; an 8-layer, 4-head encoder with feed-forward
-512 and dropout 0.3; a head Linear(512, 256), BatchNorm, Linear. `use_tcn` and `use_transformer`
-switch off either part for the paper's ablations (table 5).
+Defaults: dropout 0.3 is the paper's (§4.1.2); the paper is silent on the rest, which follows the
+authors' code (upczww/abaw6, `VA/model/tcn.py`, `trans_encoder.py`, `model.py`): **causal** TCN
+blocks (padding (k - 1) d and Chomp1d) with output channels [768, 256, 128], kernel 5, dilations
+1/2/4, weight normalisation and nn.PReLU() (**one shared slope** per activation, initially .25);
+a 1x1 projection to 512; **no position encoding**; an 8-layer, 4-head post-norm
+nn.TransformerEncoderLayer stack with feed-forward 512 (dropout in its four places, attention
+weights included); a head Linear(512, 256) -> **BatchNorm1d** -> Linear. `use_tcn` and
+`use_transformer` switch off either part for the paper's ablations (table 5).
+
+Named variants: `causal=False` (centred convolutions), `pos_encoding="sinusoidal"` / "learned"
+(with `pos_dropout` for a dropout after it), `head_norm="layer"` / "none", `prelu_slopes=
+"channel"` (one slope per channel); these were this module's defaults before.
+
+BatchNorm head: statistics over the valid frames (`frame_mask`) of the batch only, running
+averages for inference (`layers.MaskedBatchNorm`). Such a model has a "batch_stats" collection:
+training applies it with `mutable=["batch_stats"]` and keeps the returned statistics;
+inference passes them with the params.
 
 The TCN follows Bai et al., "An Empirical Evaluation of Generic Convolutional and Recurrent
 Networks for Sequence Modeling" (2018): each residual block is conv -> activation -> dropout ->
@@ -24,6 +37,9 @@ Padding and frames without a face:
 - Frames without a face image (`present` False) carry placeholder features. Unless
   `attend_absent`, those features are zeroed before the TCN and the frames are left out of the
   encoder's attention keys, like system A. Their outputs still come from their context.
+- The BatchNorm head's batch statistics are taken over the frames where `frame_mask` is True:
+  padding never moves them; frames without a face count (the authors' code feeds every frame of
+  its windows, faceless ones forward-filled, to BatchNorm1d).
 
 rngs: "dropout" for dropout (train only).
 """
@@ -37,12 +53,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_dict
 
 from abaw_jax.models import layers
 
 TCN_ACTIVATIONS = ("prelu", "relu", "gelu")
-HEAD_NORMS = ("layer", "none")
-POS_ENCODINGS = ("sinusoidal", "learned")
+HEAD_NORMS = ("batch", "layer", "none")
+POS_ENCODINGS = ("none", "sinusoidal", "learned")
+PRELU_SLOPES = ("shared", "channel")
 OUTPUT_ACTIVATIONS = ("none", "tanh")
 
 
@@ -88,13 +106,20 @@ def receptive_field(kernel_size: int, dilations: Sequence[int], convs_per_block:
 
 
 class PReLU(nn.Module):
-    """Leaky ReLU with a learned negative slope per channel (He et al. 2015), initially 0.25."""
+    """Leaky ReLU with a learned negative slope (He et al. 2015), initially 0.25.
+
+    One slope shared by all channels (param "slope" of shape [1]) as torch's nn.PReLU() with its
+    default num_parameters=1, which the authors of system B use; `per_channel` learns one per
+    channel ([C], nn.PReLU(C)).
+    """
 
     init_slope: float = 0.25
+    per_channel: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        slope = self.param("slope", nn.initializers.constant(self.init_slope), (x.shape[-1],),
+        shape = (x.shape[-1],) if self.per_channel else (1,)
+        slope = self.param("slope", nn.initializers.constant(self.init_slope), shape,
                            jnp.float32)
         return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
@@ -133,10 +158,12 @@ class WeightNormConv(nn.Module):
         return y + bias.astype(self.dtype)
 
 
-def _activation(name: str, module_name: str) -> Callable[[jax.Array], jax.Array]:
+def _activation(name: str, module_name: str,
+                prelu_slopes: str = "shared") -> Callable[[jax.Array], jax.Array]:
     layers.check_choice("tcn_activation", name, TCN_ACTIVATIONS)
     if name == "prelu":
-        return PReLU(name=module_name)
+        layers.check_choice("prelu_slopes", prelu_slopes, PRELU_SLOPES)
+        return PReLU(per_channel=prelu_slopes == "channel", name=module_name)
     if name == "relu":
         return nn.relu
     return lambda x: nn.gelu(x, approximate=False)
@@ -149,9 +176,10 @@ class TemporalBlock(nn.Module):
     kernel_size: int
     dilation: int
     dropout: float = 0.0
-    causal: bool = False
+    causal: bool = True
     weight_norm: bool = True
     activation: str = "prelu"
+    prelu_slopes: str = "shared"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -169,28 +197,30 @@ class TemporalBlock(nn.Module):
                                kernel_dilation=(self.dilation,), dtype=self.dtype,
                                name=f"conv_{i}")
             h = conv(h * keep)
-            h = _activation(self.activation, f"act_{i}")(h)
+            h = _activation(self.activation, f"act_{i}", self.prelu_slopes)(h)
             h = nn.Dropout(self.dropout)(h, deterministic=not train)
         residual = x
         if x.shape[-1] != self.features:
             residual = nn.Conv(self.features, (1,), dtype=self.dtype, name="residual")(x)
-        return _activation(self.activation, "act_out")(h + residual)
+        return _activation(self.activation, "act_out", self.prelu_slopes)(h + residual)
 
 
 class TemporalConvNet(nn.Module):
     """Stacked residual blocks of dilated 1-D convolutions: [B, L, D] -> [B, L, channels[-1]].
 
     `channels` are the blocks' output channels; `dilations` empty means 2**i for block i. The
-    output has the input's length for every kernel size (see `conv_padding`).
+    output has the input's length for every kernel size (see `conv_padding`). Causal by default,
+    as the authors' code (Chomp1d after each convolution).
     """
 
     channels: Sequence[int]
     kernel_size: int = 5
     dilations: Sequence[int] = ()
     dropout: float = 0.0
-    causal: bool = False
+    causal: bool = True
     weight_norm: bool = True
     activation: str = "prelu"
+    prelu_slopes: str = "shared"
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -207,7 +237,8 @@ class TemporalConvNet(nn.Module):
                 zip(self.channels, block_dilations(self.dilations, len(self.channels)))):
             x = TemporalBlock(int(features), self.kernel_size, dilation, dropout=self.dropout,
                               causal=self.causal, weight_norm=self.weight_norm,
-                              activation=self.activation, dtype=self.dtype, name=f"block_{i}")(
+                              activation=self.activation, prelu_slopes=self.prelu_slopes,
+                              dtype=self.dtype, name=f"block_{i}")(
                                   x, frame_mask, train=train)
         return x
 
@@ -215,22 +246,26 @@ class TemporalConvNet(nn.Module):
 class FrameHead(nn.Module):
     """Per-frame output MLP: Dense(hidden) -> norm -> Dense(num_outputs), in float32.
 
-    The authors normalise with BatchNorm. norm "layer" (the default) uses LayerNorm instead:
-    batch statistics would mix padding and faceless frames into the estimate, need a mutable
-    "batch_stats" collection the params-only train state does not carry, and make a frame's
-    prediction depend on the rest of its batch. norm "none" leaves the hidden layer unnormalised.
+    norm "batch" (the authors' code of systems B and C: nn.BatchNorm1d over the frames of the
+    batch) normalises with statistics of the frames where `mask` is True (padding excluded) and
+    keeps running averages for inference in "batch_stats" (`layers.MaskedBatchNorm`). "layer"
+    uses LayerNorm, which needs no batch statistics and keeps a frame's prediction independent
+    of the rest of its batch. "none" leaves the hidden layer unnormalised.
     """
 
     hidden: int
     num_outputs: int
-    norm: str = "layer"
+    norm: str = "batch"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None, *,
+                 train: bool = False) -> jax.Array:
         layers.check_choice("head_norm", self.norm, HEAD_NORMS)
         # The head is tiny; float32 keeps logits and VA values precise.
         x = nn.Dense(self.hidden, dtype=jnp.float32, name="hidden")(x.astype(jnp.float32))
-        if self.norm == "layer":
+        if self.norm == "batch":
+            x = layers.MaskedBatchNorm(name="norm")(x, mask, use_running_average=not train)
+        elif self.norm == "layer":
             x = nn.LayerNorm(dtype=jnp.float32, name="norm")(x)
         return nn.Dense(self.num_outputs, dtype=jnp.float32, name="out")(x)
 
@@ -251,6 +286,8 @@ class TCNTransformer(nn.Module):
     use_tcn False feeds the features straight to the projection; use_transformer False drops the
     positions and the encoder (the model then sees time only through the TCN).
     output_activation "tanh" bounds outputs to [-1, 1] (VA); "none" returns logits.
+    attention_dropout None drops attention weights at `dropout` (torch's single rate);
+    pos_dropout is a dropout after a position encoding (the default has no encoding at all).
     """
 
     num_outputs: int
@@ -259,18 +296,21 @@ class TCNTransformer(nn.Module):
     dilations: Sequence[int] = ()
     weight_norm: bool = True
     tcn_activation: str = "prelu"
-    causal: bool = False
+    prelu_slopes: str = "shared"
+    causal: bool = True
     d_model: int = 512
     num_layers: int = 8
     num_heads: int = 4
     mlp_dim: int = 512
     dropout: float = 0.3
+    attention_dropout: float | None = None
     norm: str = "post"
     activation: str = "relu"
-    pos_encoding: str = "sinusoidal"
+    pos_encoding: str = "none"
+    pos_dropout: float = 0.0
     max_len: int = 1024
     head_dim: int = 256
-    head_norm: str = "layer"
+    head_norm: str = "batch"
     output_activation: str = "none"
     use_tcn: bool = True
     use_transformer: bool = True
@@ -299,27 +339,33 @@ class TCNTransformer(nn.Module):
             x = TemporalConvNet(tuple(self.channels), self.kernel_size, tuple(self.dilations),
                                 dropout=self.dropout, causal=self.causal,
                                 weight_norm=self.weight_norm, activation=self.tcn_activation,
-                                dtype=self.dtype, name="tcn")(x, frame_mask, train=train)
+                                prelu_slopes=self.prelu_slopes, dtype=self.dtype,
+                                name="tcn")(x, frame_mask, train=train)
         # A Dense over channels is the authors' 1x1 convolution.
         x = nn.Dense(self.d_model, dtype=self.dtype, name="proj")(x)
         if self.use_transformer:
             if self.pos_encoding == "sinusoidal":
                 x = x + jnp.asarray(layers.sinusoidal_positions(length, self.d_model), self.dtype)
-            else:
+            elif self.pos_encoding == "learned":
                 x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
-            x = nn.Dropout(self.dropout)(x, deterministic=not train)
+            if self.pos_encoding != "none" and self.pos_dropout:
+                x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
             x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
-                               norm=self.norm, activation=self.activation, dtype=self.dtype,
+                               attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
                                attention_impl=self.attention_impl, name="encoder")(
                                    x, key_mask, train=train)
-        out = FrameHead(self.head_dim, self.num_outputs, self.head_norm, name="head")(x)
+        out = FrameHead(self.head_dim, self.num_outputs, self.head_norm, name="head")(
+            x, frame_mask, train=train)
         if self.output_activation == "tanh":
             out = jnp.tanh(out)
         return out
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The authors' model: TCN [768, 256, 128] (kernel 5, dilations 1/2/4) -> encoder d 512 x 8."""
+    """The paper's dropout (.3) in the authors' model: causal TCN [768, 256, 128] (kernel 5,
+    dilations 1/2/4, shared-slope PReLU) -> 1x1 projection -> encoder d 512 x 8 without position
+    encoding -> head Linear -> BatchNorm -> Linear. attention_dropout (a float placeholder left
+    at None) means `dropout`."""
     return ml_collections.ConfigDict({
         "name": "tcn",
         "channels": (768, 256, 128),
@@ -327,18 +373,21 @@ def default_config() -> ml_collections.ConfigDict:
         "dilations": (1, 2, 4),
         "weight_norm": True,
         "tcn_activation": "prelu",
-        "causal": False,
+        "prelu_slopes": "shared",
+        "causal": True,
         "d_model": 512,
         "num_layers": 8,
         "num_heads": 4,
         "mlp_dim": 512,
         "dropout": 0.3,
+        "attention_dropout": config_dict.placeholder(float),
         "norm": "post",
         "activation": "relu",
-        "pos_encoding": "sinusoidal",
+        "pos_encoding": "none",
+        "pos_dropout": 0.0,
         "max_len": 1024,
         "head_dim": 256,
-        "head_norm": "layer",
+        "head_norm": "batch",
         "output_activation": "none",
         "use_tcn": True,
         "use_transformer": True,
@@ -389,6 +438,10 @@ def _validate(model: TCNTransformer) -> None:
     except ValueError as e:
         raise ValueError(f"model.dilations = {model.dilations!r}: {e}") from None
     need(model.tcn_activation in TCN_ACTIVATIONS, "tcn_activation", f"one of {TCN_ACTIVATIONS}")
+    need(model.prelu_slopes in PRELU_SLOPES, "prelu_slopes", f"one of {PRELU_SLOPES}")
+    need(0.0 <= model.pos_dropout < 1.0, "pos_dropout", "must be in [0, 1)")
+    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
+         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
     need(model.d_model % model.num_heads == 0, "d_model",
          f"must be divisible by model.num_heads={model.num_heads}")
     need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")

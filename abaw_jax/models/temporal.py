@@ -1,9 +1,18 @@
 """System A: a Transformer over per-frame features trained with random frame masking.
 
 Min et al., "Emotion Recognition Using Transformers with Masked Learning" (6th ABAW): precomputed
-ViT features of a window of frames are randomly masked during training (p = 0.2), projected,
-given positions, passed through a 6-layer, 8-head post-norm Transformer encoder (d 768, feed-
-forward 2048, dropout 0.2, as in the authors' PyTorch code) and a per-frame linear head.
+ViT features of a window of frames are randomly masked during training (p = 0.2), given
+sinusoidal positions, passed through a 6-layer, 8-head post-norm Transformer encoder (d 768,
+feed-forward 2048, dropout 0.2) and a per-frame linear head.
+
+Sources of the defaults: masking p .2 of whole frames, 6 layers, 8 heads, dropout .2 and the
+per-frame FC head are the paper's (§3.2, §4.1, Fig. 1). Where the paper is silent the authors'
+code (msjae/ABAW, branch `old`, `transformer_model.py`) decides: d_model = the feature width 768
+with **no input projection** (the positions are added straight to the masked features),
+nn.TransformerEncoderLayer's feed-forward 2048, ReLU, post-norm and its four dropout places
+(attention weights included), and **no dropout after the position encoding**. `input_proj=True`
+and `pos_dropout` > 0 bring back the Dense projection and the dropout after the positions that
+earlier versions of this module had.
 
 Frames without a face image (`present` False) and padding (`frame_mask` False) are excluded from
 the attention keys, so their placeholder features cannot leak into other frames; they still get
@@ -21,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+from ml_collections import config_dict
 
 from abaw_jax.models import layers
 
@@ -67,6 +77,14 @@ class TemporalTransformer(nn.Module):
 
     output_activation "tanh" bounds outputs to [-1, 1] (VA); "none" returns logits (EXPR, AU).
     `max_len` bounds the window length for both position encodings.
+
+    input_proj: False (the authors' code) adds the positions to the features themselves, which
+    needs D == d_model. When D differs from d_model a Dense(d_model) projection ("input_proj")
+    is applied whatever the option says: there is no other way to reach the encoder's width.
+    True always projects (earlier versions of this module did).
+    pos_dropout: dropout rate after the position encoding; 0 (the authors' code has none).
+    attention_dropout: dropout on the attention weights; None means `dropout`, as in torch's
+    TransformerEncoderLayer (see `layers.EncoderBlock`).
     """
 
     num_outputs: int
@@ -75,6 +93,9 @@ class TemporalTransformer(nn.Module):
     num_heads: int = 8
     mlp_dim: int = 2048
     dropout: float = 0.2
+    attention_dropout: float | None = None
+    pos_dropout: float = 0.0
+    input_proj: bool = False
     mask_prob: float = 0.2
     mask_mode: str = "frame"
     mask_value: str = "zero"
@@ -108,14 +129,17 @@ class TemporalTransformer(nn.Module):
 
         x = FeatureMasking(self.mask_prob, self.mask_mode, self.mask_value, name="masking")(
             jnp.asarray(features, jnp.float32), train=train)
-        x = nn.Dense(self.d_model, dtype=self.dtype, name="input_proj")(x)
+        if self.input_proj or features.shape[-1] != self.d_model:
+            x = nn.Dense(self.d_model, dtype=self.dtype, name="input_proj")(x)
+        x = x.astype(self.dtype)
         if self.pos_encoding == "sinusoidal":
             x = x + jnp.asarray(layers.sinusoidal_positions(length, self.d_model), self.dtype)
         else:
             x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
-        x = nn.Dropout(self.dropout)(x, deterministic=not train)
+        if self.pos_dropout:
+            x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
         x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
-                           norm=self.norm, activation=self.activation, dtype=self.dtype,
+                           attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
                            attention_impl=self.attention_impl, name="encoder")(
                                x, key_mask, train=train)
         # The head is tiny; computing it in float32 keeps logits and VA values precise.
@@ -126,13 +150,19 @@ class TemporalTransformer(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """The paper's model (with the authors' code's d_model, feed-forward size and post-norm)."""
+    """The paper's model (with the authors' code's d_model, feed-forward size and post-norm).
+
+    attention_dropout is a float placeholder left at None: the weights are dropped at `dropout`
+    (torch's TransformerEncoderLayer has one rate for all four places)."""
     return ml_collections.ConfigDict({
         "d_model": 768,
         "num_layers": 6,
         "num_heads": 8,
         "mlp_dim": 2048,
         "dropout": 0.2,
+        "attention_dropout": config_dict.placeholder(float),
+        "pos_dropout": 0.0,
+        "input_proj": False,
         "mask_prob": 0.2,
         "mask_mode": "frame",
         "mask_value": "zero",

@@ -10,6 +10,7 @@ onto it by a few renames (see ``abaw_jax.models.weights``)::
                                  LayerNorm_1, MlpBlock_0/{Dense_0,Dense_1}
     Transformer/encoder_norm                      final LayerNorm on all tokens (``final_norm``)
     fc_norm                                       LayerNorm on the pooled vector (``fc_norm``)
+    pooler/{kernel, bias}                         Dense + tanh on the class token (``pool="pooler"``)
 
 Variants are named ``"<size>/<patch>"`` (``"Ti/16"``, ``"B/16"``, ``"L/14"``, ``"S/32"``, ...) and
 are decoded only by :func:`decode_variant`.
@@ -42,7 +43,7 @@ VARIANT_DIMS: dict[str, tuple[int, int, int, int]] = {
     "L": (1024, 24, 16, 4096),
     "H": (1280, 32, 16, 5120),
 }
-POOLS = ("cls", "mean", "gap")
+POOLS = ("cls", "mean", "gap", "pooler")
 DIM_FIELDS = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
 
 
@@ -194,10 +195,23 @@ class ViT(nn.Module):
 
     Images are ``[B, H, W, C]`` with ``(H, W) == image_size``, already normalised. ``tokens`` hold
     the class token first (when present), then the patches in row-major order, after the final
-    LayerNorm. Pooling: ``"cls"`` the class token, ``"mean"`` the average of all tokens including
-    the class token (system A's average pooling of the last layer), ``"gap"`` the average of the
-    patch tokens only (timm's ``global_pool="avg"``). With ``fc_norm`` the LayerNorm is applied to
-    the pooled vector instead of the tokens (timm avg-pool / MAE fine-tuned models).
+    LayerNorm. Pooling:
+
+    * ``"gap"``: the average of the patch tokens only, class token excluded (timm's
+      ``global_pool="avg"``). With the final LayerNorm this is system A's pooling as its paper
+      states it (§3.1: "average pooling to the output of the last layer" instead of the "cls"
+      token, after "Better plain ViT baselines", which averages patch tokens); the authors' 2025
+      code averages ``last_hidden_state[:, 1:]`` the same way.
+    * ``"pooler"``: Hugging Face ``ViTModel``'s ``pooler_output``, tanh(Dense(h_L[CLS])) with
+      h_L after the final LayerNorm (the original ViT's "pre-logits" layer): what system A's
+      released extraction notebook used. Needs a class token and the final LayerNorm; its
+      weights (``pooler.dense.*`` in HF files, ``pre_logits/*`` in original ``.npz`` files) are
+      loaded by ``abaw_jax.models.weights.load_vit``.
+    * ``"cls"``: the class token.
+    * ``"mean"``: the average of all tokens including the class token (no published system).
+
+    With ``fc_norm`` the LayerNorm is applied to the pooled vector instead of the tokens (timm
+    avg-pool / MAE fine-tuned models).
     Parameters are ``param_dtype`` (float32); ``dtype`` is the compute dtype (bfloat16 on GPU/TPU).
     """
 
@@ -222,8 +236,11 @@ class ViT(nn.Module):
     def __post_init__(self):
         if self.pool not in POOLS:
             raise ValueError(f"ViT pool must be one of {POOLS}, got {self.pool!r}")
-        if self.pool == "cls" and not self.class_token:
-            raise ValueError("ViT pool='cls' needs class_token=True")
+        if self.pool in ("cls", "pooler") and not self.class_token:
+            raise ValueError(f"ViT pool={self.pool!r} needs class_token=True")
+        if self.pool == "pooler" and not self.final_norm:
+            raise ValueError("ViT pool='pooler' needs final_norm=True (the pooler reads the class "
+                             "token after the final LayerNorm)")
         if self.width % self.num_heads:
             raise ValueError(f"ViT width {self.width} is not divisible by num_heads {self.num_heads}")
         h, w = image_hw(self.image_size)
@@ -281,6 +298,11 @@ class ViT(nn.Module):
         # Averages in float32: a bf16 sum over hundreds of tokens loses most of its mantissa.
         if self.pool == "cls":
             pooled = tokens[:, 0].astype(jnp.float32)
+        elif self.pool == "pooler":
+            pooled = jnp.tanh(nn.Dense(
+                self.width, dtype=jnp.float32, param_dtype=self.param_dtype,
+                kernel_init=nn.initializers.normal(stddev=0.02), name="pooler")(
+                    tokens[:, 0].astype(jnp.float32)))
         elif self.pool == "mean":
             pooled = jnp.mean(tokens.astype(jnp.float32), axis=1)
         else:
@@ -293,7 +315,8 @@ class ViT(nn.Module):
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """ViT-B/16 at 224 px with mean pooling (system A's frame encoder)."""
+    """ViT-B/16 at 224 px averaging the patch tokens after the final LayerNorm (``pool="gap"``):
+    system A's frame encoder as its paper describes it (§3.1)."""
     return ml_collections.ConfigDict(dict(
         variant="B/16",
         # Explicit dims override the variant's; left unset they come from it.
@@ -304,7 +327,7 @@ def default_config() -> ml_collections.ConfigDict:
         patch_size=config_dict.placeholder(int),
         image_size=224,
         class_token=True,
-        pool="mean",
+        pool="gap",
         final_norm=True,
         fc_norm=False,
         layer_norm_eps=1e-6,

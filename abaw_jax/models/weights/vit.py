@@ -17,10 +17,12 @@
 :func:`load_vit` reads the encoder of any of them; :func:`load_hf_mae` reads a whole Hugging Face
 ``ViTMAEForPreTraining`` (encoder and decoder) into :class:`abaw_jax.models.mae.MAE`.
 
-Classifier heads, poolers and MAE decoders are skipped by :func:`load_vit` and listed in
-``info["ignored_keys"]``; any other key the model has no place for, any key it needs that the
-file lacks, and any shape that does not fit raise :class:`WeightsError` naming the keys and the
-file.
+Classifier heads, MAE decoders and (unless ``pool="pooler"``) poolers are skipped by
+:func:`load_vit` and listed in ``info["ignored_keys"]``. With ``pool="pooler"`` the pooler is
+loaded: Hugging Face ``pooler.dense.{weight,bias}`` or the original ViT's
+``pre_logits/{kernel,bias}`` become the ``pooler`` Dense (timm state dicts have no pooler).
+Any other key the model has no place for, any key it needs that the file lacks, and any shape
+that does not fit raise :class:`WeightsError` naming the keys and the file.
 
 Position embeddings are resampled when the requested ``image_size`` differs from the
 checkpoint's (:mod:`abaw_jax.models.weights.posemb`), by the method the checkpoint's own library
@@ -231,6 +233,9 @@ def _timm_vit(arrays, where, folder, overrides, resize):
         final_norm="norm.weight" in arrays, fc_norm=fc_norm,
         layer_norm_eps=1e-6, qkv_bias="blocks.0.attn.qkv.bias" in arrays)
     m = _build(_vit_fields(overrides, inferred), where)
+    if m.pool == "pooler":
+        raise WeightsError(f"{where}: pool='pooler' needs pooler weights (Hugging Face "
+                           f"pooler.dense.* or .npz pre_logits/*); timm state dicts have none")
     method, antialias = resize or ("bicubic", True)
     entries = _patch_entries("patch_embed.proj.weight", "patch_embed.proj.bias", m, in_ch)
     if m.class_token:
@@ -300,6 +305,11 @@ def _hf_vit(arrays, where, folder, overrides, resize):
         entries += _torch_block_entries(
             f"{block_prefix}{i}", ("Transformer", f"encoderblock_{i}"), mapping, m)
     entries += _layer_norm("layernorm", ("Transformer", "encoder_norm"), m.width)
+    if m.pool == "pooler":
+        # HF ViTPooler: tanh(dense(h[:, 0])), a torch Linear ([out, in] weight).
+        entries += [Entry("pooler.dense.weight", (m.width, m.width), ("pooler", "kernel"),
+                          lambda w: w.T),
+                    Entry("pooler.dense.bias", (m.width,), ("pooler", "bias"))]
 
     # A ViTMAEForPreTraining file without its config.json is still recognisable by its decoder.
     mae = model_type == "vit_mae" or any(k.startswith("decoder.") for k in arrays)
@@ -380,6 +390,10 @@ def _npz_vit(arrays, where, overrides, resize):
         entries += [
             Entry("Transformer/encoder_norm/scale", (d,), ("Transformer", "encoder_norm", "scale")),
             Entry("Transformer/encoder_norm/bias", (d,), ("Transformer", "encoder_norm", "bias"))]
+    if m.pool == "pooler":
+        # The original ViT's representation layer (in21k checkpoints): tanh(Dense(cls)).
+        entries += [Entry("pre_logits/kernel", (d, d), ("pooler", "kernel")),
+                    Entry("pre_logits/bias", (d,), ("pooler", "bias"))]
     norm = (HALF, HALF, "default for ViT .npz checkpoints (inputs scaled to [-1, 1])")
     return m, in_ch, entries, source_grid, (method, antialias), norm
 
