@@ -185,6 +185,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.loss.task_weights = ml_collections.ConfigDict({"VA": 1.0, "EXPR": 1.0, "AU": 1.0})
     c.loss.alpha = 0.25            # focal losses
     c.loss.gamma = 2.0
+    c.loss.alpha_mode = "scalar"   # AU focal: "scalar" (Eq. 1 of system A) or "balanced"
+    c.loss.class_weights = ""      # focal: "" or "inverse_frequency" (system A's code)
     c.loss.label_smoothing = 0.0   # cross-entropy
 
     c.batch_size = 32              # global, in windows of seq_len frames
@@ -261,6 +263,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0,
              "model.d_model", f"must be divisible by model.num_heads={config.model.num_heads}")
     _check_model(config)
+    need(config.loss.alpha_mode in ("scalar", "balanced"), "loss.alpha_mode",
+         "'scalar' or 'balanced'")
+    need(config.loss.class_weights in ("", "inverse_frequency"), "loss.class_weights",
+         "'' or 'inverse_frequency'")
     if config.task == "MTL":
         need(config.loss.name == "mtl", "loss.name", "the multi-task challenge trains 'mtl'")
         for t in VIDEO_TASKS:

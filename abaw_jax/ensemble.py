@@ -105,7 +105,7 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             data = runs.resolve_data(configs[0])
             by_name = {v.name: v for v in data.val}
             score, details = runs.score_split(task, decided, [by_name[n] for n in names])
-            metrics.update(score=score, **details)
+            metrics.update({**details, "score": score})
             files.write_json(split_dir / "metrics.json", metrics)
         results[split] = metrics
     return results

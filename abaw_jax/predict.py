@@ -69,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abaw_jax import checkpoints, ensemble, files, runs, sharding
+from abaw_jax import checkpoints, ensemble, files, models, runs, sharding
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data import video as video_lib
 from abaw_jax.models import encoders
@@ -209,7 +209,7 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     if meta and meta.get("dim") != dim:
         meta, store_dtype = {}, None   # not the store this model was trained on
     return Run(workdir=workdir, config=config, task=task, step=int(step), model=setup.model,
-               params=state["params"], feature_dim=dim, store_dtype=store_dtype,
+               params=models.model_variables(state), feature_dim=dim, store_dtype=store_dtype,
                extractor=str(meta.get("extractor", "")), store_path=store if meta else None)
 
 

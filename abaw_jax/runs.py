@@ -27,6 +27,7 @@ from abaw_jax import checkpoints, files, metrics, optim, sharding, submission
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, pipeline
 from abaw_jax.loop import make_rngs
+from abaw_jax import models
 from abaw_jax.models import build_model
 
 
@@ -138,10 +139,10 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
     if config.task == "MTL":
         # s-Aff-Wild2: each video is the sequence of its annotated frames (data/mtl.py).
         from abaw_jax.data import mtl
-        rows = mtl.loadmtl_split(root, "train") + mtl.loadmtl_split(root, "val")
+        rows = mtl.load_mtl_split(root, "train") + mtl.load_mtl_split(root, "val")
         store = mtl.annotated_rows(store, rows)
-        train = [mtl.as_video(v) for v in mtl.loadmtl_split(root, "train")]
-        val = [mtl.as_video(v) for v in mtl.loadmtl_split(root, "val")]
+        train = [mtl.as_video(v) for v in mtl.load_mtl_split(root, "train")]
+        val = [mtl.as_video(v) for v in mtl.load_mtl_split(root, "val")]
     else:
         train = affwild2.load_split(root, config.task, "train")
         val = affwild2.load_split(root, config.task, "val")
@@ -182,11 +183,16 @@ def model_keys(batch: dict) -> dict:
 
 
 def init_state(model, tx, feature_dims: int | dict[str, int], seq_len: int, rng) -> dict:
-    """Params and optimizer state of a fresh run (traceable: jitted with output shardings)."""
+    """Params, optimizer state and (for models with BatchNorm) the model state of a fresh run
+    (traceable: jitted with output shardings)."""
     x = jax.tree.map(lambda d: jnp.zeros((1, seq_len, d), jnp.float32), feature_dims)
     m = jnp.ones((1, seq_len), bool)
-    params = model.init({"params": rng}, x, m, m, train=False)["params"]
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    params, model_state = models.split_variables(model.init({"params": rng}, x, m, m, train=False))
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+    if model_state:
+        # Only models with running statistics carry this key, so other checkpoints keep theirs.
+        state["model_state"] = model_state
+    return state
 
 
 @dataclasses.dataclass
@@ -222,10 +228,11 @@ def setup_model(config: ml_collections.ConfigDict, feature_dims, mesh,
 
 
 def make_predict(model):
-    """Per-frame outputs of a batch at evaluation (no masking, no dropout)."""
+    """Per-frame outputs of a batch at evaluation (no masking, no dropout); the first argument
+    is `models.model_variables(state)`: the parameters and any model state (BatchNorm)."""
 
-    def predict(params, batch):
-        return model.apply({"params": params}, *model_inputs(batch), train=False)
+    def predict(variables, batch):
+        return model.apply(variables, *model_inputs(batch), train=False)
 
     return predict
 
@@ -394,14 +401,15 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
         if config.task != "MTL":
             features = data.features
-        outputs = predict_split(predict, state["params"], videos, features, config, mesh)
+        outputs = predict_split(predict, models.model_variables(state), videos, features, config,
+                                mesh)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in videos]
         result = {"step": step, "checkpoint": checkpoint}
         if split == "val":
             score, details = score_split(config.task, decided, videos)
-            result.update(score=score, **details)
+            result.update({**details, "score": score})
             if decided is not outputs:
                 result["unsmoothed_score"] = score_split(config.task, outputs, videos)[0]
         if is_main and config.task == "MTL":
@@ -424,10 +432,10 @@ def mtl_split(config, data: Data, split: str, is_main: bool):
     or the test image list grouped into videos; None when the dataset has no test list."""
     from abaw_jax.data import mtl
     if split == "val":
-        rows = mtl.loadmtl_split(data.root, "val") if config.data.fold <= 0 else None
+        rows = mtl.load_mtl_split(data.root, "val") if config.data.fold <= 0 else None
         videos = data.val
         if rows is None:   # a fold's validation videos come from train and val
-            rows = [v for s in ("train", "val") for v in mtl.loadmtl_split(data.root, s)
+            rows = [v for s in ("train", "val") for v in mtl.load_mtl_split(data.root, s)
                     if v.name in {x.name for x in videos}]
         images = [(v.name, int(f)) for v in sorted(rows, key=lambda r: r.name) for f in v.frames]
         return videos, data.features, images

@@ -13,11 +13,13 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
-from abaw_jax import checkpoints, cli, files, losses, loop as loop_lib, metrics, optim, runs, sharding, writers
+from abaw_jax import checkpoints, cli, files, losses, loop as loop_lib, metrics, models, optim, runs
+from abaw_jax import sharding, writers
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, device_bank, features as features_lib, mtl, pipeline
 
@@ -28,9 +30,15 @@ def task_loss(config: ml_collections.ConfigDict, task: str, name: str, labels: n
     kwargs: dict[str, Any] = {}
     if name == "focal":
         kwargs = dict(alpha=config.loss.alpha, gamma=config.loss.gamma)
+        if task == "AU":
+            kwargs["alpha_mode"] = config.loss.alpha_mode
+        if config.loss.class_weights == "inverse_frequency":
+            # System A's code: w = 1 - n_c / sum(n), n counted over the train split's valid labels.
+            kwargs["counts"] = (losses.class_counts(labels, valid, 8) if task == "EXPR"
+                                else losses.positive_counts(labels, valid))
     elif name == "ce" and config.loss.label_smoothing:
         kwargs = dict(label_smoothing=config.loss.label_smoothing)
-    elif name == "wal":
+    elif name in ("wal", "wal_grad"):
         # Per-AU weights from each AU's occurrence rate over the valid frames of the train split.
         labels = np.asarray(labels, np.float64)
         rates = (labels * valid).sum(0) / np.maximum(valid.sum(0), 1)
@@ -58,19 +66,28 @@ def make_train_step(model, tx, loss_fn, schedule, rng):
         step_rng = jax.random.fold_in(rng, state["step"])
         mask_rng, dropout_rng = jax.random.split(step_rng)
 
-        def compute_loss(params):
-            out = model.apply({"params": params}, *runs.model_inputs(batch), train=True,
-                              rngs={"masking": mask_rng, "dropout": dropout_rng})
-            return loss_fn(out, batch["labels"], batch["valid"])
+        def compute_loss(params, model_state):
+            out, new_model_state = models.apply_train(
+                model, params, model_state, *runs.model_inputs(batch),
+                rngs={"masking": mask_rng, "dropout": dropout_rng})
+            return loss_fn(out, batch["labels"], batch["valid"]), new_model_state
 
-        loss, grads = jax.value_and_grad(compute_loss)(state["params"])
+        old_model_state = state.get("model_state", {})
+        (loss, model_state), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+            state["params"], old_model_state)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         stats = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                  "lr": schedule(state["step"])}
         if hasattr(opt_state, "notfinite_count"):
             stats["skipped_updates"] = opt_state.total_notfinite
-        return {"step": state["step"] + 1, "params": params, "opt_state": opt_state}, stats
+            # A skipped update keeps the running statistics too.
+            model_state = jax.tree.map(lambda n, o: jnp.where(jnp.isfinite(loss), n, o),
+                                       model_state, old_model_state)
+        new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state}
+        if "model_state" in state:
+            new["model_state"] = model_state
+        return new, stats
 
     return train_step
 
@@ -124,6 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         if config.model_init:
             _, init_from = checkpoints.restore_params(config.model_init, setup.abstract_state)
             state = dict(state, params=init_from["params"])
+            if "model_state" in init_from:
+                state["model_state"] = init_from["model_state"]
         return state
 
     ckpt, state, step = loop_lib.start(workdir, setup.abstract_state, fresh_state, train_iter,
@@ -131,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     # Evaluation on the validation split with the challenge metric.
     def evaluate(state, s: int) -> loop_lib.Evaluation:
-        outputs = runs.predict_split(predict, state["params"], data.val, data.features, config,
+        outputs = runs.predict_split(predict, models.model_variables(state), data.val, data.features, config,
                                      mesh)
         score, details = runs.score_split(config.task, outputs, data.val)
         values = {"score": score, **{k: v for k, v in details.items()

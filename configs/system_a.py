@@ -26,7 +26,9 @@ def get_config(task: str):
     # Whole frames masked with p = .2 during training only, zero fill (PA 3.2); the code's
     # element-wise masking is the variant mask_mode="element".
     m.mask_prob, m.mask_mode, m.mask_value = 0.2, "frame", "zero"
-    # VA through tanh (code); the multi-task model applies it to its VA outputs only.
+    # One linear layer per frame (PA fig. 1; for the multi-task model its 2 + 8 + 12 output
+    # columns are three independent heads). VA through tanh (code); the multi-task model applies
+    # it to its VA outputs only.
     m.output_activation = {"VA": "tanh", "MTL": "tanh_va"}.get(task, "none")
     config.model = m
 

@@ -33,6 +33,8 @@ def get_config(task: str):
     # Head Linear(512, 256) -> BatchNorm -> Linear (code); no output activation, VA clipped to
     # [-1, 1] in the submission (code).
     m.head_dim, m.head_norm = 256, "batch"
+    # The multi-task model has one such head per task (no source: B was built per task).
+    m.head_sizes = (2, 8, 12) if task == "MTL" else ()
     m.output_activation = "none"
     config.model = m
     # 1 - CCC (PB Eq. 2), cross-entropy (Eq. 3), BCE with logits (Eq. 4).

@@ -28,6 +28,9 @@ def get_config(task: str):
     m.norm, m.activation = "post", "relu"
     # One head per output, Linear(d, d/2) -> BatchNorm -> Linear (code); VA through tanh.
     m.heads, m.head_norm = "per_output", "batch"
+    # One head per output column (VA 2, AU 12, the multi-task model's 2 + 12), one for EXPR's 8
+    # classes (the code's EXPR head).
+    m.head_sizes = {"EXPR": (8,), "MTL": (1, 1, 8) + (1,) * 12}.get(task, ())
     m.output_activation = {"VA": "tanh", "MTL": "tanh_va"}.get(task, "none")
     config.model = m
     # MSE + CCC for VA (PC 4.3, weights of the ABAW7 code), cross-entropy for EXPR (Eq. 6), the

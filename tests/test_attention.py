@@ -84,10 +84,14 @@ def test_einsum_matches_torch_sdpa():
     np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5)
 
 
-def test_default_resolves_per_backend_and_rejects_unknown_names():
-    assert attention.resolve(None) == attention.resolve("default")
-    expected = "einsum" if jax.default_backend() == "cpu" else "jax"
-    assert attention.resolve("default") == expected
+def test_default_resolves_per_platform_and_rejects_unknown_names():
+    """The kernel follows the platform the function is traced for, not the default backend."""
+    from abaw_jax.models import kernels
+    assert attention.resolve(None) == attention.resolve("default") == "jax"
+    with kernels.platform("cpu"):
+        assert attention.resolve("default") == "einsum"
+    with kernels.platform("gpu"):
+        assert attention.resolve("default") == "jax"
     assert attention.resolve("xla") == "xla"
     with pytest.raises(ValueError, match="attention_impl must be one of"):
         attention.resolve("flash")

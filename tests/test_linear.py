@@ -13,6 +13,14 @@ from abaw_jax.models import linear
 INIT = nn.initializers.xavier_uniform()
 
 
+@pytest.fixture(autouse=True, params=["cpu", None], ids=["cpu-kernels", "accelerator-path"])
+def traced_for(request):
+    """Every test runs with the CPU-tuned dense layer and with the plain product GPUs trace."""
+    from abaw_jax.models import kernels
+    with kernels.platform(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("ours,theirs,x_shape", [
     (linear.Dense(24, kernel_init=INIT, bias_init=nn.initializers.normal(0.1)),
      nn.Dense(24, kernel_init=INIT, bias_init=nn.initializers.normal(0.1)), (3, 5, 16)),

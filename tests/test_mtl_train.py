@@ -13,7 +13,8 @@ from conftest import load_config
 
 TINY_MODELS = {
     "transformer": dict(d_model=16, num_heads=2, mlp_dim=32, num_layers=1),
-    "tcn": dict(channels=(16, 8), d_model=16, num_heads=2, mlp_dim=32, num_layers=1, head_dim=8),
+    "tcn": dict(channels=(16, 8), dilations=(1, 2), d_model=16, num_heads=2, mlp_dim=32, num_layers=1,
+                head_dim=8),
     "fusion": dict(d_affine=8, num_heads=2, num_layers=1),
 }
 
@@ -44,9 +45,13 @@ def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, c
     val_images = [(v.name, int(f)) for v in val_rows for f in v.frames]
     got = submission.check_mtl_submission(tmp_path / "predictions" / "val" / "MTL.txt", val_images)
     assert len(got.images) == len(val_images)
-    # The file scores what evaluate reported (decisions rounded to the file's VA decimals).
+    # The file scores what evaluate reported: the same classes and AUs, and VA up to the file's
+    # three decimals.
     scored = submission.score_mtl_submission(tmp_path / "predictions" / "val" / "MTL.txt", val_rows)
-    assert scored["score"] == pytest.approx(results["val"]["score"], abs=2e-3)
+    assert scored["expr_f1"] == pytest.approx(results["val"]["expr_f1"], abs=1e-12)
+    assert scored["au_f1"] == pytest.approx(results["val"]["au_f1"], abs=1e-12)
+    for part in ("valence_ccc", "arousal_ccc"):
+        assert scored[part] == pytest.approx(results["val"][part], abs=2e-2)
     test_images = mtl.load_mtl_test(tiny_demo)
     submission.check_mtl_submission(tmp_path / "predictions" / "test" / "MTL.txt", test_images)
 

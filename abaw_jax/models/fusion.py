@@ -46,7 +46,7 @@ import numpy as np
 from ml_collections import config_dict
 
 from abaw_jax.models import layers
-from abaw_jax.models.tcn import HEAD_NORMS, OUTPUT_ACTIVATIONS, FrameHead
+from abaw_jax.models.tcn import HEAD_NORMS, FrameHead
 
 HEADS = ("per_output", "shared")
 
@@ -96,7 +96,7 @@ class MultiEncoderFusion(nn.Module):
     @nn.compact
     def __call__(self, features: Mapping[str, jax.Array], present: jax.Array,
                  frame_mask: jax.Array, *, train: bool) -> jax.Array:
-        layers.check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        layers.check_choice("output_activation", self.output_activation, layers.OUTPUT_ACTIVATIONS)
         layers.check_choice("heads", self.heads, HEADS)
         if not self.feature_sets:
             raise ValueError("model.feature_sets is empty: name at least one feature set")
@@ -151,9 +151,7 @@ class MultiEncoderFusion(nn.Module):
             out = jnp.concatenate([
                 FrameHead(self.width // 2, size, self.head_norm, name=f"head_{i}")(
                     x, frame_mask, train=train) for i, size in enumerate(groups)], axis=-1)
-        if self.output_activation == "tanh":
-            out = jnp.tanh(out)
-        return out
+        return layers.output_activation(out, self.output_activation)
 
 
 
@@ -231,7 +229,7 @@ def _validate(model: MultiEncoderFusion) -> None:
          "head_sizes", f"must add up to the {model.num_outputs} outputs")
     need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
          "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
-    need(model.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
-         f"one of {OUTPUT_ACTIVATIONS}")
+    need(model.output_activation in layers.OUTPUT_ACTIVATIONS, "output_activation",
+         f"one of {layers.OUTPUT_ACTIVATIONS}")
     need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")
     need(model.activation in layers.ACTIVATIONS, "activation", f"one of {layers.ACTIVATIONS}")

@@ -300,3 +300,18 @@ def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...
             value = (value,) if isinstance(value, str) else tuple(value)
         kwargs[key] = value
     return kwargs
+
+
+# Output activations of the temporal models: "tanh" bounds every output to [-1, 1] (VA);
+# "tanh_va" only the first two, the valence and arousal of a multi-task model's packed outputs
+# (data/mtl.OUTPUT_COLUMNS); "none" returns logits (EXPR, AU).
+OUTPUT_ACTIVATIONS = ("none", "tanh", "tanh_va")
+
+
+def output_activation(out: jax.Array, name: str) -> jax.Array:
+    """`out` [..., C] through the output activation `name` (see OUTPUT_ACTIVATIONS)."""
+    if name == "tanh":
+        return jnp.tanh(out)
+    if name == "tanh_va":
+        return jnp.concatenate([jnp.tanh(out[..., :2]), out[..., 2:]], axis=-1)
+    return out

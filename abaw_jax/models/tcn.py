@@ -61,7 +61,6 @@ TCN_ACTIVATIONS = ("prelu", "relu", "gelu")
 HEAD_NORMS = ("batch", "layer", "none")
 POS_ENCODINGS = ("none", "sinusoidal", "learned")
 PRELU_SLOPES = ("shared", "channel")
-OUTPUT_ACTIVATIONS = ("none", "tanh")
 
 
 def block_dilations(dilations: Sequence[int], num_blocks: int) -> tuple[int, ...]:
@@ -311,6 +310,9 @@ class TCNTransformer(nn.Module):
     max_len: int = 1024
     head_dim: int = 256
     head_norm: str = "batch"
+    # Sizes of separate heads in output order (the multi-task model: (2, 8, 12), one per task);
+    # empty: one head for all outputs, as the authors' per-task models.
+    head_sizes: Sequence[int] = ()
     output_activation: str = "none"
     use_tcn: bool = True
     use_transformer: bool = True
@@ -322,7 +324,7 @@ class TCNTransformer(nn.Module):
     def __call__(self, features: jax.Array, present: jax.Array, frame_mask: jax.Array, *,
                  train: bool) -> jax.Array:
         layers.check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
-        layers.check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        layers.check_choice("output_activation", self.output_activation, layers.OUTPUT_ACTIVATIONS)
         check_inputs(features, present, frame_mask)
         length = features.shape[1]
         if self.use_transformer and length > self.max_len:
@@ -354,11 +356,14 @@ class TCNTransformer(nn.Module):
                                attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
                                attention_impl=self.attention_impl, name="encoder")(
                                    x, key_mask, train=train)
-        out = FrameHead(self.head_dim, self.num_outputs, self.head_norm, name="head")(
-            x, frame_mask, train=train)
-        if self.output_activation == "tanh":
-            out = jnp.tanh(out)
-        return out
+        if self.head_sizes:
+            out = jnp.concatenate([
+                FrameHead(self.head_dim, int(size), self.head_norm, name=f"head_{i}")(
+                    x, frame_mask, train=train) for i, size in enumerate(self.head_sizes)], -1)
+        else:
+            out = FrameHead(self.head_dim, self.num_outputs, self.head_norm, name="head")(
+                x, frame_mask, train=train)
+        return layers.output_activation(out, self.output_activation)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -388,6 +393,7 @@ def default_config() -> ml_collections.ConfigDict:
         "max_len": 1024,
         "head_dim": 256,
         "head_norm": "batch",
+        "head_sizes": (),
         "output_activation": "none",
         "use_tcn": True,
         "use_transformer": True,
@@ -418,7 +424,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
     any other unknown key, or a bad value, is an error naming it.
     """
-    kwargs = layers.module_kwargs(TCNTransformer, model_cfg, ("channels", "dilations"))
+    kwargs = layers.module_kwargs(TCNTransformer, model_cfg, ("channels", "dilations", "head_sizes"))
     model = TCNTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
     _validate(model)
     return model
@@ -447,7 +453,10 @@ def _validate(model: TCNTransformer) -> None:
     need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
     need(model.head_norm in HEAD_NORMS, "head_norm", f"one of {HEAD_NORMS}")
     need(model.pos_encoding in POS_ENCODINGS, "pos_encoding", f"one of {POS_ENCODINGS}")
-    need(model.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
-         f"one of {OUTPUT_ACTIVATIONS}")
+    need(not model.head_sizes or (all(int(k) >= 1 for k in model.head_sizes)
+                                  and sum(int(k) for k in model.head_sizes) == model.num_outputs),
+         "head_sizes", f"sizes >= 1 adding up to the {model.num_outputs} outputs (or empty)")
+    need(model.output_activation in layers.OUTPUT_ACTIVATIONS, "output_activation",
+         f"one of {layers.OUTPUT_ACTIVATIONS}")
     need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")
     need(model.activation in layers.ACTIVATIONS, "activation", f"one of {layers.ACTIVATIONS}")

@@ -37,7 +37,6 @@ from abaw_jax.models import layers
 MASK_MODES = ("frame", "element")
 MASK_VALUES = ("zero", "token")
 POS_ENCODINGS = ("sinusoidal", "learned")
-OUTPUT_ACTIVATIONS = ("none", "tanh")
 
 
 class FeatureMasking(nn.Module):
@@ -112,7 +111,7 @@ class TemporalTransformer(nn.Module):
     def __call__(self, features: jax.Array, present: jax.Array, frame_mask: jax.Array, *,
                  train: bool) -> jax.Array:
         layers.check_choice("pos_encoding", self.pos_encoding, POS_ENCODINGS)
-        layers.check_choice("output_activation", self.output_activation, OUTPUT_ACTIVATIONS)
+        layers.check_choice("output_activation", self.output_activation, layers.OUTPUT_ACTIVATIONS)
         if features.ndim != 3:
             raise ValueError(f"features: expected [B, L, D], got shape {features.shape}")
         for key, m in (("present", present), ("frame_mask", frame_mask)):
@@ -144,9 +143,7 @@ class TemporalTransformer(nn.Module):
                                x, key_mask, train=train)
         # The head is tiny; computing it in float32 keeps logits and VA values precise.
         out = nn.Dense(self.num_outputs, dtype=jnp.float32, name="head")(x.astype(jnp.float32))
-        if self.output_activation == "tanh":
-            out = jnp.tanh(out)
-        return out
+        return layers.output_activation(out, self.output_activation)
 
 
 def default_config() -> ml_collections.ConfigDict:
