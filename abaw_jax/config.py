@@ -158,6 +158,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.seq_len = 100
     c.data.train_stride = 0        # 0: equal to seq_len (non-overlapping windows)
     c.data.eval_stride = 0         # 0: equal to seq_len
+    # "average": overlapping window outputs averaged; "last": frame t from the window ending at
+    # t, read at its last position (causal; seq_len x the evaluation cost; system A's code).
+    c.data.eval_readout = "average"
     # Folds (system B's table 1, data/folds.py): 0 (or -1) trains on Train_Set and validates on
     # Validation_Set; k in [1, num_folds) validates on part k of Train_Set + Validation_Set split
     # into num_folds - 1 parts, video-disjoint by source video ("grouped") or as the authors'
@@ -241,6 +244,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("data.train_stride", "data.eval_stride"):
         # A stride past the window would leave frames between windows unseen.
         need(get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
+    need(config.data.eval_readout in ("average", "last"), "data.eval_readout",
+         "'average' or 'last'")
     need(config.data.num_folds >= 3, "data.num_folds", "must be >= 3 (the official split and at "
          "least two parts)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
@@ -321,7 +326,7 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
 
 
 TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
-                     no_transformer=False, sets="")
+                     no_transformer=False, sets="", windows="")
 
 
 def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -352,6 +357,13 @@ def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> 
         if v.model != "fusion":
             raise ConfigError("variant sets=a+b applies to model=fusion only")
         config.model.feature_sets = tuple(x for x in v.sets.split("+") if x)
+    if v.windows:
+        if v.windows != "causal":
+            raise ConfigError(f"variant windows={v.windows!r}: known: causal")
+        # System A's code: a window ending at every frame (stride 1), each frame predicted from
+        # the window that ends at it.
+        config.data.train_stride = 1
+        config.data.eval_readout = "last"
     if v.steps:
         config.total_steps = v.steps
     return config

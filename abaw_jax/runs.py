@@ -299,10 +299,13 @@ def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, abstract_s
 
 
 def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
-    """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps averaged)."""
+    """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps
+    averaged; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
     seq_len = config.data.seq_len
     bs = config.eval_batch_size or config.batch_size
     sharding.check_batch_size(bs, mesh, "eval_batch_size")
+    if config.data.get("eval_readout", "average") == "last":
+        return predict_split_causal(predict_fn, params, videos, store, config, mesh)
     assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
     batches = pipeline.eval_batches(
         videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
@@ -321,6 +324,44 @@ def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.nd
         keep = np.asarray(local["batch_mask"])
         assembler.add(np.asarray(rows["out"], np.float32)[keep], np.asarray(local["video"])[keep],
                       np.asarray(local["start"])[keep], np.asarray(local["frame_mask"])[keep])
+    return assembler.result()
+
+
+def predict_split_causal(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
+    """Per-frame outputs where frame t is predicted from the window of the `seq_len` frames that
+    end at t, read at its last position: nothing after t is seen (system A's code's protocol).
+
+    One window per frame, so `seq_len` times the windows of non-overlapping evaluation. Frames
+    before `seq_len - 1` use the window starting at 0 with the frames after t masked out (the
+    authors' code repeats the first frame instead; here the missing past is simply absent).
+    """
+    if jax.process_count() > 1:
+        raise config_lib.ConfigError("config.data.eval_readout = 'last' runs on one process")
+    seq_len = config.data.seq_len
+    bs = config.eval_batch_size or config.batch_size
+    reader = pipeline.WindowReader(videos, store, seq_len)
+    video_index = np.concatenate([np.full(n, i, np.int64) for i, n in enumerate(reader.lengths)])
+    frame = np.concatenate([np.arange(n, dtype=np.int64) for n in reader.lengths])
+    start = np.maximum(frame - seq_len + 1, 0)
+    read = frame - start
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    positions = np.arange(seq_len)
+    for k in range(0, len(frame), bs):
+        windows = np.stack([video_index[k:k + bs], start[k:k + bs]], axis=1)
+        n = len(windows)
+        batch = reader.load(windows, rows=bs)
+        seen = np.zeros((bs, seq_len), bool)
+        seen[:n] = positions[None, :] <= read[k:k + n, None]
+        batch["frame_mask"] &= seen
+        batch["present"] &= seen
+        for key in batch:
+            if key == "features" or key.startswith("features/"):
+                batch[key][~seen] = 0.0
+        out = np.asarray(predict_fn(params, sharding.to_global(model_keys(batch), mesh)),
+                         np.float32)
+        readout = np.zeros((n, seq_len), bool)
+        readout[np.arange(n), read[k:k + n]] = True
+        assembler.add(out[:n], batch["video"][:n], batch["start"][:n], readout)
     return assembler.result()
 
 

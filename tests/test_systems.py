@@ -123,3 +123,35 @@ def test_ablation_script_writes_table(tiny_demo, tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "w/o TCN" in table and "w/o Transformer" in table
     assert (tmp_path / "table.png").stat().st_size > 1000
+
+
+def test_causal_readout_sees_no_future_frame(tmp_path):
+    """`:windows=causal` (system A's code): frame t is predicted from the window ending at t;
+    changing any later frame changes nothing before it, and each frame gets one prediction."""
+    from abaw_jax import runs, sharding
+    from abaw_jax.data import affwild2
+    from abaw_jax.data.features import FeatureStore, FeatureStoreWriter
+    config = load_config("va", "demo,windows=causal")
+    assert config.data.train_stride == 1 and config.data.eval_readout == "last"
+    config.data.seq_len, config.eval_batch_size = 8, 4
+    config.model.update(d_model=16, num_heads=2, mlp_dim=32, num_layers=1)
+    rng = np.random.default_rng(0)
+    t, k = 20, 11
+    feats = rng.normal(size=(t, 24)).astype(np.float32)
+    later = feats.copy()
+    later[k + 1:] = rng.normal(size=(t - k - 1, 24))
+    outs = []
+    for name, x in (("a", feats), ("b", later)):
+        with FeatureStoreWriter(tmp_path / name, dim=24, dtype="float32") as w:
+            w.write("clip", x, np.ones(t, bool))
+        store = FeatureStore(tmp_path / name)
+        video = affwild2.Video("clip", t, np.zeros((t, 2), np.float32), np.ones((t, 2), bool),
+                               np.ones(t, bool))
+        mesh = sharding.make_mesh(1)
+        setup = runs.setup_model(config, 24, mesh)
+        state = setup.init_fn(setup.init_rng)
+        outs.append(runs.predict_split(runs.jit_predict(setup.model, mesh),
+                                       {"params": state["params"]}, [video], store, config,
+                                       mesh)[0])
+    np.testing.assert_allclose(outs[0][:k + 1], outs[1][:k + 1], rtol=1e-5, atol=1e-6)
+    assert not np.allclose(outs[0][k + 1:], outs[1][k + 1:])
