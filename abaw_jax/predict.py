@@ -412,13 +412,11 @@ class Predictor:
                     f"{run.workdir}: the model takes {run.feature_dim}-d features but encoder "
                     f"{self.encoder.spec!r} gives {self.encoder.dim}-d; use the encoder the "
                     f"model was trained on (--encoder)")
-        if detector is None:
-            detector = faces_lib.BlazeFaceDetector()
-        elif isinstance(detector, video_lib.FaceDetector):
+        if isinstance(detector, video_lib.FaceDetector):
             wrapped = faces_lib.HaarDetector.__new__(faces_lib.HaarDetector)
             wrapped.haar = detector
             detector = wrapped
-        self.detector = detector
+        self.detector = detector   # None: BlazeFace, loaded at the first video (faces.find_model)
         self.track = track
         self.zoom = zoom
         self.last_faces: list[faces_lib.FollowedFace] = []
@@ -481,6 +479,8 @@ class Predictor:
         self._compile_times.clear()
         clock = _Clock()
 
+        if self.detector is None:
+            self.detector = faces_lib.BlazeFaceDetector()
         # Pass 1: detect (batched), then link tracks and follow the chosen ones.
         detections: list[faces_lib.Faces] = []
         t0 = time.perf_counter()

@@ -130,15 +130,41 @@ class BlazeFaceDetector:
             letterbox = "host" if jax.default_backend() == "cpu" else "device"
         self.letterbox = letterbox
 
-    def _boxed(self, frames: np.ndarray) -> np.ndarray:
+    def _boxed(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         from abaw_jax.models import blazeface
         cv2 = video_lib._cv2()
         size = self.model.variant.input_size
-        _, nh, nw, top, left = blazeface.letterbox_geometry(*frames.shape[1:3], size)
         out = np.zeros((len(frames), size, size, 3), np.uint8)
         for i, frame in enumerate(frames):
+            _, nh, nw, top, left = blazeface.letterbox_geometry(*frame.shape[:2], size)
             out[i, top:top + nh, left:left + nw] = cv2.resize(frame, (nw, nh),
                                                               interpolation=cv2.INTER_AREA)
+        return out
+
+    def detect_images(self, images: Sequence[np.ndarray]) -> list[Faces]:
+        """Faces of RGB images of any sizes (one compiled function for all: host letterbox)."""
+        out: list[Faces] = []
+        for i in range(0, len(images), self.batch_size):
+            part = list(images[i:i + self.batch_size])
+            boxed = self._boxed(part)
+            hw = [im.shape[:2] for im in part]
+            pad = self.batch_size - len(part)
+            if pad:
+                boxed = np.concatenate([boxed, np.zeros((pad, *boxed.shape[1:]), np.uint8)])
+                hw += [hw[-1]] * pad
+            out.extend(self._unpack(self.detector.from_letterboxed(boxed, hw), len(part)))
+        return out
+
+    @staticmethod
+    def _unpack(det, n: int) -> list[Faces]:
+        boxes, kps, scores, valid = (np.asarray(a) for a in det)
+        out = []
+        for j in range(n):
+            v = valid[j]
+            b = boxes[j, v]
+            out.append(Faces(np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]],
+                                      1).astype(np.float32),
+                             scores[j, v].astype(np.float32), kps[j, v].astype(np.float32)))
         return out
 
     def detect_batch(self, frames: np.ndarray) -> list[Faces]:
@@ -157,13 +183,7 @@ class BlazeFaceDetector:
                 padded = np.concatenate([part, np.zeros((self.batch_size - n, *part.shape[1:]),
                                                         np.uint8)]) if n < self.batch_size else part
                 det = self.detector(padded)
-            boxes, kps, scores, valid = (np.asarray(a) for a in det)
-            for j in range(n):
-                v = valid[j]
-                b = boxes[j, v]
-                out.append(Faces(np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]],
-                                          1).astype(np.float32),
-                                 scores[j, v].astype(np.float32), kps[j, v].astype(np.float32)))
+            out.extend(self._unpack(det, n))
         return out
 
     def detect(self, frame: np.ndarray) -> Faces:

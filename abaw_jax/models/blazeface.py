@@ -528,32 +528,46 @@ class Detector:
         anchors = jnp.asarray(model.anchors)
         module, size = model.module, self.size
 
-        def core(variables, images, frame_hw):
-            scale, _, _, top, left = letterbox_geometry(*frame_hw, size)
+        def core(variables, images, geometry):
+            # geometry [B, 3]: scale, top, left of each image's letterbox (traced, so frames of
+            # any size share one compiled function once letterboxed).
             regs, logits = module.apply(variables, images)
             boxes, kps, scores, kept = decode(regs, logits, anchors, float(size), min_score)
             dets = jax.vmap(lambda b, k, s, m: weighted_nms(b, k, s, m, max_faces, nms_threshold))(
                 boxes, kps, scores, kept)
             # Normalised letterbox coordinates -> frame pixels.
-            offset = jnp.array([left, top], jnp.float32)
-            to_px = lambda p: (p * size - offset) / scale
+            scale = geometry[:, 0, None, None, None]            # [B, 1, 1, 1]
+            offset = geometry[:, None, None, 2:0:-1]            # [B, 1, 1, 2]: (left, top)
+            to_px = lambda p: (p * size - offset) / scale       # p: [B, K, n, 2]
             bx = to_px(dets.boxes.reshape(*dets.boxes.shape[:-1], 2, 2)).reshape(dets.boxes.shape)
             kp = to_px(dets.keypoints)
             return Detections(jnp.where(dets.valid[..., None], bx, 0.0),
                               jnp.where(dets.valid[..., None, None], kp, 0.0), dets.scores,
                               dets.valid)
 
-        self._frames = jax.jit(lambda v, frames: core(v, letterbox(frames, size), frames.shape[1:3]))
-        self._boxed = jax.jit(lambda v, images, hw: core(v, images.astype(jnp.float32) / 127.5 - 1.0,
-                                                          hw), static_argnums=2)
+        def from_frames(variables, frames):
+            scale, _, _, top, left = letterbox_geometry(*frames.shape[1:3], size)
+            geometry = jnp.tile(jnp.array([[scale, top, left]], jnp.float32), (frames.shape[0], 1))
+            return core(variables, letterbox(frames, size), geometry)
+
+        self._frames = jax.jit(from_frames)
+        self._boxed = jax.jit(lambda v, images, geometry: core(
+            v, images.astype(jnp.float32) / 127.5 - 1.0, geometry))
 
     def __call__(self, frames) -> Detections:
         """Detections of ``uint8 [B, H, W, 3]`` RGB frames, in frame pixels."""
         return self._frames(self.model.variables, frames)
 
-    def from_letterboxed(self, images, frame_hw: tuple[int, int]) -> Detections:
-        """Detections of ``uint8 [B, S, S, 3]`` letterboxed images of ``frame_hw`` frames."""
-        return self._boxed(self.model.variables, images, (int(frame_hw[0]), int(frame_hw[1])))
+    def from_letterboxed(self, images, frame_hw) -> Detections:
+        """Detections of ``uint8 [B, S, S, 3]`` letterboxed images of frames of size
+        `frame_hw`: one ``(H, W)`` for all, or ``[B, 2]``, one per image."""
+        hw = np.broadcast_to(np.asarray(frame_hw, np.int64).reshape(-1, 2), (len(images), 2))
+        rows = []
+        for h, w in hw:
+            scale, _, _, top, left = letterbox_geometry(int(h), int(w), self.size)
+            rows.append((scale, top, left))
+        geometry = np.array(rows, np.float32)
+        return self._boxed(self.model.variables, images, geometry)
 
 
 def make_detector(model: Model, *, max_faces: int = 16, min_score: float | None = None,
