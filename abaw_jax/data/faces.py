@@ -310,9 +310,40 @@ def choose(tracks: Sequence[Track], faces: Sequence[Faces], mode: str, frame_hw:
                 tr.add(t, f, int(np.argmax(f.boxes[:, 2] * f.boxes[:, 3])))
         return [tr] if tr.frames else []
     if mode == "subject":
-        return [max(tracks, key=lambda tr: tr.dominance(short))] if tracks else []
+        if not tracks:
+            return []
+        return [_absorb(max(tracks, key=lambda tr: tr.dominance(short)), tracks, short)]
     kept = [tr for tr in tracks if len(tr.frames) >= min_frames]
     return sorted(kept, key=Track.mean_x)
+
+
+def _absorb(subject: Track, tracks: Sequence[Track], short: float) -> Track:
+    """The subject plus the tracks that continue it after a gap too long to bridge.
+
+    A face that leaves for more than ``max_gap`` frames comes back as a new track. A track that
+    shares no frame with the subject and starts (or ends) within 1.5 face sizes of where the
+    subject was at the nearest frame is the subject again; candidates are taken by dominance.
+    """
+    merged = Track(list(subject.frames), list(subject.boxes), list(subject.scores),
+                   list(subject.keypoints))
+    for tr in sorted(tracks, key=lambda t: -t.dominance(short)):
+        if tr is subject or set(tr.frames) & set(merged.frames):
+            continue
+        ends = [(tr.frames[0], tr.boxes[0]), (tr.frames[-1], tr.boxes[-1])]
+        close = False
+        for t, box in ends:
+            j = int(np.argmin(np.abs(np.asarray(merged.frames) - t)))
+            ref = merged.boxes[j]
+            size = math.sqrt(max(ref[2] * ref[3], 1e-6))
+            dist = math.hypot(box[0] + box[2] / 2 - ref[0] - ref[2] / 2,
+                              box[1] + box[3] / 2 - ref[1] - ref[3] / 2)
+            close |= dist < 1.5 * size
+        if close:
+            order = np.argsort(merged.frames + tr.frames, kind="stable")
+            for name in ("frames", "boxes", "scores", "keypoints"):
+                joined = getattr(merged, name) + getattr(tr, name)
+                setattr(merged, name, [joined[i] for i in order])
+    return merged
 
 
 def track_names(n: int) -> list[str]:
