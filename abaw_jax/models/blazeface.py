@@ -553,10 +553,22 @@ class Detector:
         self._frames = jax.jit(from_frames)
         self._boxed = jax.jit(lambda v, images, geometry: core(
             v, images.astype(jnp.float32) / 127.5 - 1.0, geometry))
+        self._compiled: dict = {}
+        self.compile_seconds = 0.0   # total jit compile time so far (ahead of time, per shape)
+
+    def _run(self, fn, *args):
+        """Runs a jitted function compiled ahead of time per input shape, timing the compile."""
+        key = (id(fn), *((a.shape, str(a.dtype)) for a in args[1:]))
+        if key not in self._compiled:
+            import time
+            t0 = time.perf_counter()
+            self._compiled[key] = fn.lower(*args).compile()
+            self.compile_seconds += time.perf_counter() - t0
+        return self._compiled[key](*args)
 
     def __call__(self, frames) -> Detections:
         """Detections of ``uint8 [B, H, W, 3]`` RGB frames, in frame pixels."""
-        return self._frames(self.model.variables, frames)
+        return self._run(self._frames, self.model.variables, jnp.asarray(frames))
 
     def from_letterboxed(self, images, frame_hw) -> Detections:
         """Detections of ``uint8 [B, S, S, 3]`` letterboxed images of frames of size
@@ -567,7 +579,7 @@ class Detector:
             scale, _, _, top, left = letterbox_geometry(int(h), int(w), self.size)
             rows.append((scale, top, left))
         geometry = np.array(rows, np.float32)
-        return self._boxed(self.model.variables, images, geometry)
+        return self._run(self._boxed, self.model.variables, jnp.asarray(images), jnp.asarray(geometry))
 
 
 def make_detector(model: Model, *, max_faces: int = 16, min_score: float | None = None,
