@@ -8,12 +8,21 @@
 and best checkpoint); its task (VA, EXPR or AU) fills its columns, so one run per task fills the
 whole table. Several runs of one task are averaged (EXPR and AU in probability space).
 
-Pipeline (`abaw_jax.data.video` has the details): the video is decoded twice, in chunks, so memory
-holds a chunk of frames plus the per-frame features, whatever the length. Pass one finds the
-largest face per frame with OpenCV's Haar cascade and tracks it (short gaps filled, boxes
-smoothed); pass two cuts 112x112 crops like Aff-Wild2's `cropped_aligned` and turns them into
-features with the image encoder; the temporal models then run on sliding windows over the whole
-clip (their training `seq_len` and `eval_stride`, overlaps averaged), batched and jitted.
+Pipeline (`abaw_jax.data.faces` and `abaw_jax.data.video` have the details): the video is decoded
+twice, in chunks, so memory holds a chunk of frames plus the per-frame features, whatever the
+length. Pass one detects faces in batches of frames with MediaPipe's BlazeFace in Flax, jitted on
+the default device (`--detector blazeface`, the default; `--face-model` is the path of
+`face_detection_full_range.tflite` or `face_detection_short_range.tflite`, else
+$ABAW_FACE_MODEL), or with OpenCV's Haar cascade (`--detector haar`), links the detections into
+tracks over frames and follows one (`--track subject`, the default: the track that dominates the
+clip by presence and size; `largest`: the largest face of each frame; `all`: every track, one
+CSV each, suffixed `_left` / `_right` like Aff-Wild2 when there are two); short gaps are filled
+and boxes and keypoints smoothed. Pass two cuts 112x112 crops: aligned on the eyes, nose and
+mouth by a similarity transform, like Aff-Wild2's `cropped_aligned` (square box crops for Haar,
+which gives no keypoints), and turns them into features with the image encoder; the temporal
+models then run on sliding windows over the whole clip (their training `seq_len` and
+`eval_stride`, overlaps averaged), batched and jitted. `python -m abaw_jax.data.faces` writes the
+same crops to a folder for `abaw_jax.extract`.
 
 The encoder must be the one the temporal model was trained on. It is read from the `extractor`
 of the run's training feature store (meta.json) when that names something `--encoder` accepts;
@@ -41,7 +50,11 @@ CSV columns, one row per decoded video frame:
   timestamp_ms   (frame - 1) * 1000 / fps
   face_found     1 when the frame has a face box (detected, or filled in a short gap), else 0
   face_score     detector score in [0, 1); 0 where the box was filled or no face was found
-  x, y, w, h     the square face box in frame pixels (empty without a face)
+  x, y, w, h     the square region of the frame the face crop shows, in frame pixels, before
+                 rotation by `roll` about its centre (empty without a face)
+  roll           the crop's rotation in degrees (0 for Haar box crops)
+  kp_<name>_x, kp_<name>_y   the 6 BlazeFace keypoints in frame pixels (right_eye, left_eye,
+                 nose_tip, mouth_center, right_ear_tragion, left_ear_tragion; empty for Haar)
   valence, arousal                  in [-1, 1]
   expression     the most probable class name
   prob_Neutral ... prob_Other       the 8 expression probabilities
@@ -71,13 +84,17 @@ import numpy as np
 
 from abaw_jax import checkpoints, ensemble, files, models, runs, sharding
 from abaw_jax.data import affwild2, pipeline
+from abaw_jax.data import faces as faces_lib
 from abaw_jax.data import video as video_lib
 from abaw_jax.models import encoders
 
 EXPR_COLUMNS = tuple(f"prob_{c}" for c in affwild2.EXPR_CLASSES)
 AU_COLUMNS = affwild2.AU_NAMES
-COLUMNS = ("frame", "timestamp_ms", "face_found", "face_score", "x", "y", "w", "h",
-           "valence", "arousal", "expression", *EXPR_COLUMNS, *AU_COLUMNS)
+KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion",
+                  "left_ear_tragion")
+KEYPOINT_COLUMNS = tuple(f"kp_{n}_{a}" for n in KEYPOINT_NAMES for a in "xy")
+COLUMNS = ("frame", "timestamp_ms", "face_found", "face_score", "x", "y", "w", "h", "roll",
+           *KEYPOINT_COLUMNS, "valence", "arousal", "expression", *EXPR_COLUMNS, *AU_COLUMNS)
 TASK_COLUMNS = {"VA": ("valence", "arousal"), "EXPR": ("expression", *EXPR_COLUMNS),
                 "AU": AU_COLUMNS}
 STAGES = ("decode", "detect", "crop", "encoder", "temporal")
@@ -301,10 +318,17 @@ class Predictor:
 
     def __init__(self, workdirs: str | os.PathLike | Sequence[str | os.PathLike],
                  encoder: str | encoders.Encoder | None = None, *, checkpoint: str = "best",
-                 batch_size: int = 32, detector: video_lib.FaceDetector | None = None,
+                 batch_size: int = 32, detector: Any = None, track: str = "subject",
                  crop_size: int = 112, margin: float = 0.4, max_gap_s: float = 0.5,
-                 smooth_s: float = 0.07, chunk_size: int = 64):
-        """Restores every workdir and resolves the encoder (module doc); raises PredictError."""
+                 smooth_s: float = 0.07, chunk_size: int = 64, zoom: float = 0.75):
+        """Restores every workdir and resolves the encoder (module doc); raises PredictError.
+
+        `detector`: a front-end of `abaw_jax.data.faces` (or a Haar `video.FaceDetector`);
+        default BlazeFace with the model file of `faces.find_model`. `track`: "subject",
+        "largest" or "all" (module doc).
+        """
+        if track not in faces_lib.TRACK_MODES:
+            raise PredictError(f"track={track!r}: choose one of {', '.join(faces_lib.TRACK_MODES)}")
         if isinstance(workdirs, (str, os.PathLike)):
             workdirs = [workdirs]
         if not workdirs:
@@ -319,7 +343,14 @@ class Predictor:
                     f"{run.workdir}: the model takes {run.feature_dim}-d features but encoder "
                     f"{self.encoder.spec!r} gives {self.encoder.dim}-d; use the encoder the "
                     f"model was trained on (--encoder)")
-        self.detector = detector or video_lib.FaceDetector()
+        if isinstance(detector, video_lib.FaceDetector):
+            wrapped = faces_lib.HaarDetector.__new__(faces_lib.HaarDetector)
+            wrapped.haar = detector
+            detector = wrapped
+        self.detector = detector   # None: BlazeFace, loaded at the first video (faces.find_model)
+        self.track = track
+        self.zoom = zoom
+        self.last_faces: list[faces_lib.FollowedFace] = []
         self.batch_size = batch_size
         self.crop_size = crop_size
         self.margin = margin
@@ -359,39 +390,58 @@ class Predictor:
                       fps: float | None = None) -> dict[str, np.ndarray]:
         """Predicts every frame of a video file or frame folder; returns {column: array [T]}.
 
+        The followed face is the subject (or the largest face, per `track`); with track "all"
+        this is the leftmost track's table, and `predict_tracks` gives every one.
         Per-stage wall times of this call (seconds; "compile" for first-time jit compiles) are
         left in `self.timings`, and the inputs of the temporal models in `self.last_features`
         (float32 [T, dim], zeros without a face) and `self.last_present` (bool [T]).
+        """
+        return next(iter(self.predict_tracks(video, fps).values()))
+
+    def predict_tracks(self, video: str | os.PathLike | video_lib.FrameSource,
+                       fps: float | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Like `predict_video`, one table per followed face: {name suffix: table}.
+
+        The suffix is "" for a single face, "_left" / "_right" for two, "_face<k>" (left to
+        right) for more; `self.last_faces` keeps the followed faces.
         """
         source = video_lib.open_source(video, fps)
         fps = source.info.fps
         self._compile_times.clear()
         clock = _Clock()
 
-        # Pass 1: detect, then track.
-        detections: list[np.ndarray] = []
+        if self.detector is None:
+            self.detector = faces_lib.BlazeFaceDetector()
+        # Pass 1: detect (batched), then link tracks and follow the chosen ones.
+        detections: list[faces_lib.Faces] = []
         t0 = time.perf_counter()
+        compiled_before = self._detector_compile_seconds()
         for chunk in source.chunks(self.chunk_size):
             t0 = clock.add("decode", t0)
-            detections.extend(self.detector.detect(f) for f in chunk)
+            detections.extend(self.detector.detect_batch(chunk))
             t0 = clock.add("detect", t0)
+        # The detector's first-time jit compile is reported with the others, not as detection.
+        self._compile_times["detect"] = self._detector_compile_seconds() - compiled_before
         num_frames = len(detections)
-        track = video_lib.track_faces(detections, max_gap=int(round(self.max_gap_s * fps)),
-                                      smooth=self.smooth_s * fps)
+        followed = faces_lib.faces_of_video(
+            detections, (source.info.height, source.info.width), fps, mode=self.track,
+            max_gap_s=self.max_gap_s, smooth_s=self.smooth_s)
+        names = faces_lib.track_names(len(followed)) if self.track == "all" else [""]
         t0 = clock.add("detect", t0)
 
         # Pass 2: crops of the frames with a face -> features; zeros elsewhere.
-        features = np.zeros((num_frames, self.encoder.dim), np.float32)
-        if track.found.any():
+        features = [np.zeros((num_frames, self.encoder.dim), np.float32) for _ in followed]
+        if any(f.found.any() for f in followed):
             seen = 0
             for chunk in source.chunks(self.chunk_size):
                 t0 = clock.add("decode", t0)
-                rows = np.flatnonzero(track.found[seen:seen + len(chunk)])
-                crops = video_lib.crop_faces(chunk[rows], track.boxes[seen + rows],
-                                             size=self.crop_size, margin=self.margin)
-                t0 = clock.add("crop", t0)
-                features[seen + rows] = self._encode_crops(crops)
-                t0 = clock.add("encoder", t0)
+                for face, feats in zip(followed, features):
+                    rows = np.flatnonzero(face.found[seen:seen + len(chunk)])
+                    crops = faces_lib.face_crops(chunk[rows], face, seen + rows, size=self.crop_size,
+                                                 zoom=self.zoom, margin=self.margin)
+                    t0 = clock.add("crop", t0)
+                    feats[seen + rows] = self._encode_crops(crops)
+                    t0 = clock.add("encoder", t0)
                 seen += len(chunk)
             if seen != num_frames:
                 raise video_lib.VideoError(
@@ -403,24 +453,30 @@ class Predictor:
                 f"predictions come from the models alone and say nothing about this clip",
                 RuntimeWarning, stacklevel=2)
 
-        self.last_features, self.last_present = features, track.found.copy()
+        self.last_features, self.last_present = features[0], followed[0].found.copy()
+        self.last_faces = followed
 
-        # Temporal models, averaged per task.
-        by_task: dict[str, list[np.ndarray]] = {}
-        for run, compiled in zip(self.runs, self._temporal):
-            out = run_temporal(run, features, track.found, batch_size=self.batch_size,
-                               compiled=compiled)
-            by_task.setdefault(run.task, []).append(ensemble.to_probabilities(run.task, out))
-        t0 = clock.add("temporal", t0)
-
-        table = self._table(num_frames, fps, track,
-                            {task: np.mean(v, axis=0) for task, v in by_task.items()})
+        # Temporal models, averaged per task, for each followed face.
+        tables = {}
+        for name, face, feats in zip(names, followed, features):
+            by_task: dict[str, list[np.ndarray]] = {}
+            for run, compiled in zip(self.runs, self._temporal):
+                out = run_temporal(run, feats, face.found, batch_size=self.batch_size,
+                                   compiled=compiled)
+                by_task.setdefault(run.task, []).append(ensemble.to_probabilities(run.task, out))
+            t0 = clock.add("temporal", t0)
+            tables[name] = self._table(num_frames, fps, face,
+                                       {task: np.mean(v, axis=0) for task, v in by_task.items()})
         # Compiles happen inside the encoder and temporal stages; they are reported apart.
         self.timings = dict(clock.seconds, frames=num_frames,
                             compile=sum(self._compile_times.values()))
         for stage, seconds in self._compile_times.items():
             self.timings[stage] = self.timings.get(stage, 0.0) - seconds
-        return table
+        return tables
+
+    def _detector_compile_seconds(self) -> float:
+        inner = getattr(self.detector, "detector", None)
+        return float(getattr(inner, "compile_seconds", 0.0))
 
     def _encode_crops(self, crops: np.ndarray) -> np.ndarray:
         out = np.zeros((len(crops), self.encoder.dim), np.float32)
@@ -433,7 +489,7 @@ class Predictor:
                 self._encode(self.encoder.variables, padded), np.float32)[:len(part)]
         return out
 
-    def _table(self, num_frames: int, fps: float, track: video_lib.FaceTrack,
+    def _table(self, num_frames: int, fps: float, track: faces_lib.FollowedFace,
                probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         frame = np.arange(1, num_frames + 1)
         nan = np.full(num_frames, np.nan)
@@ -443,8 +499,14 @@ class Predictor:
             "face_found": track.found.astype(np.int64),
             "face_score": track.score.astype(np.float64),
         }
+        boxes, roll = faces_lib.crop_boxes(track, size=self.crop_size, zoom=self.zoom,
+                                           margin=self.margin)
         for j, key in enumerate("xywh"):
-            table[key] = np.where(track.found, track.boxes[:, j].astype(np.float64), np.nan)
+            table[key] = np.where(track.found, boxes[:, j].astype(np.float64), np.nan)
+        table["roll"] = np.where(track.found, roll.astype(np.float64), np.nan)
+        for j, col in enumerate(KEYPOINT_COLUMNS):
+            table[col] = np.where(track.found, track.keypoints[:, j // 2, j % 2].astype(np.float64),
+                                  np.nan)
         for task in affwild2.TASKS:
             p = probs.get(task)
             if p is not None and not np.isfinite(p).all():
@@ -471,7 +533,8 @@ class Predictor:
 
 
 _FORMATS = {"timestamp_ms": "{:.3f}", "face_score": "{:.4f}", "x": "{:.1f}", "y": "{:.1f}",
-            "w": "{:.1f}", "h": "{:.1f}"}
+            "w": "{:.1f}", "h": "{:.1f}", "roll": "{:.1f}",
+            **{c: "{:.1f}" for c in KEYPOINT_COLUMNS}}
 
 
 def write_csv(table: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
@@ -595,9 +658,7 @@ def write_overlay(video: str | os.PathLike | video_lib.FrameSource, table: Mappi
                     break
                 img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
                 if table["face_found"][i]:
-                    x, y, w, h = (int(round(table[k][i])) for k in "xywh")
-                    colour = (0, 200, 0) if table["face_score"][i] > 0 else (0, 200, 255)
-                    cv2.rectangle(img, (x, y), (x + w, y + h), colour, max(1, int(2 * scale)))
+                    _draw_face(cv2, img, table, i, scale)
                 for k, line in enumerate(_overlay_lines(table, i)):
                     org = (8, int((k + 1) * 22 * scale) + 4)
                     cv2.putText(img, line, org, cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale,
@@ -608,6 +669,23 @@ def write_overlay(video: str | os.PathLike | video_lib.FrameSource, table: Mappi
                 i += 1
     finally:
         writer.release()
+
+
+def _draw_face(cv2, img: np.ndarray, table: Mapping[str, np.ndarray], i: int, scale: float) -> None:
+    """The crop's region (rotated by `roll`) and the keypoints: what the models saw."""
+    colour = (0, 200, 0) if table["face_score"][i] > 0 else (0, 200, 255)
+    x, y, w, h = (float(table[k][i]) for k in "xywh")
+    roll = float(table["roll"][i]) if np.isfinite(table["roll"][i]) else 0.0
+    c, s = math.cos(math.radians(roll)), math.sin(math.radians(roll))
+    half = np.array([[-w, -h], [w, -h], [w, h], [-w, h]]) / 2
+    corners = half @ np.array([[c, s], [-s, c]]) + [x + w / 2, y + h / 2]
+    cv2.polylines(img, [np.round(corners).astype(np.int32)], True, colour, max(1, int(2 * scale)),
+                  cv2.LINE_AA)
+    for j in range(len(KEYPOINT_NAMES)):
+        px, py = table[KEYPOINT_COLUMNS[2 * j]][i], table[KEYPOINT_COLUMNS[2 * j + 1]][i]
+        if np.isfinite(px) and np.isfinite(py):
+            cv2.circle(img, (int(round(px)), int(round(py))), max(2, int(3 * scale)),
+                       (255, 80, 0) if j < 4 else (0, 80, 255), -1, cv2.LINE_AA)
 
 
 def _overlay_lines(table: Mapping[str, np.ndarray], i: int) -> list[str]:
@@ -658,33 +736,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", default="best", help="'best', 'latest' or a step")
     parser.add_argument("--fps", type=float, help="frame rate (frame folders; overrides a file's)")
     parser.add_argument("--batch-size", type=int, default=32, help="encoder / window batch size")
+    parser.add_argument("--detector", default="blazeface", choices=faces_lib.DETECTORS,
+                        help="face detector: MediaPipe's BlazeFace (needs --face-model) or "
+                        "OpenCV's Haar cascade")
+    parser.add_argument("--face-model", help="BlazeFace .tflite file: face_detection_full_range "
+                        f"or face_detection_short_range (default: ${faces_lib.MODEL_ENV})")
+    parser.add_argument("--min-score", type=float, help="BlazeFace score threshold (default: "
+                        "MediaPipe's, 0.6 full range, 0.5 short range)")
+    parser.add_argument("--track", default="subject", choices=faces_lib.TRACK_MODES,
+                        help="whose face: the clip's dominant track, the largest face of each "
+                        "frame, or every track (one CSV each)")
     parser.add_argument("--min-face", type=float, default=0.1,
-                        help="smallest face side as a fraction of the frame's short side "
+                        help="haar: smallest face side as a fraction of the frame's short side "
                         "(larger is faster)")
     parser.add_argument("--detect-size", type=int, default=320,
-                        help="long side in pixels of the frame copy the detector scans")
+                        help="haar: long side in pixels of the frame copy the detector scans")
     parser.add_argument("--timings", action="store_true", help="print frames/s per stage")
     args = parser.parse_args(argv)
     try:
         source = video_lib.open_source(args.video, args.fps)   # a bad video fails before loading
-        detector = video_lib.FaceDetector(detect_size=args.detect_size, min_face=args.min_face)
+        if args.detector == "haar":
+            detector = faces_lib.HaarDetector(detect_size=args.detect_size, min_face=args.min_face)
+        else:
+            from abaw_jax.models import blazeface, tflite
+            try:
+                detector = faces_lib.BlazeFaceDetector(args.face_model, min_score=args.min_score)
+            except (blazeface.BlazeFaceError, tflite.TFLiteError) as e:
+                raise PredictError(str(e)) from None
         predictor = Predictor(args.workdir, encoder=args.encoder, checkpoint=args.checkpoint,
-                              batch_size=args.batch_size, detector=detector)
-        table = predictor.predict_video(source)
+                              batch_size=args.batch_size, detector=detector, track=args.track)
+        tables = predictor.predict_tracks(source)
     except (PredictError, video_lib.VideoError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    write_csv(table, args.out)
-    n = len(table["frame"])
-    print(f"wrote {args.out}: {n} frames, a face in {int(table['face_found'].sum())} "
-          f"({100 * table['face_found'].mean():.1f}%), tasks {', '.join(predictor.tasks)}",
-          file=sys.stderr)
-    if args.plot:
-        plot(table, args.plot, title=pathlib.Path(args.video).name)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    if args.overlay:
-        write_overlay(source, table, args.overlay)
-        print(f"wrote {args.overlay}", file=sys.stderr)
+
+    def named(path: str, suffix: str) -> str:
+        p = pathlib.Path(path)
+        return str(p.with_name(p.stem + suffix + p.suffix))
+
+    for suffix, table in tables.items():
+        out = named(args.out, suffix)
+        write_csv(table, out)
+        n = len(table["frame"])
+        print(f"wrote {out}: {n} frames, a face in {int(table['face_found'].sum())} "
+              f"({100 * table['face_found'].mean():.1f}%), tasks {', '.join(predictor.tasks)}",
+              file=sys.stderr)
+        if args.plot:
+            plot(table, named(args.plot, suffix), title=pathlib.Path(args.video).name + suffix)
+            print(f"wrote {named(args.plot, suffix)}", file=sys.stderr)
+        if args.overlay:
+            write_overlay(source, table, named(args.overlay, suffix))
+            print(f"wrote {named(args.overlay, suffix)}", file=sys.stderr)
     if args.timings:
         print(format_timings(predictor.timings), file=sys.stderr)
     return 0

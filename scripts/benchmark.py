@@ -14,6 +14,7 @@ ViTMAEForPreTraining). Stores are built once and cached in --data.
     python scripts/benchmark.py --small                      # CPU: reduced sizes
     python scripts/benchmark.py --peak-tflops 989            # GPU: the papers' sizes, with MFU
     python scripts/benchmark.py --small --systems A,extract  # some sections only
+    python scripts/benchmark.py --systems detect             # face detection (bench_detect.py)
 
 Sections (--systems): pipeline; A, B, C (training steps); extract: ViT-B/16 at 224 px (batch
 256; --small: batch 8); MAE: ViT-B/16 at 224 px with the 8 x 512 decoder (batch 256; --small:
@@ -67,7 +68,7 @@ from abaw_jax.data import device_bank, pipeline  # noqa: E402
 from abaw_jax.data.features import FeatureSets, FeatureStore  # noqa: E402
 from abaw_jax.models import attention as attention_lib  # noqa: E402
 from abaw_jax.models.tcn import block_dilations  # noqa: E402
-from scripts import bench_extract, bench_mae  # noqa: E402
+from scripts import bench_detect, bench_extract, bench_mae  # noqa: E402
 from scripts.bench_pipeline import (  # noqa: E402
     AFFWILD2_FRAMES, build_store, make_videos, video_lengths)
 from scripts.common import xla_flops  # noqa: E402
@@ -635,7 +636,7 @@ def print_row(r: dict, flops: dict[str, float], peak: float | None) -> None:
 
 
 SECTIONS = {"a": "A", "b": "B", "c": "C", "extract": "extract", "mae": "MAE",
-            "pipeline": "pipeline"}
+            "pipeline": "pipeline", "detect": "detect"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -646,7 +647,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sizes.add_argument("--tiny", action="store_true",
                        help="the smallest sizes, seconds per section (tests; numbers mean nothing)")
     parser.add_argument("--systems", default="A,B,C,extract,mae,pipeline",
-                        help="sections to run, any of A,B,C,extract,mae,pipeline")
+                        help="sections to run, any of A,B,C,extract,mae,pipeline,detect "
+                        "(detect: Haar vs BlazeFace on --video; not run by default)")
+    parser.add_argument("--video", help="detect: clip (default ../shared/data/videos/fer_woman2.mp4)")
+    parser.add_argument("--face-models", help="detect: folder of the BlazeFace .tflite files "
+                        "(default ../shared/data/models/mediapipe)")
     parser.add_argument("--data", default="/tmp/abaw_benchmark", help="store cache directory")
     parser.add_argument("--frames", type=int, default=0,
                         help="frames in the training rows' store (default 60,000 with --small, "
@@ -692,7 +697,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     chosen = [x.strip().lower() for x in args.systems.split(",") if x.strip()]
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
-        parser.error(f"--systems: unknown {', '.join(unknown)}; known: A,B,C,extract,mae,pipeline")
+        parser.error(f"--systems: unknown {', '.join(unknown)}; known: "
+                     f"A,B,C,extract,mae,pipeline,detect")
     args.sections = {SECTIONS[x] for x in chosen}
     tiny = args.tiny
     args.frames = args.frames or (20_000 if tiny else 60_000 if args.small else AFFWILD2_FRAMES)
@@ -782,6 +788,8 @@ def main(argv: list[str] | None = None) -> None:
         emit(found)
     for work in works:
         emit(image_rows(work, args, flops))
+    if "detect" in args.sections:
+        bench_detect.print_rows(bench_detect.rows(args.video, args.face_models))
 
 
 if __name__ == "__main__":

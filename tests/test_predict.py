@@ -18,6 +18,7 @@ from conftest import TINY_DIM, tiny_config  # noqa: E402
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 FER_TEST = SHARED / "videos" / "fer_test.mp4"
 CKPLUS = SHARED / "ckplus48"
+FACE_MODEL = SHARED / "models" / "mediapipe" / "face_detection_full_range.tflite"
 # A random-weight ViT whose 32-d output matches the tiny demo's features.
 TINY_ENCODER = f"vit:Ti/16,width={TINY_DIM},depth=1,num_heads=2,mlp_dim=64,image_size=32"
 
@@ -36,9 +37,16 @@ def runs(tiny_demo, tmp_path_factory):
     return workdirs
 
 
+def _detector():
+    """BlazeFace (predict's default) when its model file is here, else the Haar cascade."""
+    from abaw_jax.data import faces
+    return faces.BlazeFaceDetector(FACE_MODEL) if FACE_MODEL.is_file() else faces.HaarDetector()
+
+
 @pytest.fixture(scope="module")
 def predictor(runs):
-    return predict_lib.Predictor([runs["VA"], runs["EXPR"]], encoder=TINY_ENCODER, batch_size=8)
+    return predict_lib.Predictor([runs["VA"], runs["EXPR"]], encoder=TINY_ENCODER, batch_size=8,
+                                 detector=_detector())
 
 
 def _face_image() -> np.ndarray:
@@ -97,7 +105,7 @@ def test_fer_video_to_csv_and_plot(runs, tmp_path):
     rc = predict_lib.main(["--video", str(FER_TEST), "--workdir", str(runs["VA"]),
                            "--workdir", str(runs["EXPR"]), "--encoder", TINY_ENCODER,
                            "--out", str(out), "--plot", str(png), "--batch-size", "8",
-                           "--min-face", "0.2"])
+                           "--min-face", "0.2", "--face-model", str(FACE_MODEL)])
     assert rc == 0
     rows = _read_csv_plainly(out)
     assert len(rows) == 115
