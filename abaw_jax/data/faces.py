@@ -43,7 +43,7 @@ import math
 import os
 import pathlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -132,7 +132,7 @@ class BlazeFaceDetector:
 
     def _boxed(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         from abaw_jax.models import blazeface
-        cv2 = video_lib._cv2()
+        cv2 = video_lib.cv2_module()
         size = self.model.variant.input_size
         out = np.zeros((len(frames), size, size, 3), np.uint8)
         for i, frame in enumerate(frames):
@@ -396,8 +396,8 @@ def follow(track: Track | None, num_frames: int, *, max_gap: int = 15,
             values[a + 1:b] = values[a] + frac * (values[b] - values[a])
             found[a + 1:b] = True
     out = np.zeros_like(values)
-    for start, stop in video_lib._runs(found):
-        out[start:stop] = video_lib._smooth(values[start:stop], smooth)
+    for start, stop in video_lib.true_runs(found):
+        out[start:stop] = video_lib.gaussian_smooth(values[start:stop], smooth)
     return FollowedFace(boxes=out[:, :4].astype(np.float32),
                         keypoints=out[:, 4:].reshape(num_frames, 6, 2).astype(np.float32),
                         found=found, detected=detected, score=score)
@@ -446,7 +446,7 @@ def crop_quads(transforms: np.ndarray, size: int = 112) -> np.ndarray:
 
 def align_crops(frames: np.ndarray, transforms: np.ndarray, size: int = 112) -> np.ndarray:
     """Aligned crops ``uint8 [n, size, size, 3]``: each frame warped by its transform."""
-    cv2 = video_lib._cv2()
+    cv2 = video_lib.cv2_module()
     out = np.zeros((len(frames), size, size, 3), np.uint8)
     for i, (frame, m) in enumerate(zip(frames, transforms)):
         out[i] = cv2.warpAffine(frame, np.asarray(m, np.float64), (size, size),
@@ -523,7 +523,7 @@ def write_aligned(video, out: str | os.PathLike, *, detector=None, mode: str = "
 
     Frames without a face get no image, as in ``cropped_aligned``. Returns {folder: images}.
     """
-    cv2 = video_lib._cv2()
+    cv2 = video_lib.cv2_module()
     source = video_lib.open_source(video, fps)
     detector = detector or BlazeFaceDetector()
     faces = detect_video(source, detector, chunk_size)

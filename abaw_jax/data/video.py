@@ -269,13 +269,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (a[:, 2] * a[:, 3] + b[2] * b[3] - inter)
 
 
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) of each run of True in a bool vector."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
 
 
-def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_smooth(values: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian smoothing along axis 0 with weights renormalised at the ends."""
     if sigma <= 0 or len(values) < 2:
         return values
@@ -323,8 +323,8 @@ def track_faces(detections: Sequence[np.ndarray], *, max_gap: int = 15,
             raw[a + 1:b] = raw[a] + frac * (raw[b] - raw[a])
             found[a + 1:b] = True
     boxes = np.zeros((t, 4), np.float32)
-    for start, stop in _runs(found):
-        seg = _smooth(raw[start:stop], smooth)
+    for start, stop in true_runs(found):
+        seg = gaussian_smooth(raw[start:stop], smooth)
         cx, cy, side = seg[:, 0], seg[:, 1], seg[:, 2]
         boxes[start:stop] = np.stack([cx - side / 2, cy - side / 2, side, side], axis=1)
     return FaceTrack(boxes=boxes, found=found, detected=detected, score=score)
