@@ -6,7 +6,8 @@
 `--video` is a video file (anything OpenCV's FFmpeg backend decodes) or a folder of frame images
 (natural name order, `--fps`, default 30). Each `--workdir` is a training run (its `config.json`
 and best checkpoint); its task (VA, EXPR or AU) fills its columns, so one run per task fills the
-whole table. Several runs of one task are averaged (EXPR and AU in probability space).
+whole table, and so does one run of the multi-task challenge (MTL; a single-feature-set model,
+`configs/mtl.py:model=transformer` or `model=tcn`). Several runs of one task are averaged (EXPR and AU in probability space).
 
 Pipeline (`abaw_jax.data.faces` and `abaw_jax.data.video` have the details): the video is decoded
 twice, in chunks, so memory holds a chunk of frames plus the per-frame features, whatever the
@@ -86,6 +87,7 @@ from abaw_jax import checkpoints, ensemble, files, models, runs, sharding
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data import faces as faces_lib
 from abaw_jax.data import video as video_lib
+from abaw_jax.data import mtl as mtl_lib
 from abaw_jax.models import encoders
 
 EXPR_COLUMNS = tuple(f"prob_{c}" for c in affwild2.EXPR_CLASSES)
@@ -334,7 +336,9 @@ class Predictor:
         if not workdirs:
             raise PredictError("give at least one training workdir")
         self.runs = [load_run(w, checkpoint) for w in workdirs]
-        self.tasks = tuple(t for t in affwild2.TASKS if any(r.task == t for r in self.runs))
+        # A multi-task run fills the columns of all three tasks.
+        self.tasks = tuple(t for t in affwild2.TASKS
+                           if any(r.task in (t, "MTL") for r in self.runs))
         self.encoder = (encoder if isinstance(encoder, encoders.Encoder)
                         else self._resolve_encoder(encoder))
         for run in self.runs:
@@ -463,7 +467,12 @@ class Predictor:
             for run, compiled in zip(self.runs, self._temporal):
                 out = run_temporal(run, feats, face.found, batch_size=self.batch_size,
                                    compiled=compiled)
-                by_task.setdefault(run.task, []).append(ensemble.to_probabilities(run.task, out))
+                probs = ensemble.to_probabilities(run.task, out)
+                if run.task == "MTL":
+                    for task, cols in mtl_lib.OUTPUT_COLUMNS.items():
+                        by_task.setdefault(task, []).append(probs[:, cols])
+                else:
+                    by_task.setdefault(run.task, []).append(probs)
             t0 = clock.add("temporal", t0)
             tables[name] = self._table(num_frames, fps, face,
                                        {task: np.mean(v, axis=0) for task, v in by_task.items()})

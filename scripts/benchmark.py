@@ -151,8 +151,20 @@ def make_config(system: System, attention_impl: str = "default", rng_impl: str =
     config.batch_size = system.batch_size
     config.total_steps = 10_000
     config.data.train_stride = config.data.eval_stride = 0   # the benchmark's windows do not overlap
-    for key, value in system.overrides.items():
+    # The PyTorch twins below implement one architecture per system; the abaw_jax side is set to
+    # the same one (so the rows compare like with like), which differs from the systems'
+    # defaults in a few places: A projects its input and drops after the positions; B is
+    # non-causal with sinusoidal positions, per-channel PReLU and a LayerNorm head; C has one
+    # shared LayerNorm head, the benchmark store's two sets and positions before its dropout.
+    twin = {"transformer": dict(input_proj=True, pos_dropout=config.model.get("dropout", 0.0)),
+            "tcn": dict(causal=False, pos_encoding="sinusoidal", pos_dropout=0.3,
+                        prelu_slopes="channel", head_norm="layer"),
+            "fusion": dict(heads="shared", head_norm="layer", pe_dropped=True, head_sizes=(),
+                           feature_sets=("vit", "openface"))}[system.model]
+    for key, value in {**twin, **system.overrides}.items():
         config.model[key] = value
+    if system.model == "tcn":
+        config.model.pos_dropout = config.model.dropout
     config_lib.validate(config)
     return config
 

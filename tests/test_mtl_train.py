@@ -104,3 +104,29 @@ def test_ensemble_averages_mtl_tasks_in_their_own_spaces():
     np.testing.assert_allclose(p(avg[:, 2:10]), (p(a[:, 2:10]) + p(b[:, 2:10])) / 2, atol=1e-6)
     s = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     np.testing.assert_allclose(s(avg[:, 10:]), (s(a[:, 10:]) + s(b[:, 10:])) / 2, atol=1e-6)
+
+
+def test_one_mtl_run_fills_every_column_of_predict(tiny_demo, tmp_path):
+    """predict with a single multi-task run: valence, arousal, expression and AU columns."""
+    import pathlib
+    from abaw_jax import predict as predict_lib
+    from abaw_jax.data import faces
+    config = mtl_config(tiny_demo, "transformer", total_steps=2, eval_every=2, checkpoint_every=2)
+    train.train_and_evaluate(config, tmp_path / "run")
+    encoder = "vit:Ti/16,width=32,depth=1,num_heads=2,mlp_dim=64,image_size=32"
+    predictor = predict_lib.Predictor([tmp_path / "run"], encoder=encoder, batch_size=8,
+                                      detector=faces.HaarDetector())
+    assert predictor.tasks == ("VA", "EXPR", "AU")
+    ckplus = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ckplus48" / "happy"
+    if not ckplus.is_dir():
+        pytest.skip(f"real face images not found at {ckplus}")
+    import cv2
+    frames = np.full((5, 120, 160, 3), 90, np.uint8)
+    face = cv2.imread(str(sorted(ckplus.glob("*.png"))[0]), cv2.IMREAD_GRAYSCALE)
+    frames[:, 20:100, 40:120] = cv2.resize(face, (80, 80), interpolation=cv2.INTER_CUBIC)[..., None]
+    table = predictor.predict_frames(frames, fps=10)
+    for column in ("valence", "arousal", "prob_Neutral", "AU12"):
+        assert np.isfinite(table[column]).all(), column
+    assert np.all(np.abs(table["valence"]) <= 1)
+    probs = np.stack([table[c] for c in predict_lib.EXPR_COLUMNS], axis=1)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)

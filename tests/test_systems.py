@@ -41,6 +41,11 @@ def test_paper_size_config_trains(tiny_demo, tmp_path, task, model):
     """The paper-size models (not only the laptop variants) build and take 2 steps."""
     config = short(load_config(task, f"model={model}"), tiny_demo, seq_len=32,
                    train_stride=0, eval_stride=0)
+    # The tiny demo's feature sets stand in for the systems' own (B's fine-tuned MAE features,
+    # C's ResNet-18 + POSTER2 + FAU).
+    config.data.feature_set = "vit"
+    if model == "fusion":
+        config.model.feature_sets = ("vit", "openface")
     config_lib.validate(config)
     result = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(result["val/score"])

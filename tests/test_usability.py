@@ -145,3 +145,61 @@ def test_checker_warns_on_one_trailing_frame(tmp_path):
     assert submission.check_submission(path, "VA", {"a": 6, "b": 4}) == []
     with pytest.raises(submission.SubmissionError, match=r"video a: frames beyond its 4 frames"):
         submission.check_submission(path, "VA", {"a": 4, "b": 4})
+
+
+def test_missing_system_features_name_the_commands_that_write_them(tiny_demo):
+    """System B reads the fine-tuned MAE features and C the paper's sets; when they are absent
+    the error says which commands produce them."""
+    config = load_config("va", "model=tcn")
+    config.data.root = str(tiny_demo)
+    with pytest.raises(Exception, match=r"features/mae_ft: no feature store \('mae_ft' features\); "
+                                        r"write it with: python -m abaw_jax.pretrain --config "
+                                        r"configs/mae_face.py"):
+        runs.resolve_data(config)
+    config = load_config("va", "model=fusion")
+    config.data.root = str(tiny_demo)
+    with pytest.raises(Exception, match=r"features/resnet18: no feature store .*configs/extract_vit.py:resnet18"):
+        runs.resolve_data(config)
+
+
+def test_early_stopping_stops_after_patience_evaluations(tiny_demo, tmp_path, capsys):
+    """No learning (lr ~ 0): the score never improves, so the run stops `patience` evaluations
+    after the first and saves a checkpoint there."""
+    config = tiny_config("VA", tiny_demo, total_steps=30, eval_every=2, checkpoint_every=2,
+                         early_stopping_patience=2)
+    config.optimizer.lr = 1e-12
+    config.model.dropout = 0.0
+    config.model.mask_prob = 0.0
+    train.train_and_evaluate(config, tmp_path)
+    err = capsys.readouterr().err
+    assert "Early stopping at step 6: no better validation score in 2 evaluations" in err
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 6
+
+
+def test_exponential_schedule_decays_once_per_epoch():
+    config = load_config("va", "model=fusion")
+    plan = optim.resolve_steps(config, steps_per_epoch=10)
+    schedule = optim.make_schedule(config.optimizer, plan)
+    lrs = [float(schedule(s)) for s in (0, 9, 10, 19, 20, 35)]
+    assert lrs == pytest.approx([1e-4, 1e-4, 9e-5, 9e-5, 8.1e-5, 1e-4 * 0.9 ** 3], rel=1e-6)
+    assert plan.total_steps == 999 * 10
+
+
+def test_system_b_warms_up_one_epoch_then_decays_by_cosine():
+    config = load_config("expr", "model=tcn")
+    plan = optim.resolve_steps(config, steps_per_epoch=50)
+    assert (plan.total_steps, plan.warmup_steps) == (500, 50)   # 10 epochs for EXPR
+    schedule = optim.make_schedule(config.optimizer, plan)
+    assert float(schedule(0)) == 0.0 and float(schedule(50)) == pytest.approx(3e-5)
+    assert float(schedule(275)) == pytest.approx(3e-5 * 0.5, rel=1e-4)
+    assert float(schedule(499)) < 1e-8
+
+
+def test_evaluations_per_epoch_set_the_cadence():
+    from abaw_jax import loop
+    config = load_config("va", "model=tcn")           # system B: four evaluations an epoch
+    assert loop.cadence(config, steps_per_epoch=41) == (11, 11)
+    config.evals_per_epoch = 0.0                      # then eval_every / checkpoint_every
+    config.eval_every, config.checkpoint_every = 7, 9
+    assert loop.cadence(config, steps_per_epoch=41) == (7, 9)
