@@ -82,3 +82,77 @@ def timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
             b + "mlp.fc1.weight": r(mlp, width), b + "mlp.fc1.bias": r(mlp),
             b + "mlp.fc2.weight": r(width, mlp), b + "mlp.fc2.bias": r(width)})
     return state
+
+
+# The fast tier (`-m "not slow"`) also leaves out these parity and end-to-end tests, each about
+# 4 s or more on 2 cores (mostly XLA compiles), and those that need the trained runs of
+# test_predict's fixture; CI runs everything. Of the parametrised tests in _FAST_PARAMS one case
+# stays in the fast tier.
+_SLOW_TESTS = {
+    "tests/test_encoders.py::test_encoder_directory_round_trip",
+    "tests/test_encoders.py::test_resnet_fn_resizes_to_the_requested_size",
+    "tests/test_losses.py::test_cross_entropy_and_its_gradient_match_torch",
+    "tests/test_vit.py::test_dropout_and_drop_path_only_in_training",
+    "tests/test_temporal.py::test_attention_dropout_defaults_to_dropout_and_leaves_inference_alone",
+    "tests/test_resnet.py::test_tiny_config_trains_batch_stats",
+    "tests/test_reliability.py::test_cli_keeps_traceback_of_unexpected_errors",
+    "tests/test_attention.py::test_einsum_gradients_match_xla_kernel",
+    "tests/test_predict.py::test_temporal_outputs_match_the_evaluation_path",
+    "tests/test_predict.py::test_clip_without_any_face_warns",
+    "tests/test_predict.py::test_frame_folder_equals_array",
+    "tests/test_predict.py::test_encoder_width_must_match_the_model",
+    "tests/test_predict.py::test_demo_runs_need_an_explicit_encoder",
+    "tests/test_predict.py::test_encoder_read_from_the_store_meta",
+    "tests/test_predict.py::test_bad_encoder_spec_and_missing_workdir",
+    "tests/test_predict.py::test_bad_videos_name_the_file",
+    "tests/test_temporal.py::test_input_projection_is_an_option_and_automatic_when_widths_differ",
+    "tests/test_mae.py::test_hf_encoder_export_matches_hf_vitmae_model",
+    "tests/test_faces.py::test_aligned_crop_puts_the_face_on_the_template",
+    "tests/test_fusion.py::test_missing_set_is_named",
+    "tests/test_tcn.py::test_earlier_defaults_remain_as_named_options",
+    "tests/test_reliability.py::test_nan_step_is_not_offered_as_best",
+    "tests/test_blazeface.py::test_detections_agree_with_an_independent_decoding",
+    "tests/test_blazeface.py::test_raw_outputs_equal_the_litert_interpreter",
+    "tests/test_config.py::test_cli_rejects_bad_value_and_type",
+    "tests/test_encoders.py::test_load_encoder_and_feature_fn",
+    "tests/test_faces.py::test_face_free_photographs_give_no_detection",
+    "tests/test_fusion.py::test_encoder_input_matches_a_numpy_reference",
+    "tests/test_fusion.py::test_position_encoding_variants",
+    "tests/test_mae.py::test_parity_with_hugging_face",
+    "tests/test_mae.py::test_patchify_roundtrip_and_random_noise_rng",
+    "tests/test_mtl_train.py::test_one_mtl_run_fills_every_column_of_predict",
+    "tests/test_predict.py::test_fer_video_to_csv_and_plot",
+    "tests/test_predict.py::test_no_face_frames_are_flagged_and_predicted",
+    "tests/test_reliability.py::test_cli_bad_input_is_one_line_error",
+    "tests/test_reliability.py::test_nan_gradient_with_finite_loss_stops",
+    "tests/test_resnet.py::test_bottleneck_resnet_matches_torchvision",
+    "tests/test_resnet.py::test_resnet18_matches_torchvision",
+    "tests/test_tcn.py::test_batch_norm_head_needs_its_statistics_and_names_what_to_pass",
+    "tests/test_tcn.py::test_train_state_helpers_update_and_use_the_batch_statistics",
+    "tests/test_temporal.py::test_default_adds_positions_to_the_features_without_a_projection",
+    "tests/test_temporal.py::test_encoder_block_matches_torch_encoder_layer",
+    "tests/test_temporal.py::test_rows_without_any_present_frame_stay_finite_with_finite_gradients",
+    "tests/test_tfds.py::test_package_never_imports_tensorflow",
+    "tests/test_train.py::test_nonfinite_loss_stops_and_keeps_last_good_checkpoint",
+    "tests/test_train.py::test_rerun_resumes_at_saved_step",
+    "tests/test_train.py::test_skip_nonfinite_counts_skipped_updates",
+    "tests/test_usability.py::test_early_stopping_stops_after_patience_evaluations",
+    "tests/test_usability.py::test_eval_lines_name_the_metric",
+    "tests/test_usability.py::test_evaluate_with_another_tasks_config_names_the_workdirs_task",
+    "tests/test_weights.py::test_original_npz_layout_loads_and_matches",
+    "tests/test_weights.py::test_timm_vit_small_patch32_matches_timm",
+    "tests/test_weights.py::test_timm_vit_tiny_matches_timm_for_every_pool",
+}
+_FAST_PARAMS = {
+    "tests/test_train.py::test_train_then_evaluate": ('VA',),
+    "tests/test_mtl_train.py::test_mtl_trains_and_writes_checked_submissions": ('transformer',),
+    "tests/test_systems.py::test_demo_variant_trains": ('va-transformer',),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name, _, param = item.nodeid.partition("[")
+        param = param.rstrip("]")
+        if name in _SLOW_TESTS or (name in _FAST_PARAMS and param not in _FAST_PARAMS[name]):
+            item.add_marker(pytest.mark.slow)

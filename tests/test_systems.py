@@ -25,8 +25,13 @@ def short(config, root, **extra):
     return config
 
 
-@pytest.mark.parametrize("task", ["va", "expr", "au"])
-@pytest.mark.parametrize("model", MODELS)
+# One task per system in the fast tier; every combination in the full suite.
+DEMO_RUNS = [pytest.param(task, model, marks=() if (task, model) in (
+    ("va", "transformer"), ("expr", "tcn"), ("au", "fusion")) else pytest.mark.slow)
+    for model in MODELS for task in ("va", "expr", "au")]
+
+
+@pytest.mark.parametrize("task,model", DEMO_RUNS)
 def test_demo_variant_trains(tiny_demo, tmp_path, task, model):
     config = short(load_config(task, f"demo,model={model}"), tiny_demo, seq_len=32,
                    train_stride=0, eval_stride=0)
@@ -89,6 +94,7 @@ def test_ungrouped_folds_are_kfold_over_sorted_names(tiny_demo):
         assert got == [names[i] for i in idx]
 
 
+@pytest.mark.slow
 def test_fold_config_trains(tiny_demo, tmp_path):
     config = short(load_config("va", "demo"), tiny_demo, seq_len=16)
     config.data.fold, config.data.num_folds = 1, 3
@@ -96,6 +102,7 @@ def test_fold_config_trains(tiny_demo, tmp_path):
     assert np.isfinite(result["val/score"])
 
 
+@pytest.mark.slow
 def test_ensemble_averages_members(tiny_demo, tmp_path):
     from abaw_jax import ensemble
     members = []
@@ -114,6 +121,7 @@ def test_ensemble_averages_members(tiny_demo, tmp_path):
         np.testing.assert_allclose(np.exp(ens[name]), (p[0] + p[1]) / 2, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_ablation_script_writes_table(tiny_demo, tmp_path):
     import subprocess
     import sys
