@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from abaw_jax import optim
+from abaw_jax import checks, optim
 from abaw_jax.data.affwild2 import TASKS as VIDEO_TASKS
 
 # The three video challenges, and the multi-task challenge on s-Aff-Wild2 (data/mtl.py).
@@ -80,36 +80,20 @@ def _convert(key: str, value: str, default: Any) -> Any:
     return value
 
 
-def get(config: Any, dotted: str) -> Any:
-    """The value at a dotted key ("optimizer.lr") of a ConfigDict, mapping or object."""
-    node = config
-    for part in dotted.split("."):
-        node = node[part] if isinstance(node, (ml_collections.ConfigDict, dict)) else getattr(node, part)
-    return node
+# The one validation helper (abaw_jax.checks), under the names configs and callers use.
+get = checks.get
 
 
 def checker(config: Any, *, prefix: str = "config.",
             error: type[Exception] = ConfigError) -> Callable[[bool, str, str], None]:
-    """`need(ok, key, why)`: raises `error("<prefix><key> = <value>: <why>")` when not `ok`.
-
-    The one validation helper of the package: configs, model options and extraction settings
-    all report a bad value the same way, naming the key and the value found.
-    """
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise error(f"{prefix}{key} = {get(config, key)!r}: {why}")
-    return need
+    """`need(ok, key, why)`: raises ConfigError("config.<key> = <value>: <why>") when not `ok`."""
+    return checks.checker(config, prefix=prefix, error=error)
 
 
 def load_config_file(path: str | pathlib.Path, arg: str | None = None,
                      function: str = "get_config", *args) -> ml_collections.ConfigDict:
     """Calls `function(arg)` (or `function(*args)`) of the config file at `path`."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
-    spec = importlib.util.spec_from_file_location(f"abaw_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(path)
     if not hasattr(module, function):
         raise ConfigError(f"{path}: defines no {function}()")
     return getattr(module, function)(*(args or (arg,)))

@@ -45,6 +45,7 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from abaw_jax import checks
 from abaw_jax.models import layers
 from abaw_jax.models.tcn import HEAD_NORMS, FrameHead
 
@@ -207,9 +208,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
 
 def _validate(model: MultiEncoderFusion) -> None:
     """Rejects bad options at build time, naming the config key."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ValueError(f"model.{key} = {getattr(model, key)!r}: {why}")
+    need = checks.checker(model, prefix="model.")
 
     sets = model.feature_sets
     need(len(sets) >= 1 and all(isinstance(s, str) and s for s in sets), "feature_sets",

@@ -55,6 +55,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
+from abaw_jax import checks
 from abaw_jax.models import layers
 
 TCN_ACTIVATIONS = ("prelu", "relu", "gelu")
@@ -432,9 +433,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
 
 def _validate(model: TCNTransformer) -> None:
     """Rejects bad options at build time, naming the config key."""
-    def need(ok: bool, key: str, why: str) -> None:
-        if not ok:
-            raise ValueError(f"model.{key} = {getattr(model, key)!r}: {why}")
+    need = checks.checker(model, prefix="model.")
 
     need(len(model.channels) >= 1 and all(int(c) >= 1 for c in model.channels), "channels",
          "must list at least one positive channel count")
