@@ -139,10 +139,10 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
     if config.task == "MTL":
         # s-Aff-Wild2: each video is the sequence of its annotated frames (data/mtl.py).
         from abaw_jax.data import mtl
-        rows = mtl.load_mtl_split(root, "train") + mtl.load_mtl_split(root, "val")
-        store = mtl.annotated_rows(store, rows)
-        train = [mtl.as_video(v) for v in mtl.load_mtl_split(root, "train")]
-        val = [mtl.as_video(v) for v in mtl.load_mtl_split(root, "val")]
+        train_rows, val_rows = mtl.load_mtl_split(root, "train"), mtl.load_mtl_split(root, "val")
+        store = mtl.annotated_rows(store, train_rows + val_rows)
+        train = [mtl.as_video(v) for v in train_rows]
+        val = [mtl.as_video(v) for v in val_rows]
     else:
         train = affwild2.load_split(root, config.task, "train")
         val = affwild2.load_split(root, config.task, "val")
@@ -473,13 +473,12 @@ def mtl_split(config, data: Data, split: str, is_main: bool):
     or the test image list grouped into videos; None when the dataset has no test list."""
     from abaw_jax.data import mtl
     if split == "val":
-        rows = mtl.load_mtl_split(data.root, "val") if config.data.fold <= 0 else None
-        videos = data.val
-        if rows is None:   # a fold's validation videos come from train and val
-            rows = [v for s in ("train", "val") for v in mtl.load_mtl_split(data.root, s)
-                    if v.name in {x.name for x in videos}]
+        # The validation videos (a fold's come from both split files) and their listed frames.
+        names = {v.name for v in data.val}
+        rows = [v for s in ("train", "val") for v in mtl.load_mtl_split(data.root, s)
+                if v.name in names]
         images = [(v.name, int(f)) for v in sorted(rows, key=lambda r: r.name) for f in v.frames]
-        return videos, data.features, images
+        return data.val, data.features, images
     if split != "test":
         raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
     try:

@@ -600,3 +600,30 @@ def test_train_state_helpers_update_and_use_the_batch_statistics():
             assert not np.allclose(before, after)
         out = model.apply(models.model_variables(new), x, m, m, train=False)
         assert out.shape == (B, L, 3) and np.isfinite(np.asarray(out)).all()
+
+
+def test_window_without_any_face_keeps_finite_gradients():
+    """System B's encoder has no positions, so a window with no face in any frame is a constant
+    sequence; its gradients must stay finite through the 8 post-norm layers (a real case:
+    Aff-Wild2 has faceless stretches longer than a window)."""
+    import jax
+    from abaw_jax import losses, models
+    from abaw_jax.models import build_model
+    cfg = tcn.default_config()
+    cfg.update(channels=(16,), dilations=(1,), d_model=16, num_heads=2, mlp_dim=16, head_dim=8,
+               num_layers=8, pos_encoding="none", dropout=0.0, head_norm="layer")
+    model = build_model(cfg, 8, jnp.float32)
+    present = jnp.ones((3, 12), bool).at[1].set(False)
+    frame_mask = jnp.ones((3, 12), bool)
+    x = jax.random.normal(jax.random.key(0), (3, 12, 5)) * present[..., None]
+    params, state = models.split_variables(model.init({"params": jax.random.key(1)}, x, present,
+                                                      frame_mask, train=False))
+    labels = jnp.zeros((3, 12), jnp.int32)
+
+    def loss(p):
+        out, _ = models.apply_train(model, p, state, x, present, frame_mask,
+                                    rngs={"dropout": jax.random.key(2)})
+        return losses.get_loss("EXPR", "ce")(out, labels, frame_mask)
+
+    grads = jax.grad(loss)(params)
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))

@@ -353,10 +353,18 @@ class TCNTransformer(nn.Module):
                 x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
             if self.pos_encoding != "none" and self.pos_dropout:
                 x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
-            x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
-                               attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
-                               attention_impl=self.attention_impl, name="encoder")(
-                                   x, key_mask, train=train)
+            encoded = layers.Encoder(
+                self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+                attention_dropout=self.attention_dropout, norm=self.norm,
+                activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl,
+                name="encoder")(x, key_mask, train=train)
+            # A window without a face in any frame enters the encoder as a constant (zero)
+            # sequence when no positions are added (the authors' model): every post-norm
+            # LayerNorm then sees zero variance and scales gradients by 1/sqrt(eps), which
+            # overflows after a few layers. Such windows are predicted by the head from that
+            # constant, with no gradient through the encoder.
+            has_face = jnp.any(key_mask, axis=1)[:, None, None]
+            x = jnp.where(has_face, encoded, jax.lax.stop_gradient(encoded))
         if self.head_sizes:
             out = jnp.concatenate([
                 FrameHead(self.head_dim, int(size), self.head_norm, name=f"head_{i}")(
