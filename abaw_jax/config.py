@@ -257,9 +257,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.loss.class_weights in ("", "inverse_frequency"), "loss.class_weights",
          "'' or 'inverse_frequency'")
     if config.task == "MTL":
+        from abaw_jax import losses
         need(config.loss.name == "mtl", "loss.name", "the multi-task challenge trains 'mtl'")
         for t in VIDEO_TASKS:
-            from abaw_jax import losses
             need(config.loss.tasks[t] in losses.loss_names(t), f"loss.tasks.{t}",
                  f"one of {losses.loss_names(t)}")
             need(config.loss.task_weights[t] >= 0, f"loss.task_weights.{t}", "must be >= 0")

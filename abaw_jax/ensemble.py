@@ -73,6 +73,7 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
     task = tasks.pop()
     out_dir = pathlib.Path(out_dir)
     results = {}
+    data = None   # resolved once, when a split needs the dataset (labels, MTL image lists)
     for split in splits:
         try:
             members = [member_outputs(w, task, split) for w in workdirs]
@@ -92,8 +93,10 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
         decided = runs.smoothed(configs[0], outputs)
+        if (task == "MTL" or split == "val") and data is None:
+            data = runs.resolve_data(configs[0])
         if task == "MTL":
-            got = runs.mtl_split(configs[0], runs.resolve_data(configs[0]), split, True)
+            got = runs.mtl_split(configs[0], data, split, True)
             if got is None:
                 continue
             runs.write_mtl_outputs(split_dir / "MTL.txt", got[2], names, decided)
@@ -102,7 +105,6 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
         runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
         metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
         if split == "val":
-            data = runs.resolve_data(configs[0])
             by_name = {v.name: v for v in data.val}
             score, details = runs.score_split(task, decided, [by_name[n] for n in names])
             metrics.update({**details, "score": score})

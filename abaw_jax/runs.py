@@ -281,9 +281,11 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: pathlib.Pa
 
 
 def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, abstract_state,
-            which: str = "best") -> tuple[int, Any]:
-    """(step, state) of checkpoint `which` of `workdir`, checked against the config first."""
-    check_workdir_matches(config, workdir)
+            which: str = "best", *, checked: bool = False) -> tuple[int, Any]:
+    """(step, state) of checkpoint `which` of `workdir`, checked against the config first
+    (unless the caller already did: `checked`)."""
+    if not checked:
+        check_workdir_matches(config, workdir)
     try:
         return checkpoints.restore_params(workdir, abstract_state, which)
     except (ValueError, TypeError) as e:
@@ -412,7 +414,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     check_workdir_matches(config, workdir)
     data = resolve_data(config)
     setup = setup_model(config, data.feature_dims, mesh)
-    step, state = restore(config, workdir, setup.abstract_state, checkpoint)
+    step, state = restore(config, workdir, setup.abstract_state, checkpoint, checked=True)
     predict = jit_predict(setup.model, mesh)
     is_main = jax.process_index() == 0
     if is_main:
