@@ -86,21 +86,30 @@ class RunCheckpoints:
             # No process may list the steps before process 0 has removed the incomplete ones.
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("abaw_jax.checkpoints.discard_incomplete")
+        # Each manager finishes its saves in a background thread that meets the other processes
+        # at barriers named by orbax; without a prefix of its own, the two managers' barriers
+        # share names, and a best save finishing while a latest save starts can pair one
+        # process's best barrier with another's latest barrier and hang both.
         self.latest = ocp.CheckpointManager(
             workdir / "checkpoints",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                enable_async_checkpointing=async_save),
+                enable_async_checkpointing=async_save,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="abaw_jax_latest")),
             item_names=("state", "data"))
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m["score"], best_mode="max", create=True,
-                cleanup_tmp_directories=True, enable_async_checkpointing=async_save),
+                cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix="abaw_jax_best")),
             item_names=("state",))
 
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> None:
         """Saves the train state and the data iterator position at `step`."""
+        self.best.wait_until_finished()   # one save in flight at a time (see __init__)
         self.latest.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
             force=force)
@@ -114,6 +123,7 @@ class RunCheckpoints:
         """
         if step in self.best.all_steps():
             return
+        self.latest.wait_until_finished()
         self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                        metrics={"score": float(score)}, force=True)
 

@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,16 +68,28 @@ def start(count: int, root, workdir: pathlib.Path, **overrides) -> list[subproce
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    errs = []
-    try:
-        for p in procs:
-            errs.append(p.communicate(timeout=timeout)[1])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for p, err in zip(procs, errs):
-        assert p.returncode == 0, err[-3000:]
+    """Waits for every process (one shared deadline); on failure or timeout, the message holds
+    the stderr tail of each, so a hang in one process shows what the other was doing."""
+    errs = [""] * len(procs)
+
+    def drain(i):
+        errs[i] = procs[i].communicate()[1] or ""
+
+    threads = [threading.Thread(target=drain, args=(i,), daemon=True) for i in range(len(procs))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    hung = [i for i, p in enumerate(procs) if p.poll() is None]
+    for i in hung:
+        procs[i].kill()
+    for t in threads:
+        t.join(10)
+    report = "\n".join(f"--- process {i} (rc {p.returncode}) ---\n{errs[i][-3000:]}"
+                        for i, p in enumerate(procs))
+    assert not hung, f"processes {hung} still running after {timeout} s\n{report}"
+    assert all(p.returncode == 0 for p in procs), report
     return errs
 
 
