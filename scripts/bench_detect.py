@@ -9,6 +9,8 @@ face. Rows:
   blazeface <model> dev   the same with the letterbox inside the jitted function (whole frames
                           sent to the device; predict's default on an accelerator)
   network <model>         the Flax network alone on letterboxed batches (no decoding, no NMS)
+  litert network <model>  the reference: the same .tflite network in the LiteRT interpreter
+                          (XNNPACK, one thread per core), one image per call (needs ai-edge-litert)
 
     python scripts/benchmark.py --systems detect [--video clip.mp4] [--face-models DIR]
 """
@@ -72,9 +74,34 @@ def rows(video: str | None = None, models: str | None = None, batch: int = 16) -
             jax.block_until_ready(apply(model.variables, images))
             n += batch
         out.append(dict(row=f"network {name}", fps=n / (time.perf_counter() - t0), share=None))
+        litert = _litert_rate(path, size, len(frames))
+        if litert is not None:
+            out.append(dict(row=f"litert network {name}", fps=litert, share=None))
     for r in out:
         r["vs_haar"] = r["fps"] / haar
     return out
+
+
+def _litert_rate(path: pathlib.Path, size: int, count: int) -> float | None:
+    """Frames/s of the reference runtime (LiteRT with XNNPACK, one thread per core) on the same
+    network, one image per call as MediaPipe runs it; None without ``ai-edge-litert``."""
+    import os
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        print("  litert rows skipped: ai-edge-litert is not installed (the 'test' extra)")
+        return None
+    interp = litert.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+    interp.allocate_tensors()
+    index = interp.get_input_details()[0]["index"]
+    image = np.random.default_rng(0).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    interp.set_tensor(index, image)
+    interp.invoke()                                            # warm-up outside the clock
+    t0 = time.perf_counter()
+    for _ in range(count):
+        interp.set_tensor(index, image)
+        interp.invoke()
+    return count / (time.perf_counter() - t0)
 
 
 def print_rows(found: list[dict]) -> None:

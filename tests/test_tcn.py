@@ -571,7 +571,7 @@ def test_train_state_helpers_update_and_use_the_batch_statistics():
         cfg.head_norm = head_norm
         model = tcn.from_config(cfg, 3)
         params, model_state = models.split_variables(
-            model.init({"params": jax.random.key(0)}, x, m, m, train=False))
+            jax.jit(lambda: model.init({"params": jax.random.key(0)}, x, m, m, train=False))())
         assert set(model_state) == collections
         tx = optax.sgd(0.01)
         state = {"params": params, "opt_state": tx.init(params)}
@@ -616,8 +616,8 @@ def test_window_without_any_face_keeps_finite_gradients():
     present = jnp.ones((3, 12), bool).at[1].set(False)
     frame_mask = jnp.ones((3, 12), bool)
     x = jax.random.normal(jax.random.key(0), (3, 12, 5)) * present[..., None]
-    params, state = models.split_variables(model.init({"params": jax.random.key(1)}, x, present,
-                                                      frame_mask, train=False))
+    params, state = models.split_variables(jax.jit(
+        lambda: model.init({"params": jax.random.key(1)}, x, present, frame_mask, train=False))())
     labels = jnp.zeros((3, 12), jnp.int32)
 
     def loss(p):
@@ -625,5 +625,5 @@ def test_window_without_any_face_keeps_finite_gradients():
                                     rngs={"dropout": jax.random.key(2)})
         return losses.get_loss("EXPR", "ce")(out, labels, frame_mask)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))

@@ -143,8 +143,7 @@ class BlazeFaceDetector:
 
     def detect_images(self, images: Sequence[np.ndarray]) -> list[Faces]:
         """Faces of RGB images of any sizes (one compiled function for all: host letterbox)."""
-        out: list[Faces] = []
-        for i in range(0, len(images), self.batch_size):
+        def launch(i):
             part = list(images[i:i + self.batch_size])
             boxed = self._boxed(part)
             hw = [im.shape[:2] for im in part]
@@ -152,7 +151,23 @@ class BlazeFaceDetector:
             if pad:
                 boxed = np.concatenate([boxed, np.zeros((pad, *boxed.shape[1:]), np.uint8)])
                 hw += [hw[-1]] * pad
-            out.extend(self._unpack(self.detector.from_letterboxed(boxed, hw), len(part)))
+            return self.detector.from_letterboxed(boxed, hw), len(part)
+
+        return self._pipelined(len(images), launch)
+
+    def _pipelined(self, total: int, launch) -> list[Faces]:
+        """Runs ``launch(start) -> (detections, n)`` over batches, preparing batch k + 1 on the
+        host (decoding-side letterbox) while the device computes batch k: JAX dispatches
+        asynchronously, and only :meth:`_unpack` waits for the results."""
+        out: list[Faces] = []
+        inflight = None
+        for i in range(0, total, self.batch_size):
+            launched = launch(i)
+            if inflight is not None:
+                out.extend(self._unpack(*inflight))
+            inflight = launched
+        if inflight is not None:
+            out.extend(self._unpack(*inflight))
         return out
 
     @staticmethod
@@ -170,21 +185,20 @@ class BlazeFaceDetector:
     def detect_batch(self, frames: np.ndarray) -> list[Faces]:
         """Faces of each RGB frame of ``uint8 [n, H, W, 3]``, best score first."""
         frames = np.asarray(frames)
-        out: list[Faces] = []
-        for i in range(0, len(frames), self.batch_size):
+
+        def launch(i):
             part = frames[i:i + self.batch_size]
             n = len(part)
             if self.letterbox == "host":
                 images = self._boxed(part)
                 images = np.concatenate([images, np.zeros((self.batch_size - n, *images.shape[1:]),
                                                           np.uint8)]) if n < self.batch_size else images
-                det = self.detector.from_letterboxed(images, part.shape[1:3])
-            else:
-                padded = np.concatenate([part, np.zeros((self.batch_size - n, *part.shape[1:]),
-                                                        np.uint8)]) if n < self.batch_size else part
-                det = self.detector(padded)
-            out.extend(self._unpack(det, n))
-        return out
+                return self.detector.from_letterboxed(images, part.shape[1:3]), n
+            padded = np.concatenate([part, np.zeros((self.batch_size - n, *part.shape[1:]),
+                                                    np.uint8)]) if n < self.batch_size else part
+            return self.detector(padded), n
+
+        return self._pipelined(len(frames), launch)
 
     def detect(self, frame: np.ndarray) -> Faces:
         """Faces of one RGB frame."""
