@@ -36,6 +36,17 @@ def tiny_demo(tmp_path_factory) -> pathlib.Path:
                            feature_sets={"vit": TINY_DIM, "openface": 17})
 
 
+@pytest.fixture(scope="module")
+def optimized_xla():
+    """XLA's full optimisations for a module whose time goes into running compiled code (face
+    detection over hundreds of real frames) rather than into compiling it."""
+    import jax
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def tiny_config(task: str, root: pathlib.Path, **overrides):
     """A config of `task` with a tiny model and a short run on `root`."""
     c = load_config(task.lower(), "demo")

@@ -23,7 +23,7 @@ FACE_FREE = ("coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "hu
 
 
 @pytest.fixture(scope="module")
-def detector() -> faces_lib.BlazeFaceDetector:
+def detector(optimized_xla) -> faces_lib.BlazeFaceDetector:
     if not FULL.is_file():
         pytest.skip(f"BlazeFace model not found at {FULL}")
     return faces_lib.BlazeFaceDetector(FULL, batch_size=8)
