@@ -25,10 +25,35 @@ def short(config, root, **extra):
     return config
 
 
-# One task per system in the fast tier; every combination in the full suite.
-DEMO_RUNS = [pytest.param(task, model, marks=() if (task, model) in (
-    ("va", "transformer"), ("expr", "tcn"), ("au", "fusion")) else pytest.mark.slow)
-    for model in MODELS for task in ("va", "expr", "au")]
+def traced_step(config) -> None:
+    """Traces one train step of `config` on a real batch of its data (shapes only, nothing is
+    compiled) and checks that the new state has the shapes and dtypes of the old one and that
+    the loss is a scalar: the model, its heads and the task's loss fit together."""
+    import jax
+    from abaw_jax import optim, runs, sharding
+    from abaw_jax.data import pipeline
+    data = runs.resolve_data(config)
+    mesh = sharding.make_mesh(config.mesh_data)
+    plan = optim.resolve_steps(config, runs.steps_per_epoch(config, data.train))
+    setup = runs.setup_model(config, data.feature_dims, mesh, plan)
+    batches = pipeline.train_dataset(
+        data.train, data.features, seq_len=config.data.seq_len,
+        stride=config.data.train_stride or config.data.seq_len, batch_size=config.batch_size,
+        seed=0, num_threads=1, process_index=0, process_count=1)
+    batch = train.train_keys(next(batches))
+    step = train.make_train_step(setup.model, setup.tx, train.make_loss(config, data.train),
+                                 setup.schedule, setup.train_rng)
+    new, stats = jax.eval_shape(step, setup.abstract_state, batch)
+    shape = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+    assert shape(new) == shape(setup.abstract_state)
+    assert stats["loss"].shape == () and stats["grad_norm"].shape == ()
+
+
+# Each system trains on one task (and each task with one system); the other combinations are
+# traced: their step is built and checked for shapes without compiling it.
+TRAINED = (("va", "transformer"), ("expr", "tcn"), ("au", "fusion"))
+DEMO_RUNS = [pytest.param(task, model, marks=() if (task, model) in TRAINED else pytest.mark.slow)
+             for model in MODELS for task in ("va", "expr", "au")]
 
 
 @pytest.mark.parametrize("task,model", DEMO_RUNS)
@@ -36,6 +61,9 @@ def test_demo_variant_trains(tiny_demo, tmp_path, task, model):
     config = short(load_config(task, f"demo,model={model}"), tiny_demo, seq_len=32,
                    train_stride=0, eval_stride=0)
     config_lib.validate(config)
+    if (task, model) not in TRAINED:
+        traced_step(config)
+        return
     result = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(result["val/score"])
 
@@ -43,7 +71,8 @@ def test_demo_variant_trains(tiny_demo, tmp_path, task, model):
 @pytest.mark.slow
 @pytest.mark.parametrize("task,model", [("va", "transformer"), ("expr", "tcn"), ("au", "fusion")])
 def test_paper_size_config_trains(tiny_demo, tmp_path, task, model):
-    """The paper-size models (not only the laptop variants) build and take 2 steps."""
+    """The paper-size models (not only the laptop variants) build and take 2 steps (system B,
+    the one with batch statistics); A and C, whose laptop variants train above, are traced."""
     config = short(load_config(task, f"model={model}"), tiny_demo, seq_len=32,
                    train_stride=0, eval_stride=0)
     # The tiny demo's feature sets stand in for the systems' own (B's fine-tuned MAE features,
@@ -52,6 +81,9 @@ def test_paper_size_config_trains(tiny_demo, tmp_path, task, model):
     if model == "fusion":
         config.model.feature_sets = ("vit", "openface")
     config_lib.validate(config)
+    if model != "tcn":
+        traced_step(config)
+        return
     result = train.train_and_evaluate(config, tmp_path)
     assert np.isfinite(result["val/score"])
 
