@@ -11,6 +11,8 @@ face. Rows:
   network <model>         the Flax network alone on letterboxed batches (no decoding, no NMS)
   litert network <model>  the reference: the same .tflite network in the LiteRT interpreter
                           (XNNPACK, one thread per core), one image per call (needs ai-edge-litert)
+Then a second table: the share of the CK+ crops detected, per model and per scene around the
+crop (black, grey, noise, the crop's border replicated or reflected).
 
     python scripts/benchmark.py --systems detect [--video clip.mp4] [--face-models DIR]
 """
@@ -25,6 +27,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VIDEO = ROOT.parent / "shared" / "data" / "videos" / "fer_woman2.mp4"
 DEFAULT_MODELS = ROOT.parent / "shared" / "data" / "models" / "mediapipe"
+DEFAULT_CKPLUS = ROOT.parent / "shared" / "data" / "ckplus48"
+# How a 48 px CK+ crop (brows to chin) is placed in a 192 x 144 scene.
+CANVASES = ("black", "grey", "noise", "replicate", "reflect")
 
 
 def _rate(detector, frames: np.ndarray, batch: int) -> tuple[float, float]:
@@ -102,6 +107,56 @@ def _litert_rate(path: pathlib.Path, size: int, count: int) -> float | None:
         interp.set_tensor(index, image)
         interp.invoke()
     return count / (time.perf_counter() - t0)
+
+
+def canvas_scene(face: np.ndarray, canvas: str, rng: np.random.Generator) -> np.ndarray:
+    """A 144 x 192 grey scene with the 48 x 48 `face` at its centre, the rest of it `canvas`:
+    black (0), grey (128), uniform noise, or the crop's border replicated or reflected."""
+    import cv2
+    if canvas in ("replicate", "reflect"):
+        mode = cv2.BORDER_REPLICATE if canvas == "replicate" else cv2.BORDER_REFLECT_101
+        return cv2.copyMakeBorder(face, 48, 48, 72, 72, mode)
+    scene = (rng.integers(0, 256, (144, 192)) if canvas == "noise"
+             else np.full((144, 192), {"black": 0, "grey": 128}[canvas])).astype(np.uint8)
+    scene[48:96, 72:120] = face
+    return scene
+
+
+def ckplus_rows(models: str | None = None, ckplus: str | None = None) -> list[dict]:
+    """Share of the CK+ faces detected per canvas (:func:`canvas_scene`) and model."""
+    import cv2
+    from abaw_jax.data import faces
+    models = pathlib.Path(models or DEFAULT_MODELS)
+    ckplus = pathlib.Path(ckplus or DEFAULT_CKPLUS)
+    files = sorted(ckplus.rglob("*.png"))
+    if not files:
+        print(f"CK+ rows skipped: no images under {ckplus}")
+        return []
+    crops = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
+    out = []
+    for name in ("full_range", "short_range"):
+        path = models / f"face_detection_{name}.tflite"
+        if not path.is_file():
+            continue
+        det = faces.BlazeFaceDetector(path, batch_size=8)
+        for canvas in CANVASES:
+            rng = np.random.default_rng(0)
+            scenes = np.stack([canvas_scene(c, canvas, rng) for c in crops])
+            found = det.detect_batch(np.repeat(scenes[..., None], 3, -1))
+            out.append(dict(model=name, canvas=canvas, n=len(files),
+                            share=float(np.mean([len(f.scores) > 0 for f in found]))))
+    return out
+
+
+def print_ckplus(found: list[dict]) -> None:
+    if not found:
+        return
+    print(f"CK+ faces detected ({found[0]['n']} crops of 48 px in a 192 x 144 scene)")
+    print(f"{'model':<14}" + "".join(f"{c:>11}" for c in CANVASES))
+    for name in dict.fromkeys(r["model"] for r in found):
+        shares = {r["canvas"]: r["share"] for r in found if r["model"] == name}
+        print(f"{name:<14}" + "".join(f"{100 * shares[c]:>10.1f}%" for c in CANVASES))
+    print(flush=True)
 
 
 def print_rows(found: list[dict]) -> None:

@@ -802,6 +802,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(image_rows(work, args, flops))
     if "detect" in args.sections:
         bench_detect.print_rows(bench_detect.rows(args.video, args.face_models))
+        bench_detect.print_ckplus(bench_detect.ckplus_rows(args.face_models))
 
 
 if __name__ == "__main__":
