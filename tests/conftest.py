@@ -11,6 +11,10 @@ import pathlib
 # subprocesses the tests start (command lines, multi-process runs) inherit it; a test that
 # measures speed runs with it off (JAX_DISABLE_MOST_OPTIMIZATIONS=0 in its environment).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# One OpenMP thread for the reference libraries (PyTorch, the BLAS under NumPy): the suite runs
+# one pytest worker per core, and OpenMP threads that spin while another worker holds the core
+# made a 5 s PyTorch parity test take over 60 s. XLA's own thread pool is not OpenMP.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
