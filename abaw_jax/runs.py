@@ -280,12 +280,10 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: pathlib.Pa
                        f"(add :model={got} to --config)")
 
 
-def restore(config: ml_collections.ConfigDict, workdir: pathlib.Path, abstract_state,
-            which: str = "best", *, checked: bool = False) -> tuple[int, Any]:
-    """(step, state) of checkpoint `which` of `workdir`, checked against the config first
-    (unless the caller already did: `checked`)."""
-    if not checked:
-        check_workdir_matches(config, workdir)
+def restore(workdir: pathlib.Path, abstract_state, which: str = "best") -> tuple[int, Any]:
+    """(step, state) of checkpoint `which` of `workdir`; a state that does not fit
+    `abstract_state` is a RunError naming the workdir's config. Check the workdir against the
+    config first (:func:`check_workdir_matches`) for the clearer task / model message."""
     try:
         return checkpoints.restore_params(workdir, abstract_state, which)
     except (ValueError, TypeError) as e:
@@ -414,7 +412,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
     check_workdir_matches(config, workdir)
     data = resolve_data(config)
     setup = setup_model(config, data.feature_dims, mesh)
-    step, state = restore(config, workdir, setup.abstract_state, checkpoint, checked=True)
+    step, state = restore(workdir, setup.abstract_state, checkpoint)
     predict = jit_predict(setup.model, mesh)
     is_main = jax.process_index() == 0
     if is_main:
