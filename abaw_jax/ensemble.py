@@ -73,7 +73,8 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
     task = tasks.pop()
     out_dir = pathlib.Path(out_dir)
     results = {}
-    data = None   # resolved once, when a split needs the dataset (labels, MTL image lists)
+    # The dataset (validation labels, MTL image lists), resolved once for every split.
+    data = runs.resolve_data(configs[0]) if task == "MTL" or "val" in splits else None
     for split in splits:
         try:
             members = [member_outputs(w, task, split) for w in workdirs]
@@ -93,8 +94,6 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
         decided = runs.smoothed(configs[0], outputs)
-        if (task == "MTL" or split == "val") and data is None:
-            data = runs.resolve_data(configs[0])
         if task == "MTL":
             got = runs.mtl_split(configs[0], data, split, True)
             if got is None:
