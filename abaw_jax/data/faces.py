@@ -145,20 +145,23 @@ class BlazeFaceDetector:
         """Faces of RGB images of any sizes (one compiled function for all: host letterbox)."""
         def launch(i):
             part = list(images[i:i + self.batch_size])
-            boxed = self._boxed(part)
             hw = [im.shape[:2] for im in part]
-            pad = self.batch_size - len(part)
-            if pad:
-                boxed = np.concatenate([boxed, np.zeros((pad, *boxed.shape[1:]), np.uint8)])
-                hw += [hw[-1]] * pad
-            return self.detector.from_letterboxed(boxed, hw), len(part)
+            hw += [hw[-1]] * (self.batch_size - len(part))
+            return self.detector.from_letterboxed(self._padded(self._boxed(part)), hw), len(part)
 
         return self._pipelined(len(images), launch)
 
+    def _padded(self, batch: np.ndarray) -> np.ndarray:
+        """`batch` with zero images appended up to `batch_size` (one compiled shape)."""
+        pad = self.batch_size - len(batch)
+        if not pad:
+            return batch
+        return np.concatenate([batch, np.zeros((pad, *batch.shape[1:]), batch.dtype)])
+
     def _pipelined(self, total: int, launch) -> list[Faces]:
         """Runs ``launch(start) -> (detections, n)`` over batches, preparing batch k + 1 on the
-        host (decoding-side letterbox) while the device computes batch k: JAX dispatches
-        asynchronously, and only :meth:`_unpack` waits for the results."""
+        host (its letterbox) while the device computes batch k: JAX dispatches asynchronously,
+        and only :meth:`_unpack` waits for the results."""
         out: list[Faces] = []
         inflight = None
         for i in range(0, total, self.batch_size):
@@ -188,15 +191,10 @@ class BlazeFaceDetector:
 
         def launch(i):
             part = frames[i:i + self.batch_size]
-            n = len(part)
             if self.letterbox == "host":
-                images = self._boxed(part)
-                images = np.concatenate([images, np.zeros((self.batch_size - n, *images.shape[1:]),
-                                                          np.uint8)]) if n < self.batch_size else images
-                return self.detector.from_letterboxed(images, part.shape[1:3]), n
-            padded = np.concatenate([part, np.zeros((self.batch_size - n, *part.shape[1:]),
-                                                    np.uint8)]) if n < self.batch_size else part
-            return self.detector(padded), n
+                return (self.detector.from_letterboxed(self._padded(self._boxed(part)),
+                                                       part.shape[1:3]), len(part))
+            return self.detector(self._padded(part)), len(part)
 
         return self._pipelined(len(frames), launch)
 
