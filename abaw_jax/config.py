@@ -386,7 +386,7 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
         num_threads=2,
     ))
     c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
-    c.num_classes = 8
+    c.num_classes = 8           # finetune: 0 takes the source's (8 on Aff-Wild2 frames)
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
     c.batch_size = 256
     c.total_steps = 10000
@@ -437,7 +437,8 @@ def validate_image(config: ml_collections.ConfigDict) -> None:
     need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
          "'auto', 'float32', 'bfloat16' or 'float16'")
     if config.mode == "finetune":
-        need(config.num_classes >= 2, "num_classes", "must be >= 2")
+        need(config.num_classes == 0 or config.num_classes >= 2, "num_classes",
+             "must be >= 2 (0: the source's own class count)")
         need(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         need(config.loss.class_weights in ("", "balanced"), "loss.class_weights", "'' or 'balanced'")
     from abaw_jax.models import classifier
@@ -462,7 +463,7 @@ def extraction_config() -> ml_collections.ConfigDict:
     c.encoder = ""          # weights path, encoder directory, or "vit:B/16"-style random init
     c.seed = 0              # random-init encoders only
     c.pool = "mean"         # ViT pooling: mean | gap | cls | "" (the checkpoint's own)
-    c.image_size = 224      # encoder input; 0: the encoder's own
+    c.image_size = 0        # encoder input; 0: the encoder's own
     c.decode_size = 0       # host decoding size; 0: image_size. Else the device resizes.
     c.batch_size = 256      # global, in frames
     c.dtype = "float16"     # store dtype

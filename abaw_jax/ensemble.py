@@ -2,16 +2,23 @@
 
 Each workdir's `evaluate` writes raw per-frame outputs (`predictions/<split>/<TASK>_outputs.npz`).
 The ensemble averages them in probability space (EXPR softmax, AU sigmoid; VA as is), scores the
-average on the validation split and writes the submission files like `evaluate` does.
+average on the validation split and writes the submission files like `evaluate` does. Members
+whose validation videos differ (the folds of one system) are scored on the validation split one
+by one, each on its own videos; their test-split outputs are still averaged.
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import numpy as np
 
 from abaw_jax import files, runs, submission
+
+
+class EnsembleError(ValueError):
+    """Members that cannot be averaged (the message names the workdirs)."""
 
 
 def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
@@ -83,9 +90,12 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
                 continue
             raise
         names = sorted(members[0])
+        if split == "val" and any(sorted(m) != names for m in members):
+            results[split] = score_members(workdirs, configs, members, out_dir / split)
+            continue
         for w, m in zip(workdirs, members):
             if sorted(m) != names:
-                raise ValueError(f"{w}: predicted videos of {split} differ from {workdirs[0]}")
+                raise EnsembleError(f"{w}: predicted videos of {split} differ from {workdirs[0]}")
             for n in names:
                 if m[n].shape != members[0][n].shape:
                     raise ValueError(f"{w}: video {n} has {m[n].shape[0]} frames, "
@@ -102,7 +112,8 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
         else:
             submission.write_submission(split_dir / f"{task}.txt", task, names, decided)
         runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
-        metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
+        metrics: dict = {"task": task, "members": [str(w) for w in workdirs],
+                         "wrote": [str(split_dir / (f"{task}.txt"))]}
         if split == "val":
             by_name = {v.name: v for v in data.val}
             score, details = runs.score_split(task, decided, [by_name[n] for n in names])
@@ -110,3 +121,38 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
             files.write_json(split_dir / "metrics.json", metrics)
         results[split] = metrics
     return results
+
+
+def score_members(workdirs: list[pathlib.Path], configs, members: list[dict[str, np.ndarray]],
+                  split_dir: pathlib.Path) -> dict:
+    """Validation scores of members whose validation videos differ (folds): each member on its
+    own videos, as its `evaluate` scores them; written to `<split_dir>/metrics.json`."""
+    task = configs[0].task
+    print(f"note: the members validate on different videos (folds): the validation split is "
+          f"scored per member, not averaged", file=sys.stderr)
+    scores = {}
+    for w, config, outputs in zip(workdirs, configs, members):
+        videos = runs.resolve_data(config).val
+        names = [v.name for v in videos]
+        if sorted(names) != sorted(outputs):
+            raise EnsembleError(f"{w}: its saved validation outputs do not cover its validation "
+                                f"videos; delete {w / 'predictions' / 'val'} and rerun")
+        score, _ = runs.score_split(task, runs.smoothed(config, [outputs[n] for n in names]), videos)
+        scores[str(w)] = float(score)
+    result = {"task": task, "members": [str(w) for w in workdirs], "member_scores": scores,
+              "wrote": [str(split_dir / "metrics.json")]}
+    files.write_json(split_dir / "metrics.json", result)
+    return result
+
+
+def report(split: str, result: dict) -> None:
+    """Prints an ensemble's result on `split`: its score (or the members' scores) and its files."""
+    from abaw_jax import metrics
+    n = len(result["members"])
+    if "score" in result:
+        print(f"ensemble of {n} on {split}: "
+              f"{metrics.describe(result['task'], result['score'], result)}", file=sys.stderr)
+    for member, score in result.get("member_scores", {}).items():
+        print(f"{split}: {member}: {score:.4f}", file=sys.stderr)
+    for path in result.get("wrote", []):
+        print(f"wrote {path}", file=sys.stderr)

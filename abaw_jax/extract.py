@@ -412,6 +412,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
     if info["format"] == "random":
         log.warning("encoder %r has RANDOM weights (seed %d): for tests and benchmarks only",
                     config.encoder, config.seed)
+    if info.get("posemb_resized") and jax.process_index() == 0:
+        print(f"warning: config.image_size = {config.image_size} is not the encoder's own input "
+              f"size: its position embeddings were resized ({info['posemb_resized']}); "
+              f"--config.image_size=0 uses its own", file=sys.stderr, flush=True)
     if isinstance(module, vit_lib.ViT):
         model_hw, resize_to = vit_lib.image_hw(module.image_size), None
     else:
@@ -463,6 +467,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
             print(f"Extracting {len(plans)} video(s), {total} images, with {info['format']} "
                   f"{encoders.variant_name(module) or type(module).__name__} ({info['dim']}-d) "
                   f"on {mesh.devices.size} {sharding.platform(mesh)} device(s) into {workdir}",
+                  file=sys.stderr, flush=True)
+            print(f"Feature store: {workdir} (extractor {writer.meta.get('extractor')!r})",
                   file=sys.stderr, flush=True)
         if is_main and config.progress:
             from tqdm import tqdm

@@ -150,7 +150,7 @@ def _store_path(config) -> pathlib.Path | None:
         return pathlib.Path(config.data.features).expanduser()
     if config.data.root:
         return pathlib.Path(config.data.root).expanduser() / "features" / config.data.get("feature_set", "vit")
-    return runs.demo_root(config, build=False) / "features" / config.data.get("feature_set", "vit")
+    return runs.demo_root(config, build=False) / "features" / runs.demo_feature_set(config)
 
 
 def _read_store_meta(path: pathlib.Path | None) -> dict:

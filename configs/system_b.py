@@ -64,6 +64,5 @@ def demo(config) -> None:
     m.channels, m.kernel_size, m.dilations = (128, 64, 64), 5, (1, 2, 4)
     m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.head_dim = 64, 2, 4, 128, 32
     m.dropout = 0.1
-    config.data.feature_set = "vit"   # the demo dataset's features
     config.data.seq_len, config.data.train_stride, config.data.eval_stride = 150, 100, 100
     config_lib.demo_run(config)
