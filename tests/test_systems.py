@@ -14,6 +14,7 @@ MODELS = ["transformer", "tcn", "fusion"]
 
 def short(config, root, **extra):
     config.data.root = str(root)
+    config.data.feature_set = "vit"   # a dataset root names its store: the tiny demo's frame features
     config.data.num_threads = 1
     config.batch_size = 8
     config.total_steps = 2
