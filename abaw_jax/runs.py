@@ -126,8 +126,8 @@ def describe_features(features) -> list[str]:
     for name, store in stores.items():
         store = getattr(store, "store", store)
         label = f" {name!r}" if name else ""
-        lines.append(f"Feature store{label}: {store.path} ({store.extractor or 'extractor not '
-                     f'recorded'}, {store.dim}-d)")
+        extractor = store.extractor or "extractor not recorded"
+        lines.append(f"Feature store{label}: {store.path} ({extractor}, {store.dim}-d)")
     return lines
 
 

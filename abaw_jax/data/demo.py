@@ -742,7 +742,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jpeg", action="store_true", help="also draw cropped_aligned/ face images")
     p.add_argument("--jpeg-size", type=int, default=112, help="side of the face images, px")
     p.add_argument("--dim", type=int, default=768, help="dim of the 'vit' feature set")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="dtype of the feature stores")
     args = p.parse_args(argv)
     out = build_demo(args.out, num_videos=args.videos, seed=args.seed, length_scale=args.length_scale,
                      feature_sets={"vit": args.dim, "openface": OPENFACE_DIM}, jpeg=args.jpeg,
