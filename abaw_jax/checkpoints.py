@@ -170,6 +170,24 @@ class RunCheckpoints:
         self.best.close()
 
 
+class _ReadOnlyNotes(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read-only (asked for here: a restore
+    opens the checkpoints read-only on purpose), while the manager is being opened."""
+
+    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.EXPECTED)
+
+    def __enter__(self):
+        logging.getLogger("absl").addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("absl").removeFilter(self)
+        return False
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:
     """Restores a state from a workdir: `which` is "best", "latest" or a step number.
 
@@ -184,8 +202,9 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     items = ("state",) if sub == "best" else ("state", "data")
     # Read-only: steps whose save was interrupted are skipped here, not deleted.
     steps = complete_steps(directory)
-    with ocp.CheckpointManager(directory, item_names=items,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with _ReadOnlyNotes(), ocp.CheckpointManager(
+            directory, item_names=items,
+            options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         if not steps:
             raise FileNotFoundError(f"no complete checkpoint in {directory}")
         if which in ("best", "latest"):
