@@ -405,6 +405,25 @@ def check_file(path: str | pathlib.Path, root: str | pathlib.Path, task: str, sp
     return warnings
 
 
+def read_frame_counts(path: str | pathlib.Path) -> dict[str, int]:
+    """{video: frames} of a `name,frames` CSV (a header line and `.mp4`-style suffixes allowed)."""
+    path = pathlib.Path(path)
+    counts: dict[str, int] = {}
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[1].strip().isdigit():
+                if lineno == 1:
+                    continue
+                raise SubmissionError(f"{path}:{lineno}: expected 'name,frames', got {row!r}")
+            name = row[0].strip()
+            stem, dot, suffix = name.rpartition(".")
+            counts[stem if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm")
+                   else name] = int(row[1])
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import shutil
@@ -428,7 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     counts = None
     try:
         if args.frame_counts:
-            from abaw_jax.extract import read_frame_counts
             counts = read_frame_counts(args.frame_counts)
         warnings = check_file(args.file, args.root, args.task, args.split, counts)
     except (ValueError, FileNotFoundError) as e:

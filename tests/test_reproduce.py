@@ -36,12 +36,12 @@ def reproduce(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def frames_demo(tmp_path_factory) -> pathlib.Path:
-    """A demo written with its face frames (`python -m abaw_jax.data.demo ... --jpeg`)."""
+    """A demo written with its face frames (what `python -m abaw_jax.data.demo --out D --videos 8
+    --length-scale 0.02 --jpeg --jpeg-size 32 --dim 16` writes)."""
+    from abaw_jax.data import demo
     out = tmp_path_factory.mktemp("frames") / "affwild2"
-    subprocess.run([sys.executable, "-m", "abaw_jax.data.demo", "--out", str(out), "--videos", "8",
-                    "--length-scale", "0.02", "--jpeg", "--jpeg-size", "32", "--dim", "16"],
-                   cwd=ROOT, env=env(), check=True, capture_output=True)
-    return out
+    return demo.build_demo(out, num_videos=8, seed=0, length_scale=0.02, jpeg=True, jpeg_size=32,
+                           feature_sets={"vit": 16, "openface": demo.OPENFACE_DIM})
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +254,7 @@ def test_a_dataset_root_never_gets_the_demo_features_in_place_of_the_systems(tin
     assert runs.demo_feature_set(config) == "vit"
 
 
+@SLOW
 def test_extraction_runs_at_the_encoders_own_size(frames_demo, tmp_path):
     import jax.numpy as jnp
     from abaw_jax import extract
@@ -330,6 +331,7 @@ def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, ca
     assert f"{path}:4:" in capsys.readouterr().err
 
 
+@SLOW
 def test_scripts_take_config_overrides_like_every_command(tmp_path):
     r = subprocess.run([sys.executable, "scripts/run_folds.py", "--config", "configs/va.py:demo",
                         "--workdir", str(tmp_path), "--config.no_such_key=1"], cwd=ROOT, env=env(),
