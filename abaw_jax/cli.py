@@ -96,6 +96,12 @@ def run(main_fn: Callable, validate_fn: Callable = config_lib.validate, *,
     from absl import app, flags
     define_flags()
     sys.argv = saved_config_argv(sys.argv, config_from_workdir)
+    _, spec = _flag_value(sys.argv, "config")
+    if spec and spec.endswith(".json"):
+        saved = pathlib.Path(spec.split(":", 1)[1]).expanduser()
+        if not saved.is_file():
+            sys.exit(f"error: {saved}: no such file (a training workdir holds the config.json "
+                     f"it was trained with; or pass --config)")
 
     def wrapped(argv):
         from absl import logging as absl_logging

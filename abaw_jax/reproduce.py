@@ -61,7 +61,7 @@ SETTINGS = {
     "features.poster2": "",     # C: the POSTER2 feature store
     "features.fau": "",         # C: the OpenFace AU-intensity store
     "frame_counts": "",         # extraction: a name,frames CSV (counter_frame.csv)
-    "folds": "",                # B: folds trained per task (paper 5; demo 3; tiny 2)
+    "folds": "",                # B: folds trained per task (paper 5; demo and tiny 2)
     "mae_every": "",            # B: one frame in N of each video for MAE / fine-tuning
     "steps": "",                # every temporal run's length (0: the scale's)
 }
@@ -352,7 +352,7 @@ class Recipe:
             return lacking
 
         extract_stage.complete = extracted
-        folds = int(self.settings["folds"] or {"paper": 5, "demo": 3, "tiny": 2}[self.scale])
+        folds = int(self.settings["folds"] or {"paper": 5, "demo": 2, "tiny": 2}[self.scale])
         for task in self.tasks:
             members = [self.path(f"b_{task}", f"fold{k}") for k in range(folds)]
             for k, run in enumerate(members):

@@ -233,6 +233,10 @@ def test_evaluate_takes_the_workdirs_config_and_a_saved_config_json(run_a):
         got = json.loads((run / "again" / "val" / "metrics.json").read_text())
         want = json.loads((run / "predictions" / "val" / "metrics.json").read_text())
         assert got["score"] == pytest.approx(want["score"])
+    r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(run_a / "nothing")],
+                       cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    assert "nothing/config.json: no such file" in r.stderr
 
 
 def test_train_and_evaluate_logs_name_the_store(tiny_demo, capsys):
