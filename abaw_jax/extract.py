@@ -174,6 +174,20 @@ def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
+def annotated_frame_counts(frames: str | os.PathLike, report: bool = False) -> dict[str, int]:
+    """The frame counts of an Aff-Wild2 root's videos from its annotation files and test lists
+    (`affwild2.frame_counts`): frames after a video's last face image have no file, so its
+    highest image number can be short of the annotated length. {} for other folders."""
+    root = pathlib.Path(frames).expanduser()
+    if not (root / affwild2.FRAMES_DIR).is_dir():
+        return {}
+    counts = affwild2.frame_counts(root)
+    if counts and report:
+        print(f"Frame counts of {len(counts)} videos from the annotations of {root} "
+              f"(--config.frame_counts=CSV gives them instead)", file=sys.stderr, flush=True)
+    return counts
+
+
 def video_folders(frames: str | os.PathLike) -> pathlib.Path:
     """The folder whose sub-folders are the videos: ``<frames>/cropped_aligned`` or ``frames``."""
     root = pathlib.Path(frames).expanduser()
@@ -395,7 +409,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
                 f"config.videos: no frame folder in {folder_root} for {unknown[:5]}")
         names = sorted(set(wanted))
     mine = names[pid::nproc]
-    counts = read_frame_counts(config.frame_counts) if config.frame_counts else {}
+    counts = (read_frame_counts(config.frame_counts) if config.frame_counts
+              else annotated_frame_counts(config.frames, is_main))
 
     # Encoder and mesh.
     mesh = local_mesh(config.mesh_data)

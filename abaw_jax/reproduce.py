@@ -60,7 +60,7 @@ SETTINGS = {
     "encoder.resnet18": "",     # C: the ResNet-18 weights (paper); a random small one otherwise
     "features.poster2": "",     # C: the POSTER2 feature store
     "features.fau": "",         # C: the OpenFace AU-intensity store
-    "frame_counts": "",         # extraction: a name,frames CSV (counter_frame.csv)
+    "frame_counts": "",         # extraction: a name,frames CSV (default: the annotations')
     "folds": "",                # B: folds trained per task (paper 5; demo and tiny 2)
     "mae_every": "",            # B: one frame in N of each video for MAE / fine-tuning
     "steps": "",                # every temporal run's length (0: the scale's)
@@ -187,16 +187,6 @@ class Recipe:
         self.settings = settings
         self.stages: list[Stage] = []
         self.score_files: dict[str, Callable[[], dict[str, float]]] = {}
-        self.counts = settings["frame_counts"]
-        if not self.counts:
-            # Frames past a video's last face image have no file: their count comes from the
-            # annotations (and the test lists' images), written once for every extraction.
-            counts = self.path("frame_counts.csv")
-            self.stages.append(Stage(
-                "frame_counts", self.py("abaw_jax.data.affwild2", "frame-counts", "--root",
-                                        str(root), "--out", str(counts)),
-                [str(root)], [str(counts)], lambda: _missing(counts)))
-            self.counts = str(counts)
         {"A": self._system_a, "B": self._system_b, "C": self._system_c}[system]()
 
     # Paths as the user gave them (the commands are printed for people to retype).
@@ -221,8 +211,8 @@ class Recipe:
                 inputs: list[str], check: Callable[[], None] = lambda: None) -> None:
         args = ["--config", self.config("extract_vit", variant), "--workdir", str(store),
                 f"--config.frames={self.root}", f"--config.encoder={encoder}"]
-        args.append(f"--config.frame_counts={self.counts}")
-        inputs = [*inputs, self.counts]
+        if self.settings["frame_counts"]:
+            args.append(f"--config.frame_counts={self.settings['frame_counts']}")
         if self.scale != "paper":
             args += ["--config.batch_size=64", "--config.num_threads=2"]
         if self.scale == "tiny":

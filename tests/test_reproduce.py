@@ -71,7 +71,7 @@ def test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them(run_a, frames_de
     from abaw_jax import submission
     report = json.loads((run_a / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [
-        "frame_counts", "extract_vit", "train_va", "evaluate_va", "submission_va"]
+        "extract_vit", "train_va", "evaluate_va", "submission_va"]
     assert {s["status"] for s in report["stages"]} == {"done"}
     assert_chained(report)
     # The run read the store the extract stage wrote, by path.
@@ -131,7 +131,7 @@ def test_system_b_tiny_from_mae_to_fold_ensemble(run_b, frames_demo):
     from abaw_jax import submission
     report = json.loads((run_b / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [
-        "frame_counts", "pretrain_mae", "finetune_expr", "extract_mae_ft", "train_expr_fold0",
+        "pretrain_mae", "finetune_expr", "extract_mae_ft", "train_expr_fold0",
         "train_expr_fold1", "ensemble_expr", "submission_expr"]
     assert {s["status"] for s in report["stages"]} == {"done"}
     assert_chained(report)
@@ -188,7 +188,7 @@ def test_system_c_runs_when_the_demo_sets_stand_in(frames_demo, tmp_path):
               "--set", f"features.fau={features / 'openface'}")
     report = json.loads((tmp_path / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [
-        "frame_counts", "extract_resnet18", "train_mtl", "evaluate_mtl", "submission_mtl"]
+        "extract_resnet18", "train_mtl", "evaluate_mtl", "submission_mtl"]
     assert_chained(report)
     assert np.isfinite(report["scores"]["MTL"]["fold0"])
     submission.check_file(tmp_path / "submission" / "MTL.txt", frames_demo, "MTL", "test")
@@ -199,8 +199,8 @@ def test_paper_dry_run_of_b_lists_the_published_recipe(frames_demo, tmp_path, ca
     assert rep.main(["--system", "B", "--tasks", "va,expr,au", "--root", str(frames_demo),
                      "--workdir", str(tmp_path), "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1 + 3 + 3 * (5 + 2)             # counts, MAE, fine-tune, extract; 5 folds,
-    assert "configs/mae_face.py --workdir" in lines[1]     # ensemble and submission per task
+    assert len(lines) == 3 + 3 * (5 + 2)         # MAE, fine-tune, extract; 5 folds, ensemble and
+    assert "configs/mae_face.py --workdir" in lines[0]     # submission per task
     assert not any(word in line for line in lines for word in (
         "demo", "tiny", "steps=", "total_steps", "batch_size"))   # the published settings
     assert sum("--config configs/va.py:model=tcn --workdir" in line for line in lines) == 5
