@@ -82,6 +82,12 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
     results = {}
     # The dataset (validation labels, MTL image lists), resolved once for every split.
     data = runs.resolve_data(configs[0]) if task == "MTL" or "val" in splits else None
+    for w, config in zip(workdirs, configs):
+        # One evaluate per member for every split it lacks: one restore and one compile.
+        lacking = tuple(s for s in splits
+                        if not (w / "predictions" / s / f"{task}_outputs.npz").exists())
+        if lacking:
+            runs.evaluate_run(config, w, splits=lacking)
     for split in splits:
         try:
             members = [member_outputs(w, task, split) for w in workdirs]

@@ -46,10 +46,11 @@ def frames_demo(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def run_a(frames_demo, tmp_path_factory) -> pathlib.Path:
-    """System A on VA at the tiny scale, run once for the module."""
+    """System A on VA at the tiny scale, run once for the module (its log in `log.txt`)."""
     workdir = tmp_path_factory.mktemp("a") / "runs"
-    reproduce("--system", "A", "--tasks", "va", "--root", frames_demo, "--workdir", workdir,
-              "--scale", "tiny")
+    r = reproduce("--system", "A", "--tasks", "va", "--root", frames_demo, "--workdir", workdir,
+                  "--scale", "tiny")
+    (workdir / "log.txt").write_text(r.stderr)
     return workdir
 
 
@@ -78,6 +79,13 @@ def test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them(run_a, frames_de
     saved = json.loads((run_a / "a_va" / "config.json").read_text())
     assert saved["data"]["features"] == str(run_a / "features" / "vit")
     assert np.isfinite(report["scores"]["VA"]["fold0"])
+    # evaluate ran on the workdir's own config (no --config): the run's store, no demo, and no
+    # read-only notes from orbax.
+    evaluate = [s["command"] for s in report["stages"] if s["name"] == "evaluate_va"][0]
+    assert "--config" not in evaluate
+    log = (run_a / "log.txt").read_text().split("[evaluate_va]")[1]
+    assert f"Feature store: {run_a / 'features' / 'vit'} (" in log
+    assert "built-in demo" not in log and "read only" not in log.lower()
     assert "0.3900" in (run_a / "report.md").read_text()     # the paper's figure beside ours
     submission.check_file(run_a / "submission" / "VA.txt", frames_demo, "VA", "test")
     # The dry run prints exactly the commands that ran.
@@ -96,7 +104,9 @@ def test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them(run_a, frames_de
 
 @SLOW
 def test_sigterm_mid_stage_then_rerun_gives_the_same_submission(run_a, frames_demo, tmp_path):
+    import shutil
     workdir = tmp_path / "runs"
+    shutil.copytree(run_a / "features", workdir / "features")     # extraction: complete
     args = [sys.executable, "-m", "abaw_jax.reproduce", "--system", "A", "--tasks", "va", "--root",
             str(frames_demo), "--workdir", str(workdir), "--scale", "tiny"]
     proc = subprocess.Popen(args, cwd=ROOT, env=env(), stderr=subprocess.PIPE, text=True)
@@ -121,8 +131,9 @@ def test_sigterm_mid_stage_then_rerun_gives_the_same_submission(run_a, frames_de
 @pytest.fixture(scope="module")
 def run_b(frames_demo, tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("b") / "runs"
-    reproduce("--system", "B", "--tasks", "expr", "--root", frames_demo, "--workdir", workdir,
-              "--scale", "tiny")
+    r = reproduce("--system", "B", "--tasks", "expr", "--root", frames_demo, "--workdir", workdir,
+                  "--scale", "tiny")
+    (workdir / "log.txt").write_text(r.stderr)
     return workdir
 
 
@@ -151,15 +162,16 @@ def test_system_b_tiny_from_mae_to_fold_ensemble(run_b, frames_demo):
 
 
 @SLOW
-def test_fold_ensemble_with_its_defaults_scores_members_and_prints_what_it_wrote(run_b, tmp_path):
+def test_fold_ensemble_with_its_defaults_scores_members_and_prints_what_it_wrote(run_b):
     folds = run_b / "b_expr"
-    r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(folds / "fold0"),
-                        "--ensemble", str(folds / "fold1"), "--out", str(tmp_path / "ens")],
-                       cwd=ROOT, env=env(), capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "validate on different videos" in r.stderr
-    assert f"wrote {tmp_path / 'ens' / 'test' / 'EXPR.txt'}" in r.stderr
-    result = json.loads((tmp_path / "ens" / "val" / "metrics.json").read_text())
+    report = json.loads((run_b / "report.json").read_text())
+    command = [s["command"] for s in report["stages"] if s["name"] == "ensemble_expr"][0]
+    assert command == (f"python -m abaw_jax.evaluate --workdir {folds / 'fold0'} --ensemble "
+                       f"{folds / 'fold1'} --out {folds / 'ensemble'}")   # no --config, --splits
+    log = (run_b / "log.txt").read_text().split("[ensemble_expr]")[1]
+    assert "validate on different videos" in log
+    assert f"wrote {folds / 'ensemble' / 'test' / 'EXPR.txt'}" in log
+    result = json.loads((folds / "ensemble" / "val" / "metrics.json").read_text())
     own = [json.loads((folds / f"fold{k}" / "predictions" / "val" / "metrics.json").read_text())
            for k in (0, 1)]
     # Each member is scored on its own videos as its evaluate scored it (mode filter included).
@@ -220,19 +232,17 @@ def test_unknown_setting_is_one_line_with_a_suggestion(frames_demo, tmp_path, ca
 
 
 @SLOW
-def test_evaluate_takes_the_workdirs_config_and_a_saved_config_json(run_a):
+def test_evaluate_takes_a_saved_config_json_and_names_a_missing_one(run_a):
     run = run_a / "a_va"
-    for extra in ([], ["--config", str(run / "config.json"), "--config.eval_batch_size=4"]):
-        r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(run),
-                            "--splits", "val", "--out", str(run / "again"), *extra],
-                           cwd=ROOT, env=env(), capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr[-2000:]
-        # The run's own data and store, not the built-in demo; no read-only notes from orbax.
-        assert f"Feature store: {run_a / 'features' / 'vit'}" in r.stderr
-        assert "built-in demo" not in r.stderr and "read only" not in r.stderr.lower()
-        got = json.loads((run / "again" / "val" / "metrics.json").read_text())
-        want = json.loads((run / "predictions" / "val" / "metrics.json").read_text())
-        assert got["score"] == pytest.approx(want["score"])
+    r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(run),
+                        "--splits", "val", "--out", str(run / "again"), "--config",
+                        str(run / "config.json"), "--config.eval_batch_size=4"],
+                       cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"Feature store: {run_a / 'features' / 'vit'}" in r.stderr
+    got = json.loads((run / "again" / "val" / "metrics.json").read_text())
+    want = json.loads((run / "predictions" / "val" / "metrics.json").read_text())
+    assert got["score"] == pytest.approx(want["score"])
     r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(run_a / "nothing")],
                        cwd=ROOT, env=env(), capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
@@ -361,3 +371,12 @@ def test_demo_variants_name_their_timing_in_the_readme():
     table = (ROOT / "docs" / "performance.md").read_text()
     for system in ("A", "B", "C"):
         assert f"| {system} |" in table.split("## Demo runs")[1].split("\n## ")[0]
+
+
+def test_only_names_the_stages_it_knows(frames_demo, tmp_path, capsys):
+    from abaw_jax import reproduce as rep
+    assert rep.main(["--system", "A", "--tasks", "va", "--root", str(frames_demo), "--workdir",
+                     str(tmp_path), "--scale", "tiny", "--only", "train"]) == 1
+    err = capsys.readouterr().err
+    assert "--only train: no such stage; the stages are extract_vit, train_va, evaluate_va, " \
+           "submission_va" in err
