@@ -20,7 +20,6 @@ def load_config_arg(spec: str) -> ml_collections.ConfigDict:
 def parse_with_overrides(parser, argv: list[str] | None = None):
     """`(args, overrides)`: the parser's arguments and every `--config.KEY=VALUE` (or
     `--config.KEY VALUE`), the override syntax of the abaw_jax commands, as "KEY=VALUE" items."""
-    import sys
     args, rest = parser.parse_known_args(argv)
     overrides, i = [], 0
     while i < len(rest):
@@ -33,7 +32,6 @@ def parse_with_overrides(parser, argv: list[str] | None = None):
         else:
             parser.error(f"unrecognized argument {arg!r} (config overrides are --config.KEY=VALUE)")
         i += 1
-    del sys
     return args, overrides
 
 
