@@ -211,7 +211,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.skip_nonfinite = False       # skip updates with non-finite gradients instead of stopping
     c.compute_dtype = "auto"       # "auto": bfloat16 on GPU/TPU, float32 on CPU
     c.mesh_data = -1               # devices on the 'data' axis; -1: all
-    c.model_init = ""              # checkpoint directory to initialise params from
+    c.init_from = ""               # a training workdir whose best checkpoint starts the run
     c.progress = True
     return c
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from abaw_jax import ensemble, losses, metrics, runs, submission, train
+from abaw_jax import ensemble, evaluation, losses, metrics, runs, submission, train
 from abaw_jax.data import mtl
 from conftest import load_config
 
@@ -41,7 +41,7 @@ def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, c
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("eval at step 6"))
     assert "P_MTL" in line and "valence CCC" in line and "EXPR F1" in line and "AU F1" in line
 
-    results = runs.evaluate_run(config, tmp_path)
+    results = evaluation.evaluate(config, tmp_path)
     val_rows = mtl.load_mtl_split(tiny_demo, "val")
     val_images = [(v.name, int(f)) for v in val_rows for f in v.frames]
     got = submission.check_mtl_submission(tmp_path / "predictions" / "val" / "MTL.txt", val_images)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from abaw_jax import checkpoints, evaluate as evaluate_lib, files, loop, runs, sharding, train, writers
+from abaw_jax import checkpoints, evaluation, files, loop, runs, sharding, train, training, writers
 from abaw_jax.data import affwild2, pipeline
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
@@ -81,7 +81,7 @@ def test_resume_is_bit_exact(tiny_demo, tmp_path, monkeypatch, capsys):
     handler_before = signal.getsignal(signal.SIGTERM)
     train.train_and_evaluate(config, tmp_path / "straight")
 
-    monkeypatch.setattr(train.writers, "MetricWriter", type("W", (_SigtermAt,), {"at": 3}))
+    monkeypatch.setattr(writers, "MetricWriter", type("W", (_SigtermAt,), {"at": 3}))
     stopped = train.train_and_evaluate(config, tmp_path / "resumed")
     assert stopped == {}
     assert "Preempted: saved step 3" in capsys.readouterr().err
@@ -223,7 +223,7 @@ def _nan_grad_loss(real_make_loss):
 def test_nan_gradient_with_finite_loss_stops(tiny_demo, tmp_path, monkeypatch):
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=1)
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3, log_every=1), tmp_path)
-    monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
+    monkeypatch.setattr(training, "make_loss", _nan_grad_loss(training.make_loss))
     with pytest.raises(loop.NonFiniteLossError, match=r"grad_norm \(nan\) at step 4"):
         train.train_and_evaluate(config, tmp_path)
     assert committed(tmp_path / "checkpoints") == [3]
@@ -237,7 +237,7 @@ def test_nan_gradient_with_finite_loss_stops(tiny_demo, tmp_path, monkeypatch):
 
 def test_nan_step_is_not_offered_as_best(tiny_demo, tmp_path, monkeypatch):
     # Evaluation between logging points: the pending steps are checked before the state is kept.
-    monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
+    monkeypatch.setattr(training, "make_loss", _nan_grad_loss(training.make_loss))
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=5, eval_every=1,
                          checkpoint_every=5)
     with pytest.raises(loop.NonFiniteLossError, match="at step 1"):
@@ -371,7 +371,7 @@ def test_checkpoint_moves_between_device_counts(tiny_demo, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
     # Evaluation on 1 device of a run trained on 8 then 4 devices.
-    results = evaluate_lib.evaluate(config, w4, splits=("val",))
+    results = evaluation.evaluate(config, w4, splits=("val",))
     best = max(r["val/score"] for r in read_metrics(w4) if "val/score" in r)
     assert results["val"]["score"] == pytest.approx(best, abs=1e-5)
 
@@ -393,7 +393,7 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
     path = tmp_path / "VA_outputs.npz"
-    runs.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
+    evaluation.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
 
     real_savez = np.savez
 
@@ -403,7 +403,7 @@ def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", savez_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        runs.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
+        evaluation.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
     monkeypatch.undo()
     with np.load(path) as saved:
         assert saved.files == ["a"] and np.array_equal(saved["a"], np.ones((3, 2)))

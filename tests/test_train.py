@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from abaw_jax import evaluate as evaluate_lib
-from abaw_jax import loop, submission, train
+from abaw_jax import evaluation, loop, rngs, submission, train, training
 from abaw_jax.data import affwild2
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
@@ -37,7 +36,7 @@ def test_train_then_evaluate(tiny_demo, tmp_path, task):
     assert (tmp_path / "config.json").exists()
     assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
 
-    results = evaluate_lib.evaluate(config, tmp_path)
+    results = evaluation.evaluate(config, tmp_path)
     val = affwild2.load_split(tiny_demo, task, "val")
     # The submission holds one row per frame of every validation video, faceless frames included.
     submission.check_submission(tmp_path / "predictions" / "val" / f"{task}.txt", task,
@@ -100,7 +99,7 @@ def _nan_loss(config, videos):
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_demo, tmp_path, monkeypatch):
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3), tmp_path)
-    monkeypatch.setattr(train, "make_loss", _nan_loss)
+    monkeypatch.setattr(training, "make_loss", _nan_loss)
     with pytest.raises(loop.NonFiniteLossError, match="at step 4"):
         train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=6), tmp_path)
     saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
@@ -108,7 +107,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_demo, tmp_path
 
 
 def test_skip_nonfinite_counts_skipped_updates(tiny_demo, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "make_loss", _nan_loss)
+    monkeypatch.setattr(training, "make_loss", _nan_loss)
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=4, skip_nonfinite=True),
                              tmp_path)
     rows = [r for r in read_metrics(tmp_path) if "train/skipped_updates" in r]
@@ -116,15 +115,15 @@ def test_skip_nonfinite_counts_skipped_updates(tiny_demo, tmp_path, monkeypatch)
 
 
 def test_rng_impl_changes_step_randomness_not_initialisation():
-    init_tf, train_tf = loop.make_rngs(7, "threefry2x32")
-    init_rbg, train_rbg = loop.make_rngs(7, "rbg")
+    init_tf, train_tf = rngs.make_rngs(7, "threefry2x32")
+    init_rbg, train_rbg = rngs.make_rngs(7, "rbg")
     # Parameters are drawn from the same threefry key whatever config.rng_impl says.
     np.testing.assert_array_equal(jax.random.key_data(init_tf), jax.random.key_data(init_rbg))
     assert "rbg" in str(jax.random.key_impl(train_rbg))
     assert "threefry" in str(jax.random.key_impl(train_tf))
     # Deterministic per seed, different across seeds.
-    np.testing.assert_array_equal(jax.random.key_data(loop.make_rngs(7, "rbg")[1]),
+    np.testing.assert_array_equal(jax.random.key_data(rngs.make_rngs(7, "rbg")[1]),
                                   jax.random.key_data(train_rbg))
     a = jax.random.uniform(train_rbg, (16,))
-    b = jax.random.uniform(loop.make_rngs(8, "rbg")[1], (16,))
+    b = jax.random.uniform(rngs.make_rngs(8, "rbg")[1], (16,))
     assert not np.allclose(np.asarray(a), np.asarray(b))
