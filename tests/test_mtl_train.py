@@ -37,7 +37,7 @@ def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, c
     config = mtl_config(tiny_demo, model)
     result = train.train_and_evaluate(config, tmp_path)
     parts = [result[f"val/{k}"] for k in ("valence_ccc", "arousal_ccc", "expr_f1", "au_f1")]
-    assert result["val/score"] == pytest.approx(metrics.mtl_combine(*parts))
+    assert result["val/p_mtl"] == pytest.approx(metrics.mtl_combine(*parts))
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("eval at step 6"))
     assert "P_MTL" in line and "valence CCC" in line and "EXPR F1" in line and "AU F1" in line
 

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from abaw_jax import evaluation, loop, rngs, submission, train, training
+from abaw_jax import evaluation, loop, metrics, rngs, submission, train, training
 from abaw_jax.data import affwild2
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
@@ -26,15 +26,21 @@ def read_metrics(workdir: pathlib.Path) -> list[dict]:
 def test_train_then_evaluate(tiny_demo, tmp_path, task):
     config = tiny_config(task, tiny_demo)
     result = train.train_and_evaluate(config, tmp_path)
-    assert np.isfinite(result["val/score"])
+    key = f"val/{metrics.score_name(task)}"
+    assert np.isfinite(result[key])
+    assert "val/score" not in result
     rows = read_metrics(tmp_path)
     losses = [r for r in rows if "train/loss" in r]
     # Logged every 2 steps, and at checkpoints (every 3), whose state is checked finite first.
     assert [r["step"] for r in losses] == [2, 3, 4, 6]
     assert all(np.isfinite(r["train/loss"]) for r in losses)
-    assert [r["step"] for r in rows if "val/score" in r] == [3, 6]
+    assert [r["step"] for r in rows if key in r] == [3, 6]
+    assert not any("val/score" in r for r in rows)
+    assert json.loads((tmp_path / "final_metrics.json").read_text())[key] == result[key]
     assert (tmp_path / "config.json").exists()
-    assert any(p.name.startswith("events") for p in (tmp_path / "tensorboard").iterdir())
+    # TensorBoard's curve carries the metric's name (the tag is stored verbatim in the event).
+    events = [p for p in (tmp_path / "tensorboard").iterdir() if p.name.startswith("events")]
+    assert events and key.encode() in b"".join(p.read_bytes() for p in events)
 
     results = evaluation.evaluate(config, tmp_path)
     val = affwild2.load_split(tiny_demo, task, "val")
@@ -46,8 +52,9 @@ def test_train_then_evaluate(tiny_demo, tmp_path, task):
     submission.check_submission(tmp_path / "predictions" / "test" / f"{task}.txt", task,
                                 {n: store.num_frames(n) for n in test_names})
     # The best checkpoint's score is the best validation score seen in training.
-    best = max(r["val/score"] for r in rows if "val/score" in r)
+    best = max(r[key] for r in rows if key in r)
     assert results["val"]["score"] == pytest.approx(best, abs=1e-5)
+    assert results["val"][metrics.score_name(task)] == results["val"]["score"]
     outputs = np.load(tmp_path / "predictions" / "val" / f"{task}_outputs.npz")
     assert sorted(outputs.files) == sorted(v.name for v in val)
 
