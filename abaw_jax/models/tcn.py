@@ -53,7 +53,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
 from abaw_jax import checks
 from abaw_jax.models import layers
@@ -354,7 +353,8 @@ class TCNTransformer(nn.Module):
             if self.pos_encoding != "none" and self.pos_dropout:
                 x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
             encoded = layers.Encoder(
-                self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+                num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                dropout=self.dropout,
                 attention_dropout=self.attention_dropout, norm=self.norm,
                 activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl,
                 name="encoder")(x, key_mask, train=train)
@@ -380,35 +380,7 @@ def default_config() -> ml_collections.ConfigDict:
     dilations 1/2/4, shared-slope PReLU) -> 1x1 projection -> encoder d 512 x 8 without position
     encoding -> head Linear -> BatchNorm -> Linear. attention_dropout (a float placeholder left
     at None) means `dropout`."""
-    return ml_collections.ConfigDict({
-        "name": "tcn",
-        "channels": (768, 256, 128),
-        "kernel_size": 5,
-        "dilations": (1, 2, 4),
-        "weight_norm": True,
-        "tcn_activation": "prelu",
-        "prelu_slopes": "shared",
-        "causal": True,
-        "d_model": 512,
-        "num_layers": 8,
-        "num_heads": 4,
-        "mlp_dim": 512,
-        "dropout": 0.3,
-        "attention_dropout": config_dict.placeholder(float),
-        "norm": "post",
-        "activation": "relu",
-        "pos_encoding": "none",
-        "pos_dropout": 0.0,
-        "max_len": 1024,
-        "head_dim": 256,
-        "head_norm": "batch",
-        "head_sizes": (),
-        "output_activation": "none",
-        "use_tcn": True,
-        "use_transformer": True,
-        "attend_absent": False,
-        "attention_impl": "default",
-    })
+    return layers.default_config(TCNTransformer, "tcn")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -442,7 +414,7 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
 def _validate(model: TCNTransformer) -> None:
     """Rejects bad options at build time, naming the config key."""
     need = checks.checker(model, prefix="model.")
-
+    layers.check_common(need, model)
     need(len(model.channels) >= 1 and all(int(c) >= 1 for c in model.channels), "channels",
          "must list at least one positive channel count")
     need(model.kernel_size >= 1, "kernel_size", "must be >= 1")
@@ -453,17 +425,11 @@ def _validate(model: TCNTransformer) -> None:
     need(model.tcn_activation in TCN_ACTIVATIONS, "tcn_activation", f"one of {TCN_ACTIVATIONS}")
     need(model.prelu_slopes in PRELU_SLOPES, "prelu_slopes", f"one of {PRELU_SLOPES}")
     need(0.0 <= model.pos_dropout < 1.0, "pos_dropout", "must be in [0, 1)")
-    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
-         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
     need(model.d_model % model.num_heads == 0, "d_model",
          f"must be divisible by model.num_heads={model.num_heads}")
-    need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
     need(model.head_norm in HEAD_NORMS, "head_norm", f"one of {HEAD_NORMS}")
     need(model.pos_encoding in POS_ENCODINGS, "pos_encoding", f"one of {POS_ENCODINGS}")
     need(not model.head_sizes or (all(int(k) >= 1 for k in model.head_sizes)
                                   and sum(int(k) for k in model.head_sizes) == model.num_outputs),
          "head_sizes", f"sizes >= 1 adding up to the {model.num_outputs} outputs (or empty)")
-    need(model.output_activation in layers.OUTPUT_ACTIVATIONS, "output_activation",
-         f"one of {layers.OUTPUT_ACTIVATIONS}")
-    need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")
-    need(model.activation in layers.ACTIVATIONS, "activation", f"one of {layers.ACTIVATIONS}")
+

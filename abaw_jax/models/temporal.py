@@ -30,8 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
+from abaw_jax import checks
 from abaw_jax.models import layers
 
 MASK_MODES = ("frame", "element")
@@ -137,7 +137,8 @@ class TemporalTransformer(nn.Module):
             x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
         if self.pos_dropout:
             x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
-        x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+        x = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                           dropout=self.dropout,
                            attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
                            attention_impl=self.attention_impl, name="encoder")(
                                x, key_mask, train=train)
@@ -151,26 +152,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     attention_dropout is a float placeholder left at None: the weights are dropped at `dropout`
     (torch's TransformerEncoderLayer has one rate for all four places)."""
-    return ml_collections.ConfigDict({
-        "d_model": 768,
-        "num_layers": 6,
-        "num_heads": 8,
-        "mlp_dim": 2048,
-        "dropout": 0.2,
-        "attention_dropout": config_dict.placeholder(float),
-        "pos_dropout": 0.0,
-        "input_proj": False,
-        "mask_prob": 0.2,
-        "mask_mode": "frame",
-        "mask_value": "zero",
-        "pos_encoding": "sinusoidal",
-        "norm": "post",
-        "max_len": 1024,
-        "activation": "relu",
-        "attend_absent": False,
-        "output_activation": "none",
-        "attention_impl": "default",
-    })
+    return layers.default_config(TemporalTransformer, "transformer")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -192,4 +174,15 @@ def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
     any other unknown key is an error naming it.
     """
     kwargs = layers.module_kwargs(TemporalTransformer, model_cfg)
-    return TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
+    model = TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
+    _validate(model)
+    return model
+
+
+def _validate(model: TemporalTransformer) -> None:
+    """Rejects bad options at build time, naming the config key."""
+    need = checks.checker(model, prefix="model.")
+    layers.check_common(need, model)
+    need(0.0 <= model.mask_prob < 1.0, "mask_prob", "must be in [0, 1)")
+    need(model.num_heads >= 1 and model.d_model % model.num_heads == 0, "d_model",
+         f"must be divisible by model.num_heads={model.num_heads}")
