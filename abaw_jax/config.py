@@ -172,7 +172,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.loss.alpha = 0.25            # focal losses
     c.loss.gamma = 2.0
     c.loss.alpha_mode = "scalar"   # AU focal: "scalar" (Eq. 1 of system A) or "balanced"
-    c.loss.class_weights = ""      # focal: "" or "inverse_frequency" (system A's code)
+    c.loss.class_weights = ""      # focal: "" or "one_minus_frequency" (1 - n_c / sum(n), A's code)
     c.loss.label_smoothing = 0.0   # cross-entropy
 
     c.batch_size = 32              # global, in windows of seq_len frames
@@ -191,28 +191,34 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    # Early stopping on the validation score: evaluations without an improvement of more than
-    # min_delta; 0 disables it.
-    c.early_stopping_patience = 0
-    c.early_stopping_min_delta = 0.0
-
-    c.log_every = 50
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
-    c.evals_per_epoch = 0.0
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 0          # 0: same as batch_size
+    cadence_fields(c, eval_every=500)
     # EXPR at `evaluate`: each frame's class becomes the most frequent class of the frames within
     # eval_mode_filter // 2 of it (0: off; system B's code uses 40). Training's evaluations and
     # the saved raw outputs are not smoothed.
     c.eval_mode_filter = 0
     c.skip_nonfinite = False       # skip updates with non-finite gradients instead of stopping
+    c.init_from = ""               # a training workdir whose best checkpoint starts the run
+    return c
+
+
+def cadence_fields(c: ml_collections.ConfigDict, eval_every: int) -> None:
+    """The fields of every training command's config (train, pretrain) that time the run and
+    place it on the devices: logging, evaluation and checkpoint cadence, early stopping, the
+    compute dtype and the mesh."""
+    # Early stopping on the validation score: evaluations without an improvement of more than
+    # min_delta; 0 disables it.
+    c.early_stopping_patience = 0
+    c.early_stopping_min_delta = 0.0
+    c.log_every = 50
+    c.eval_every = eval_every
+    c.checkpoint_every = eval_every
+    # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
+    c.evals_per_epoch = 0.0
+    c.keep_checkpoints = 2
+    c.eval_batch_size = 0          # 0: same as batch_size
     c.compute_dtype = "auto"       # "auto": bfloat16 on GPU/TPU, float32 on CPU
     c.mesh_data = -1               # devices on the 'data' axis; -1: all
-    c.init_from = ""               # a training workdir whose best checkpoint starts the run
     c.progress = True
-    return c
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -246,8 +252,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "model.max_len", "must be >= data.seq_len")
     need(config.loss.alpha_mode in ("scalar", "balanced"), "loss.alpha_mode",
          "'scalar' or 'balanced'")
-    need(config.loss.class_weights in ("", "inverse_frequency"), "loss.class_weights",
-         "'' or 'inverse_frequency'")
+    need(config.loss.class_weights in ("", "one_minus_frequency"), "loss.class_weights",
+         "'' or 'one_minus_frequency'")
     if config.task == "MTL":
         from abaw_jax import losses
         need(config.loss.name == "mtl", "loss.name", "the multi-task challenge trains 'mtl'")
@@ -331,7 +337,7 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = mode
     c.seed = 0
-    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see loop.make_rngs)
+    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see rngs.make_rngs)
     c.data = ml_collections.ConfigDict(dict(
         source="folder",        # "folder" (one subfolder per class), "affwild2", "tfds"
         root="",                # image folder, Aff-Wild2 root, or the TFDS data_dir
@@ -357,22 +363,12 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.total_steps = 10000
     c.num_epochs = 0.0          # > 0 with total_steps = 0: the run's length in epochs
-    c.early_stopping_patience = 0   # evaluations without a better score before stopping; 0: off
-    c.early_stopping_min_delta = 0.0
-    c.evals_per_epoch = 0.0     # > 0: evaluate and checkpoint this often per epoch
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1.5e-4, weight_decay=0.05, warmup_steps=500, warmup_epochs=0.0, end_lr_factor=0.0,
         grad_clip=0.0, b1=0.9, b2=0.95, eps=1e-8, layer_decay=1.0, schedule="warmup_cosine",
         decay_rate=1.0))
-    c.log_every = 50
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 0
+    cadence_fields(c, eval_every=1000)
     c.num_recon_images = 8
-    c.compute_dtype = "auto"
-    c.mesh_data = -1
-    c.progress = True
     return c
 
 

@@ -156,7 +156,7 @@ def make_config(system: System, attention_impl: str = "default", rng_impl: str =
     # defaults in a few places: A projects its input and drops after the positions; B is
     # non-causal with sinusoidal positions, per-channel PReLU and a LayerNorm head; C has one
     # shared LayerNorm head, the benchmark store's two sets and positions before its dropout.
-    twin = {"transformer": dict(input_proj=True, pos_dropout=config.model.get("dropout", 0.0)),
+    twin = {"transformer": dict(input_proj="always", pos_dropout=config.model.get("dropout", 0.0)),
             "tcn": dict(causal=False, pos_encoding="sinusoidal", pos_dropout=0.3,
                         prelu_slopes="channel", head_norm="layer"),
             "fusion": dict(heads="shared", head_norm="layer", pe_dropped=True, head_sizes=(),

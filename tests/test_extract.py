@@ -395,7 +395,7 @@ def test_config_errors_name_the_key(frames, key, value, match):
     c = tiny_config(frames, "vit:Ti/8")
     c[key] = value
     with pytest.raises(config_lib.ConfigError, match=match):
-        extract.validate(c)
+        config_lib.validate_extraction(c)
 
 
 def test_bad_frames_and_video_list(frames, encoder, tmp_path):

@@ -284,7 +284,7 @@ def test_input_projection_is_an_option_and_automatic_when_widths_differ():
     features, present, frame_mask = batch(6)
     # tiny: d_model 32 != 16 feature channels, so a projection is needed.
     assert "input_proj" in init(tiny(), features, present, frame_mask)["params"]
-    forced = init(tiny(d_model=D_IN, input_proj=True), features, present, frame_mask)["params"]
+    forced = init(tiny(d_model=D_IN, input_proj="always"), features, present, frame_mask)["params"]
     assert forced["input_proj"]["kernel"].shape == (D_IN, D_IN)
 
 
@@ -392,7 +392,7 @@ def test_configs_and_from_config():
     assert (model.mask_mode, model.pos_encoding) == ("frame", "sinusoidal")
     assert (model.activation, model.attend_absent, model.output_activation) == (
         "relu", False, "none")
-    assert (model.input_proj, model.pos_dropout, model.attention_dropout) == (False, 0.0, None)
+    assert (model.input_proj, model.pos_dropout, model.attention_dropout) == ("auto", 0.0, None)
     tiny_model = temporal.from_config({"name": "transformer", **temporal.tiny_config()}, 2)
     assert (tiny_model.d_model, tiny_model.num_layers, tiny_model.mlp_dim) == (32, 2, 64)
     # Keys left out take the module defaults.

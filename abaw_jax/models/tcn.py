@@ -15,9 +15,9 @@ nn.TransformerEncoderLayer stack with feed-forward 512 (dropout in its four plac
 weights included); a head Linear(512, 256) -> **BatchNorm1d** -> Linear. `use_tcn` and
 `use_transformer` switch off either part for the paper's ablations (table 5).
 
-Named variants: `causal=False` (centred convolutions), `pos_encoding="sinusoidal"` / "learned"
-(with `pos_dropout` for a dropout after it), `head_norm="layer"` / "none", `prelu_slopes=
-"channel"` (one slope per channel); these were this module's defaults before.
+Options besides the authors' model: `causal=False` (centred convolutions),
+`pos_encoding="sinusoidal"` / "learned" (with `pos_dropout` for a dropout after it),
+`head_norm="layer"` / "none", `prelu_slopes="channel"` (one slope per channel).
 
 BatchNorm head: statistics over the valid frames (`frame_mask`) of the batch only, running
 averages for inference (`layers.MaskedBatchNorm`). Such a model has a "batch_stats" collection:

@@ -10,9 +10,9 @@ per-frame FC head are the paper's (§3.2, §4.1, Fig. 1). Where the paper is sil
 code (msjae/ABAW, branch `old`, `transformer_model.py`) decides: d_model = the feature width 768
 with **no input projection** (the positions are added straight to the masked features),
 nn.TransformerEncoderLayer's feed-forward 2048, ReLU, post-norm and its four dropout places
-(attention weights included), and **no dropout after the position encoding**. `input_proj=True`
-and `pos_dropout` > 0 bring back the Dense projection and the dropout after the positions that
-earlier versions of this module had.
+(attention weights included), and **no dropout after the position encoding**.
+`input_proj="always"` and `pos_dropout` > 0 add a Dense projection of the features and a dropout
+after the positions.
 
 Frames without a face image (`present` False) and padding (`frame_mask` False) are excluded from
 the attention keys, so their placeholder features cannot leak into other frames; they still get
@@ -37,6 +37,7 @@ from abaw_jax.models import layers
 MASK_MODES = ("frame", "element")
 MASK_VALUES = ("zero", "token")
 POS_ENCODINGS = ("sinusoidal", "learned")
+INPUT_PROJ = ("auto", "always")
 
 
 class FeatureMasking(nn.Module):
@@ -77,10 +78,9 @@ class TemporalTransformer(nn.Module):
     output_activation "tanh" bounds outputs to [-1, 1] (VA); "none" returns logits (EXPR, AU).
     `max_len` bounds the window length for both position encodings.
 
-    input_proj: False (the authors' code) adds the positions to the features themselves, which
-    needs D == d_model. When D differs from d_model a Dense(d_model) projection ("input_proj")
-    is applied whatever the option says: there is no other way to reach the encoder's width.
-    True always projects (earlier versions of this module did).
+    input_proj: "auto" projects the features with a Dense(d_model) ("input_proj") only when
+    their width D differs from d_model; with D == d_model the positions are added to the
+    features themselves (the authors' code). "always" projects whatever the widths.
     pos_dropout: dropout rate after the position encoding; 0 (the authors' code has none).
     attention_dropout: dropout on the attention weights; None means `dropout`, as in torch's
     TransformerEncoderLayer (see `layers.EncoderBlock`).
@@ -94,7 +94,7 @@ class TemporalTransformer(nn.Module):
     dropout: float = 0.2
     attention_dropout: float | None = None
     pos_dropout: float = 0.0
-    input_proj: bool = False
+    input_proj: str = "auto"
     mask_prob: float = 0.2
     mask_mode: str = "frame"
     mask_value: str = "zero"
@@ -128,7 +128,7 @@ class TemporalTransformer(nn.Module):
 
         x = FeatureMasking(self.mask_prob, self.mask_mode, self.mask_value, name="masking")(
             jnp.asarray(features, jnp.float32), train=train)
-        if self.input_proj or features.shape[-1] != self.d_model:
+        if self.input_proj == "always" or features.shape[-1] != self.d_model:
             x = nn.Dense(self.d_model, dtype=self.dtype, name="input_proj")(x)
         x = x.astype(self.dtype)
         if self.pos_encoding == "sinusoidal":
@@ -183,6 +183,7 @@ def _validate(model: TemporalTransformer) -> None:
     """Rejects bad options at build time, naming the config key."""
     need = checks.checker(model, prefix="model.")
     layers.check_common(need, model)
+    need(model.input_proj in INPUT_PROJ, "input_proj", f"one of {INPUT_PROJ}")
     need(0.0 <= model.mask_prob < 1.0, "mask_prob", "must be in [0, 1)")
     need(model.num_heads >= 1 and model.d_model % model.num_heads == 0, "d_model",
          f"must be divisible by model.num_heads={model.num_heads}")
