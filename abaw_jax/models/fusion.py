@@ -167,23 +167,15 @@ def default_config() -> ml_collections.ConfigDict:
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: d_affine 8 per set, 1 encoder layer, 2 heads."""
     config = default_config()
-    config.d_affine = 8
-    config.num_layers = 1
-    config.num_heads = 2
+    config.update(dict(d_affine=8, num_layers=1, num_heads=2))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> MultiEncoderFusion:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
-
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key, or a bad value, is an error naming it.
-    """
-    kwargs = layers.module_kwargs(MultiEncoderFusion, model_cfg, ("feature_sets", "head_sizes"))
-    model = MultiEncoderFusion(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
-    _validate(model)
-    return model
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(MultiEncoderFusion, model_cfg, num_outputs, dtype, _validate,
+                              ("feature_sets", "head_sizes"))
 
 
 def _validate(model: MultiEncoderFusion) -> None:

@@ -305,6 +305,18 @@ def check_common(need, model) -> None:
     need(model.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}")
 
 
+def from_config(module_cls: type, model_cfg: Any, num_outputs: int, dtype: Any, validate,
+                tuple_fields: tuple[str, ...] = ()):
+    """The temporal model `module_cls` of `config.model` (a ConfigDict or dict keyed by its
+    options). Missing keys take the module defaults; `name` (the model family chosen elsewhere)
+    is ignored; any other unknown key, or a value `validate(model)` rejects, is a ValueError
+    naming `model.<key>`."""
+    kwargs = module_kwargs(module_cls, model_cfg, tuple_fields)
+    model = module_cls(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
+    validate(model)
+    return model
+
+
 def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...] = ()) -> dict:
     """Constructor arguments of a temporal model from `config.model`.
 

@@ -386,29 +386,17 @@ def default_config() -> ml_collections.ConfigDict:
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: TCN [16, 8] with kernel 3, encoder d 16, 1 layer, 2 heads."""
     config = default_config()
-    config.channels = (16, 8)
-    config.kernel_size = 3
-    config.dilations = (1, 2)
-    config.d_model = 16
-    config.num_layers = 1
-    config.num_heads = 2
-    config.mlp_dim = 32
-    config.head_dim = 8
-    config.max_len = 64
+    config.update(dict(
+        channels=(16, 8), kernel_size=3, dilations=(1, 2), d_model=16, num_layers=1, num_heads=2,
+        mlp_dim=32, head_dim=8, max_len=64))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> TCNTransformer:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
-
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key, or a bad value, is an error naming it.
-    """
-    kwargs = layers.module_kwargs(TCNTransformer, model_cfg, ("channels", "dilations", "head_sizes"))
-    model = TCNTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
-    _validate(model)
-    return model
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(TCNTransformer, model_cfg, num_outputs, dtype, _validate,
+                              ("channels", "dilations", "head_sizes"))
 
 
 def _validate(model: TCNTransformer) -> None:

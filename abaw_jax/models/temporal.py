@@ -158,25 +158,14 @@ def default_config() -> ml_collections.ConfigDict:
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: d_model 32, 2 layers, 2 heads, feed-forward 64."""
     config = default_config()
-    config.d_model = 32
-    config.num_layers = 2
-    config.num_heads = 2
-    config.mlp_dim = 64
-    config.max_len = 64
+    config.update(dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=64))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> TemporalTransformer:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
-
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key is an error naming it.
-    """
-    kwargs = layers.module_kwargs(TemporalTransformer, model_cfg)
-    model = TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
-    _validate(model)
-    return model
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(TemporalTransformer, model_cfg, num_outputs, dtype, _validate)
 
 
 def _validate(model: TemporalTransformer) -> None:
