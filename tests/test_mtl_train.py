@@ -31,8 +31,7 @@ def mtl_config(root, model: str, **overrides):
     return c
 
 
-@pytest.mark.parametrize("model", [pytest.param("fusion", marks=pytest.mark.slow), "transformer",
-                                   pytest.param("tcn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", ["fusion", "transformer", "tcn"])
 def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, capsys):
     config = mtl_config(tiny_demo, model)
     result = train.train_and_evaluate(config, tmp_path)
@@ -57,7 +56,6 @@ def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, c
     submission.check_mtl_submission(tmp_path / "predictions" / "test" / "MTL.txt", test_images)
 
 
-@pytest.mark.slow
 def test_every_listed_frame_gets_one_prediction_in_order(tiny_demo, tmp_path):
     """Windows run over each video's annotated frames in order; the predictions of the sampled
     frames are those of the frames' own rows (checked against a direct model call)."""

@@ -201,7 +201,6 @@ def test_config_errors_name_the_key():
 # Runs.
 
 
-@pytest.mark.slow
 def test_mae_run_resumes_and_finetune_starts_from_it(tmp_path):
     from abaw_jax.models import encoders
     from abaw_jax.models import mae as mae_lib

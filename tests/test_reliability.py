@@ -73,7 +73,6 @@ class _SigtermAt(writers.MetricWriter):
             signal.raise_signal(signal.SIGTERM)
 
 
-@pytest.mark.slow
 def test_resume_is_bit_exact(tiny_demo, tmp_path, monkeypatch, capsys):
     # Checkpoints every step in the straight run: async saves overlap the donated updates.
     config = tiny_config("VA", tiny_demo, batch_size=BATCH, total_steps=6, log_every=1,
@@ -123,7 +122,6 @@ def cli_env() -> dict:
     return dict(env, JAX_PLATFORMS="cpu")
 
 
-@pytest.mark.slow
 def test_sigterm_saves_and_rerun_matches_uninterrupted(tiny_demo, tmp_path):
     steps = 80
     overrides = dict(total_steps=steps, log_every=1, eval_every=1000, checkpoint_every=1000)
@@ -163,7 +161,6 @@ def test_sigterm_saves_and_rerun_matches_uninterrupted(tiny_demo, tmp_path):
                        flat(restore_state(config, tmp_path / "straight")[1]))
 
 
-@pytest.mark.slow
 def test_interrupted_saves_are_ignored_and_removed(tiny_demo, tmp_path, capsys):
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3), tmp_path)
     ckpts, best = tmp_path / "checkpoints", tmp_path / "best"
@@ -196,7 +193,6 @@ def test_interrupted_saves_are_ignored_and_removed(tiny_demo, tmp_path, capsys):
     assert losses_by_step(tmp_path).keys() == {2, 3, 4, 6}
 
 
-@pytest.mark.slow
 def test_resume_reevaluates_a_step_whose_best_state_was_kept(tiny_demo, tmp_path):
     # Evaluated (and the best kept) at step 5, the checkpoint of step 5 lost: the resumed run
     # starts at 4 and evaluates step 5 again.
@@ -347,7 +343,6 @@ def _run_on(devices: int, root, workdir, steps: int, dump: str = "") -> None:
     assert json.loads(r.stdout.strip().splitlines()[-1])["devices"] == devices
 
 
-@pytest.mark.slow
 def test_checkpoint_moves_between_device_counts(tiny_demo, tmp_path):
     w8, w4, w1 = tmp_path / "w8", tmp_path / "w4", tmp_path / "w1"
     _run_on(8, tiny_demo, w8, steps=3)

@@ -91,7 +91,6 @@ def _losses_on(devices: int, root, workdir) -> list[float]:
     return [row["train/loss"] for row in read_metrics(pathlib.Path(workdir)) if "train/loss" in row]
 
 
-@pytest.mark.slow
 def test_eight_devices_match_one(tiny_demo, tmp_path):
     one = _losses_on(1, tiny_demo, tmp_path / "one")
     eight = _losses_on(8, tiny_demo, tmp_path / "eight")

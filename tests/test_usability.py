@@ -94,7 +94,6 @@ def _truncate_a_data_file(step_dir: pathlib.Path) -> pathlib.Path:
     return victim
 
 
-@pytest.mark.slow
 def test_damaged_latest_checkpoint_resumes_from_previous(tiny_demo, tmp_path, capsys):
     config = tiny_config("VA", tiny_demo, total_steps=6, checkpoint_every=3, eval_every=3)
     train.train_and_evaluate(config, tmp_path)
