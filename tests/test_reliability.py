@@ -4,6 +4,7 @@ steps, bad inputs at the command line, device-count changes and atomic output fi
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from abaw_jax import checkpoints, evaluation, files, loop, runs, sharding, train, training, writers
-from abaw_jax.data import affwild2, pipeline
+from abaw_jax.data import affwild2
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
 
@@ -56,10 +57,18 @@ def committed(directory: pathlib.Path) -> list[int]:
 BATCH = 32
 
 
-def test_epoch_is_a_few_steps(tiny_demo):
-    windows = pipeline.eval_windows(affwild2.load_split(tiny_demo, "VA", "train"), seq_len=16)
-    # The resume tests below cross epoch boundaries: 6 steps read more than two epochs.
-    assert 2 * len(windows) < 6 * BATCH
+def test_steps_per_epoch_counts_the_train_windows(tiny_demo):
+    """A run's epoch (`runs.steps_per_epoch`) is its train windows over the global batch,
+    checked against a count from the videos' lengths: a video of n frames has ceil(n / L)
+    non-overlapping windows of L, the last one ending at its last frame. On the tiny demo it is
+    one step, so the resume tests below (6 steps) cross epoch boundaries."""
+    config = tiny_config("VA", tiny_demo, batch_size=BATCH)
+    videos = affwild2.load_split(tiny_demo, "VA", "train")
+    windows = sum(math.ceil(v.num_frames / config.data.seq_len) for v in videos)
+    assert runs.steps_per_epoch(config, videos) == max(1, windows // BATCH)
+    assert 2 * runs.steps_per_epoch(config, videos) < 6
+    config.batch_size = 4
+    assert runs.steps_per_epoch(config, videos) == windows // 4 > 2
 
 
 class _SigtermAt(writers.MetricWriter):
