@@ -32,7 +32,11 @@ def traced_step(config) -> None:
     the task's loss fit together."""
     import jax
     from abaw_jax import training
-    run = training.build_run(config).run
+    built = training.build_run(config)
+    # data.device_bank "auto": the tiny demo fits on the device, so the step traced here is the
+    # bank's, as in a real run of this config.
+    assert built.bank is not None
+    run = built.run
     batch = run.to_batch(next(run.train_iter))
     new, stats = jax.eval_shape(run.train_step, run.abstract_state, batch)
     shape = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
