@@ -1,4 +1,5 @@
-"""Restores a trained model, scores it and writes ABAW submission files.
+"""Restores a trained model, scores it and writes ABAW submission files (the logic lives in
+`abaw_jax.evaluation`).
 
   python -m abaw_jax.evaluate --workdir runs/va_demo
 
@@ -17,10 +18,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from abaw_jax import cli, ensemble, runs
-
-# The library function, under the name this command has always offered.
-evaluate = runs.evaluate_run
+from abaw_jax import cli, ensemble, evaluation
 
 
 def main(argv) -> None:
@@ -36,7 +34,7 @@ def main(argv) -> None:
         for split, m in ensemble.ensemble(members, out, splits).items():
             ensemble.report(split, m)
         return
-    evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
+    evaluation.evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,6 @@ import pytest
 
 from conftest import ROOT, SHARED_DATA, load_config, tiny_config
 
-SLOW = pytest.mark.slow
-
-
 def env() -> dict:
     e = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return dict(e, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
@@ -67,7 +64,6 @@ def assert_chained(report: dict) -> None:
 # The recipes.
 
 
-@SLOW
 def test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them(run_a, frames_demo):
     from abaw_jax import submission
     report = json.loads((run_a / "report.json").read_text())
@@ -102,7 +98,6 @@ def test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them(run_a, frames_de
     assert time.perf_counter() - start < 30
 
 
-@SLOW
 def test_sigterm_mid_stage_then_rerun_gives_the_same_submission(run_a, frames_demo, tmp_path):
     import shutil
     workdir = tmp_path / "runs"
@@ -137,7 +132,6 @@ def run_b(frames_demo, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
-@SLOW
 def test_system_b_tiny_from_mae_to_fold_ensemble(run_b, frames_demo):
     from abaw_jax import submission
     report = json.loads((run_b / "report.json").read_text())
@@ -161,7 +155,6 @@ def test_system_b_tiny_from_mae_to_fold_ensemble(run_b, frames_demo):
     submission.check_file(run_b / "submission" / "EXPR.txt", frames_demo, "EXPR", "test")
 
 
-@SLOW
 def test_fold_ensemble_with_its_defaults_scores_members_and_prints_what_it_wrote(run_b):
     folds = run_b / "b_expr"
     report = json.loads((run_b / "report.json").read_text())
@@ -191,7 +184,6 @@ def test_system_c_stops_naming_the_missing_feature_set(frames_demo, tmp_path, ca
     assert not (tmp_path / "report.json").exists()
 
 
-@SLOW
 def test_system_c_runs_when_the_demo_sets_stand_in(frames_demo, tmp_path):
     from abaw_jax import submission
     features = frames_demo / "features"
@@ -231,7 +223,6 @@ def test_unknown_setting_is_one_line_with_a_suggestion(frames_demo, tmp_path, ca
 # The seams of the journey.
 
 
-@SLOW
 def test_evaluate_takes_a_saved_config_json_and_names_a_missing_one(run_a):
     run = run_a / "a_va"
     r = subprocess.run([sys.executable, "-m", "abaw_jax.evaluate", "--workdir", str(run),
@@ -268,7 +259,6 @@ def test_a_dataset_root_never_gets_the_demo_features_in_place_of_the_systems(tin
     assert runs.demo_feature_set(config) == "vit"
 
 
-@SLOW
 def test_extraction_runs_at_the_encoders_own_size(frames_demo, tmp_path):
     import jax.numpy as jnp
     from abaw_jax import extract
@@ -345,7 +335,6 @@ def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, ca
     assert f"{path}:4:" in capsys.readouterr().err
 
 
-@SLOW
 def test_scripts_take_config_overrides_like_every_command(tmp_path):
     r = subprocess.run([sys.executable, "scripts/run_folds.py", "--config", "configs/va.py:demo",
                         "--workdir", str(tmp_path), "--config.no_such_key=1"], cwd=ROOT, env=env(),
