@@ -297,8 +297,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> loop_
 
     # Input (its size decides the length of a run given in epochs).
     train_src, val_src = make_sources(config)
-    if config.mode == "finetune" and resolve_num_classes(config, train_src) and is_main:
-        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    if config.mode == "finetune" and resolve_num_classes(config, train_src):
+        loop_lib.prepare_workdir(config, workdir)   # config.json with the resolved count
     plan = optim.resolve_steps(config, max(1, len(train_src) // config.batch_size))
 
     # Models and optimizer (the encoder to start from decides the fine-tuned architecture).
