@@ -128,6 +128,7 @@ _SLOW_TESTS = {
     "tests/test_reliability.py::test_nan_step_is_not_offered_as_best",
     "tests/test_blazeface.py::test_detections_agree_with_an_independent_decoding",
     "tests/test_blazeface.py::test_raw_outputs_equal_the_litert_interpreter",
+    "tests/test_blazeface.py::test_shipped_weights_load_without_the_tflite_package_and_about_1_mb",
     "tests/test_config.py::test_cli_rejects_bad_value_and_type",
     "tests/test_encoders.py::test_load_encoder_and_feature_fn",
     "tests/test_faces.py::test_face_free_photographs_give_no_detection",
