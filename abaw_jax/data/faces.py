@@ -13,9 +13,12 @@
    clip, by the sum over its frames of the face side relative to the frame (presence and size
    over time), so a passer-by that is briefly larger does not win; ``"largest"`` the largest
    face of each frame, whoever it is (the old behaviour); ``"all"`` every track of at least
-   ``min_frames`` frames. :func:`follow` turns the choice into one value per frame: gaps of
-   up to ``max_gap`` frames are interpolated (score 0), box and keypoints are smoothed with a
-   Gaussian inside each run of frames with a face.
+   ``min_frames`` frames. :func:`follow` turns the choice into one value per frame: a gap of
+   up to ``max_gap`` frames between two detections of the track is bridged, its boxes and
+   keypoints interpolated linearly between them (score 0, flagged in
+   ``FollowedFace.interpolated``; :func:`faces_of_video` sets the limit in seconds,
+   ``max_gap_s`` = 0.5 by default); a longer gap stays without a face. Box and keypoints are
+   then smoothed with a Gaussian inside each run of frames with a face.
 4. Align. :func:`align_transforms` fits, per frame, the similarity transform (rotation, uniform
    scale, translation; least squares) from the eyes, nose tip and mouth centre to
    :data:`TEMPLATE`, and :func:`align_crops` warps the frames with it into ``size x size``
@@ -374,6 +377,11 @@ class FollowedFace:
 
     def __len__(self) -> int:
         return len(self.found)
+
+    @property
+    def interpolated(self) -> np.ndarray:
+        """``bool [T]``: frames whose box was interpolated across a gap (found, not detected)."""
+        return self.found & ~self.detected
 
     @property
     def has_keypoints(self) -> bool:
