@@ -295,6 +295,26 @@ def test_crop_is_the_enlarged_square_with_black_padding():
 # Bad input.
 
 
+def test_restore_takes_evaluates_checkpoint_and_feature_store(runs, tmp_path):
+    """predict restores the step `evaluate` restores (committed steps only: a newer step whose
+    save was interrupted is skipped) and finds the store `runs.open_features` opens."""
+    import shutil
+    from abaw_jax import checkpoints, runs as runs_lib
+    wd = tmp_path / "run"
+    shutil.copytree(runs["VA"], wd)
+    for sub in ("best", "checkpoints"):
+        (wd / sub / "999" / "state").mkdir(parents=True)   # no commit marker: interrupted
+    for which in ("best", "latest"):
+        run = predict_lib.load_run(wd, which)
+        assert run.step == checkpoints.find_step(wd, which)[1] == 2
+    config = runs_lib.load_run_config(wd)
+    store = runs_lib.open_features(config, runs_lib.data_root(config, build=False))
+    assert run.store is not None and run.store.path == store.path
+    assert run.store_dtype == store.dtype and run.extractor == store.extractor
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 .* have \[2\]"):
+        predict_lib.load_run(wd, "7")
+
+
 def test_encoder_width_must_match_the_model(runs):
     wide = "vit:Ti/16,width=48,depth=1,num_heads=2,mlp_dim=64,image_size=32"
     with pytest.raises(predict_lib.PredictError, match=r"VA: the model takes 32-d features but "
