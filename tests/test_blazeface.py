@@ -119,6 +119,20 @@ def test_shipped_weights_load_without_the_tflite_package_and_about_1_mb():
     assert (bf.WEIGHTS_DIR / "LICENSE-2.0.txt").read_text().count("Apache License") >= 2
 
 
+def test_shipped_files_are_package_data():
+    """pyproject's package-data patterns take every file of the weights folder (a wheel built
+    from the repository carries them)."""
+    import fnmatch
+    import tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["abaw_jax.models"]
+    here = sorted(p.relative_to(bf.WEIGHTS_DIR.parent).as_posix()
+                  for p in bf.WEIGHTS_DIR.iterdir())
+    assert len(here) == 4
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in here), (here, patterns)
+
+
 def test_a_damaged_shipped_file_is_refused_by_its_digest(tmp_path, monkeypatch):
     originals = {v: bf.shipped_path(v).read_bytes() for v in bf.SHIPPED}
     for variant, (name, _) in bf.SHIPPED.items():
