@@ -140,6 +140,7 @@ _SLOW_TESTS = {
     "tests/test_predict.py::test_fer_video_to_csv_and_plot",
     "tests/test_predict.py::test_fer_woman2_out_of_the_box",
     "tests/test_predict.py::test_restore_takes_evaluates_checkpoint_and_feature_store",
+    "tests/test_predict.py::test_transformer_fed_features_of_its_own_width_restores",
     "tests/test_predict.py::test_no_face_frames_are_flagged_and_predicted",
     "tests/test_reliability.py::test_cli_bad_input_is_one_line_error",
     "tests/test_reliability.py::test_nan_gradient_with_finite_loss_stops",

@@ -315,6 +315,19 @@ def test_restore_takes_evaluates_checkpoint_and_feature_store(runs, tmp_path):
         predict_lib.load_run(wd, "7")
 
 
+def test_transformer_fed_features_of_its_own_width_restores(tiny_demo, tmp_path):
+    """System A at its published size takes 768-d features into a 768-d model: no input
+    projection, so no parameter tells the input width; the model's width does."""
+    from abaw_jax import train
+    config = tiny_config("VA", tiny_demo, total_steps=1, **{
+        "model.d_model": TINY_DIM, "optimizer.warmup_steps": 0, "eval_every": 1,
+        "checkpoint_every": 1, "log_every": 1})
+    train.train_and_evaluate(config, tmp_path / "run")
+    run = predict_lib.load_run(tmp_path / "run")
+    assert run.feature_dim == TINY_DIM and not any(
+        "input" in str(k).lower() for k in run.params["params"])
+
+
 def test_encoder_width_must_match_the_model(runs):
     wide = "vit:Ti/16,width=48,depth=1,num_heads=2,mlp_dim=64,image_size=32"
     with pytest.raises(predict_lib.PredictError, match=r"VA: the model takes 32-d features but "

@@ -66,11 +66,15 @@ class Predictor:
         """Restores every workdir and resolves the encoder (module doc); raises PredictError.
 
         `detector`: a front-end of `abaw_jax.data.faces` (or a Haar `video.FaceDetector`);
-        default BlazeFace with the model file of `faces.find_model`. `track`: "subject",
-        "largest" or "all" (module doc).
+        default BlazeFace with the weights of `faces.find_model` (those shipped with the
+        package unless $ABAW_FACE_MODEL names others). `track`: "subject", "largest" or "all";
+        `max_gap_s`: the longest gap inside a track that is bridged, in seconds (0: none; see
+        `abaw_jax.predict`).
         """
         if track not in faces_lib.TRACK_MODES:
             raise PredictError(f"track={track!r}: choose one of {', '.join(faces_lib.TRACK_MODES)}")
+        if not max_gap_s >= 0:
+            raise PredictError(f"max gap {max_gap_s!r} s: give a number of seconds >= 0")
         if isinstance(workdirs, (str, os.PathLike)):
             workdirs = [workdirs]
         if not workdirs:

@@ -76,11 +76,14 @@ def training_store(config) -> tuple[features_lib.FeatureStore | None, str]:
     return store, ""
 
 
-def input_dim(model, seq_len: int, saved) -> int:
+def input_dim(model, seq_len: int, saved, candidates=()) -> int:
     """The model's input feature size, read off the saved parameter shapes.
 
     The parameters whose shapes change with the input size are found by building the model at
-    two sizes; their saved shapes then give the size the run was trained with.
+    two sizes; their saved shapes then give the size the run was trained with. A model with no
+    such parameter in its checkpoint (a Transformer fed features of its own width has no input
+    projection) took the one of `candidates` (e.g. its width) at which it builds exactly the
+    saved parameters.
     """
     def shapes(dim):
         x = jnp.zeros((1, seq_len, dim), jnp.float32)
@@ -96,6 +99,9 @@ def input_dim(model, seq_len: int, saved) -> int:
         if shape != b[key] and key in flat:
             axis = next(i for i, (u, v) in enumerate(zip(shape, b[key])) if u != v)
             return int(flat[key][axis])
+    for dim in candidates:
+        if dim and shapes(int(dim)) == flat:
+            return int(dim)
     raise PredictError("cannot tell the model's input size from its checkpoint")
 
 
@@ -115,7 +121,8 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     directory, step = checkpoints.find_step(workdir, checkpoint)
     saved = ocp.StandardCheckpointer().metadata(directory / str(step) / "state")
     saved = getattr(saved, "item_metadata", saved)
-    dim = input_dim(model, config.data.seq_len, saved["params"])
+    dim = input_dim(model, config.data.seq_len, saved["params"],
+                    candidates=(config.model.get("d_model"),))
     setup = runs.setup_model(config, dim, mesh)
     step, state = runs.restore(workdir, setup.abstract_state, checkpoint)
     store, why = training_store(config)
