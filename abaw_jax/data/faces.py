@@ -1,9 +1,9 @@
 """Faces in the wild for prediction: detector front-ends, tracks over frames, aligned crops.
 
-1. Detect. :class:`BlazeFaceDetector` runs MediaPipe's BlazeFace (:mod:`abaw_jax.models.blazeface`,
-   the full-range weights shipped with the package unless a file is given) on batches of
-   frames, jitted on the default device: boxes, scores and six keypoints per face. :class:`HaarDetector` wraps
-   OpenCV's Haar cascade (:class:`abaw_jax.data.video.FaceDetector`): boxes and scores, no
+1. Detect. :class:`BlazeFaceDetector` runs MediaPipe's BlazeFace
+   (:mod:`abaw_jax.models.blazeface`, the full-range weights shipped with the package unless a
+   file is given) on batches of frames, jitted on the default device: boxes, scores and six
+   keypoints per face. :class:`HaarDetector` wraps OpenCV's Haar cascade (:class:`abaw_jax.data.video.FaceDetector`): boxes and scores, no
    keypoints (NaN). Both return one :class:`Faces` per frame.
 2. Link. :func:`link_tracks` joins detections of consecutive frames into tracks: a detection
    continues a track seen within ``max_gap`` frames when their boxes overlap (IoU > 0.3) or

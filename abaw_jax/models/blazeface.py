@@ -392,7 +392,8 @@ def _model(variant: Variant, params: dict, path: str, *, precision: Any = None) 
     module = BlazeFace(variant.name, precision=precision)
     size = variant.input_size
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
-    want = {layer: {k: v.shape for k, v in leaves.items()} for layer, leaves in shapes["params"].items()}
+    want = {layer: {k: v.shape for k, v in leaves.items()}
+            for layer, leaves in shapes["params"].items()}
     got = {layer: {k: v.shape for k, v in leaves.items()} for layer, leaves in params.items()}
     if got != want:
         missing = sorted(set(want) - set(got)) or sorted(
@@ -529,9 +530,9 @@ def read_weights(path: str | os.PathLike, *, digest: str | None = None
         raise BlazeFaceError(f"{path}: no such weights file (a broken installation? reinstall "
                              f"abaw_jax)") from None
     if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
-        raise BlazeFaceError(f"{path}: SHA-256 {hashlib.sha256(blob).hexdigest()[:16]}... is not "
-                             f"that of the shipped weights ({digest[:16]}...): the file is damaged; "
-                             f"reinstall abaw_jax")
+        raise BlazeFaceError(f"{path}: SHA-256 {hashlib.sha256(blob).hexdigest()[:16]}... is "
+                             f"not that of the shipped weights ({digest[:16]}...): the file is "
+                             f"damaged; reinstall abaw_jax")
     try:
         if blob[:len(WEIGHTS_MAGIC)] != WEIGHTS_MAGIC:
             raise ValueError("no ABAWBF1 header")
@@ -548,7 +549,8 @@ def read_weights(path: str | os.PathLike, *, digest: str | None = None
                 raise ValueError("truncated")
             a = np.frombuffer(blob, dtype, count=n // dtype.itemsize, offset=offset)
             layer, _, name = item["name"].rpartition("/")
-            params.setdefault(layer, {})[name] = a.reshape(item["shape"]).astype(dtype.newbyteorder("="))
+            params.setdefault(layer, {})[name] = a.reshape(item["shape"]).astype(
+                dtype.newbyteorder("="))
             offset += n
         if offset != len(blob):
             raise ValueError(f"{len(blob) - offset} bytes after the last array")

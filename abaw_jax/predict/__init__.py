@@ -28,8 +28,9 @@ was detected, its box and keypoints are interpolated linearly between those two 
 crop is taken there as on any other frame, and the row says so (`face_interpolated` 1). A longer
 gap stays empty (`face_found` 0), and so do frames before the first or after the last
 detection; `--max-gap 0` turns bridging off. Boxes and keypoints are then smoothed over time
-(a Gaussian of 0.07 s within each run of frames with a face). Pass two cuts 112x112 crops: aligned on the eyes, nose and
-mouth by a similarity transform, like Aff-Wild2's `cropped_aligned` (square box crops for Haar,
+(a Gaussian of 0.07 s within each run of frames with a face).
+
+Pass two cuts 112x112 crops: aligned on the eyes, nose and mouth by a similarity transform, like Aff-Wild2's `cropped_aligned` (square box crops for Haar,
 which gives no keypoints), and turns them into features with the image encoder; the temporal
 models then run on sliding windows over the whole clip (their training `seq_len` and
 `eval_stride`, overlaps averaged), batched and jitted. `python -m abaw_jax.data.faces` writes the

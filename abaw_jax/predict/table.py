@@ -20,7 +20,8 @@ KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ea
                   "left_ear_tragion")
 KEYPOINT_COLUMNS = tuple(f"kp_{n}_{a}" for n in KEYPOINT_NAMES for a in "xy")
 COLUMNS = ("frame", "timestamp_ms", "face_found", "face_interpolated", "face_score",
-           "x", "y", "w", "h", "roll", *KEYPOINT_COLUMNS, "valence", "arousal", "expression", *EXPR_COLUMNS, *AU_COLUMNS)
+           "x", "y", "w", "h", "roll", *KEYPOINT_COLUMNS, "valence", "arousal", "expression",
+           *EXPR_COLUMNS, *AU_COLUMNS)
 TASK_COLUMNS = {"VA": ("valence", "arousal"), "EXPR": ("expression", *EXPR_COLUMNS),
                 "AU": AU_COLUMNS}
 
