@@ -163,6 +163,7 @@ _SLOW_TESTS = {
     "tests/test_weights.py::test_timm_vit_tiny_matches_timm_for_every_pool",
 }
 _FAST_PARAMS = {
+    "tests/test_blazeface.py::test_shipped_weights_are_those_of_the_tflite_files": ('short_range',),
     "tests/test_train.py::test_train_then_evaluate": ('VA',),
     "tests/test_mtl_train.py::test_mtl_trains_and_writes_checked_submissions": ('transformer',),
     "tests/test_systems.py::test_demo_variant_trains": ('va-transformer',),
