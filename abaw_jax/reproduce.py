@@ -16,8 +16,11 @@ what an earlier one wrote, by path, and checks it before going on:
   (the source's 8 classes) -> extraction of every frame with that encoder, at its own image
   size -> folds 0..4 per task -> fold ensemble (EXPR: the mode filter) -> submission.
 - C: the ResNet-18 extraction (`--set encoder.resnet18=<weights>`) and the POSTER2 and FAU
-  stores (`--set features.poster2=DIR --set features.fau=DIR`; a missing one stops the recipe
-  naming it and the command that writes it) -> the multi-task run (`--tasks mtl`) or one run
+  sets (`--set features.poster2=DIR --set features.fau=DIR`: a feature store is used as is; a
+  folder of per-video POSTER2 `<video>.npy` files or OpenFace 2.0 `<video>.csv` files is
+  imported into `<workdir>/features/<set>` by a stage of its own, `python -m
+  abaw_jax.data.features import-npy | import-openface`; a missing one stops the recipe naming
+  it and the command that writes it) -> the multi-task run (`--tasks mtl`) or one run
   per task -> evaluate -> submission.
 
 Outputs: `<workdir>/report.json` (stages with their command, inputs, outputs, seconds and status;
@@ -58,8 +61,8 @@ REPO_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 SETTINGS = {
     "encoder": "",              # A: the ViT-B/16 weights (paper); a random tiny ViT at demo / tiny
     "encoder.resnet18": "",     # C: the ResNet-18 weights (paper); a random small one otherwise
-    "features.poster2": "",     # C: the POSTER2 feature store
-    "features.fau": "",         # C: the OpenFace AU-intensity store
+    "features.poster2": "",     # C: the POSTER2 store, or a folder of per-video .npy files
+    "features.fau": "",         # C: the OpenFace AU store, or a folder of OpenFace 2.0 CSVs
     "frame_counts": "",         # extraction: a name,frames CSV (default: the annotations')
     "folds": "",                # B: folds trained per task (paper 5; demo and tiny 2)
     "mae_every": "",            # B: one frame in N of each video for MAE / fine-tuning
@@ -270,7 +273,7 @@ class Recipe:
 
     def evaluate(self, name: str, task: str, workdir: pathlib.Path, inputs: list[str]) -> None:
         upper = task.upper()
-        val = workdir / "predictions" / "val" / ("metrics.json" if upper != "MTL" else "MTL.txt")
+        val = workdir / "predictions" / "val" / "metrics.json"
         test = workdir / "predictions" / "test" / f"{upper}.txt"
         self.stages.append(Stage(name, self.py("abaw_jax.evaluate", "--workdir", str(workdir)),
                                  inputs, [str(val), str(test)], lambda: _missing(val, test)))
@@ -289,6 +292,22 @@ class Recipe:
             return ""
 
         self.stages.append(Stage(f"submission_{task}", argv, [str(source)], [str(dest)], complete))
+
+    def import_features(self, name: str, src: pathlib.Path, store: pathlib.Path) -> None:
+        """A folder of per-video files computed elsewhere -> a store (resumable)."""
+        command = "import-npy" if RAW_FEATURES[name][0] == ".npy" else "import-openface"
+        argv = self.py("abaw_jax.data.features", command, str(src), str(store))
+        if command == "import-npy":
+            argv += ["--extractor", name]
+
+        def complete() -> str:
+            if not (store / "meta.json").is_file():
+                return f"{store}: no feature store"
+            from abaw_jax.data import features
+            left = sorted(set(_raw_files(src, name)) - set(features.FeatureStore(store).videos))
+            return f"{store}: {len(left)} videos of {src} not imported yet" if left else ""
+
+        self.stages.append(Stage(f"import_{name}", argv, [str(src)], [str(store)], complete))
 
     # --- A ----------------------------------------------------------------------------------
 
@@ -372,19 +391,27 @@ class Recipe:
                 "system C extracts ResNet-18 features: give the weights with --set "
                 "encoder.resnet18=<ResNet-18 MS-Celeb-1M .safetensors>")
         stores = {"resnet18": str(resnet)}
+        imports = []
         for name in ("poster2", "fau"):
             given = self.settings[f"features.{name}"]
-            if not given or not (pathlib.Path(given) / "meta.json").is_file():
-                what = f"{given}: not a feature store" if given else "not given"
+            if given and (pathlib.Path(given) / "meta.json").is_file():
+                stores[name] = given                    # a store: used as is
+            elif given and _raw_files(pathlib.Path(given), name):
+                stores[name] = str(self.path("features", name))
+                imports.append((name, pathlib.Path(given)))
+            else:
+                what = (f"{given}: neither a feature store nor a folder of "
+                        f"{RAW_FEATURES[name][0]} files" if given else "not given")
                 raise ReproduceError(
                     f"system C needs the {name!r} feature set ({what}): pass --set "
-                    f"features.{name}=<store directory>; it is written by: "
-                    f"{runs.FEATURE_HINTS[name]}")
-            stores[name] = given
+                    f"features.{name}=<store or {RAW_FEATURES[name][1]} folder>; a store is "
+                    f"written by: {runs.FEATURE_HINTS[name]}")
         args = ["--config.image_size=32"] if self.scale != "paper" else []
         self.extract("extract_resnet18", resnet, "resnet18", weights or TINY_RESNET,
                      [str(self.root / "cropped_aligned")])
         self.stages[-1].argv += args
+        for name, src in imports:
+            self.import_features(name, src, pathlib.Path(stores[name]))
         features = ",".join(f"{n}={p}" for n, p in stores.items())
         sets = "sets=resnet18+poster2+fau" if self.scale != "paper" else ""
         for task in self.tasks:
@@ -393,23 +420,26 @@ class Recipe:
                        extra_variant=sets)
             self.evaluate(f"evaluate_{task}", task, run, [str(run / "final_metrics.json")])
             self.submit(task, run / "predictions" / "test" / f"{task.upper()}.txt")
-            if task == "mtl":
-                self.score_files["MTL"] = lambda run=run: {"fold0": _final_score(run)}
-            else:
-                self.score_files[task.upper()] = lambda run=run: {
-                    "fold0": _val_score(run / "predictions" / "val")}
+            self.score_files[task.upper()] = lambda run=run: {
+                "fold0": _val_score(run / "predictions" / "val")}
+
+
+# System C's feature sets computed elsewhere: (file suffix, what the folder holds).
+RAW_FEATURES = {"poster2": (".npy", "per-video POSTER2 <video>.npy"),
+                "fau": (".csv", "OpenFace 2.0 <video>.csv")}
+
+
+def _raw_files(folder: pathlib.Path, name: str) -> list[str]:
+    """The videos of a folder of per-video feature files of set `name` ([] when none)."""
+    suffix = RAW_FEATURES[name][0]
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-len(suffix)] for p in folder.iterdir()
+                  if p.name.endswith(suffix) and not p.name.endswith(".present.npy"))
 
 
 def _val_score(split_dir: pathlib.Path) -> float:
     return float(json.loads((split_dir / "metrics.json").read_text())["score"])
-
-
-def _final_score(run: pathlib.Path) -> float:
-    """The last validation score of a run (for MTL, whose evaluate writes no metrics.json)."""
-    final = json.loads((run / "final_metrics.json").read_text())
-    scores = [v for k, v in final.items() if k.startswith("val/") and isinstance(v, (int, float))
-              and k in ("val/score", "val/p_mtl")]
-    return float(scores[0]) if scores else float("nan")
 
 
 def _ensemble_scores(out: pathlib.Path, members: list[pathlib.Path]) -> dict[str, float]:

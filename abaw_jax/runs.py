@@ -74,12 +74,12 @@ FEATURE_HINTS = {
     "resnet18": "python -m abaw_jax.extract --config configs/extract_vit.py:resnet18 --workdir "
                 "<root>/features/resnet18 --config.frames=<root> --config.encoder=<ResNet-18 "
                 "weights (.safetensors, MS-Celeb-1M)>",
-    "poster2": "per-video .npy files of POSTER++ (POSTER V2) 768-d features: "
-               "abaw_jax.data.features.import_npy(<npy folder>, <root>/features/poster2)",
-    "fau": "OpenFace 2.0 FeatureExtraction CSVs (AU01_r..AU45_r): "
-           "abaw_jax.data.features.import_openface(<csv folder>, <root>/features/fau)",
-    "openface": "OpenFace 2.0 CSVs: abaw_jax.data.features.import_openface(<csv folder>, "
-                "<root>/features/openface)",
+    "poster2": "per-video .npy files of POSTER++ (POSTER V2) 768-d features: python -m "
+               "abaw_jax.data.features import-npy <npy folder> <root>/features/poster2",
+    "fau": "OpenFace 2.0 FeatureExtraction CSVs (AU01_r..AU45_r): python -m "
+           "abaw_jax.data.features import-openface <csv folder> <root>/features/fau",
+    "openface": "OpenFace 2.0 CSVs: python -m abaw_jax.data.features import-openface "
+                "<csv folder> <root>/features/openface",
 }
 
 

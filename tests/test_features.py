@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
 import pytest
 
 from abaw_jax.data import features as F
+from conftest import ROOT
 from abaw_jax.data.features import FeatureSets, FeatureStore, FeatureStoreWriter, StoreError
 
 DIM = 6
@@ -440,3 +444,43 @@ def test_import_npy(tmp_path):
     np.save(src / "d.npy", np.zeros((2, 9)))
     with pytest.raises(StoreError, match=r"the .npy files have different feature dims \[8, 9\]"):
         F.import_npy(src, tmp_path / "s5")
+
+
+def _features_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "abaw_jax.data.features", *map(str, args)],
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True)
+
+
+def test_import_commands_write_stores_and_name_the_bad_file(tmp_path):
+    rng = np.random.default_rng(3)
+    npy, csv = tmp_path / "npy", tmp_path / "csv"
+    npy.mkdir(), csv.mkdir()
+    arrays = {v: rng.normal(size=(n, 6)).astype(np.float32) for v, n in (("v1", 4), ("v2", 3))}
+    for v, a in arrays.items():
+        np.save(npy / f"{v}.npy", a)
+    aus = np.round(rng.uniform(0, 5, size=(2, 17)), 2)
+    _write_openface(csv / "v1.csv", [_openface_row(1, 0, 0.9, 1, aus[0], rng),
+                                     _openface_row(2, 0, 0.9, 1, aus[1], rng)])
+    r = _features_cli("import-npy", npy, tmp_path / "poster2", "--extractor", "poster2",
+                      "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    store = FeatureStore(tmp_path / "poster2")
+    assert store.meta["extractor"] == "poster2" and store.videos == ["v1", "v2"]
+    np.testing.assert_array_equal(store.read("v2"), arrays["v2"])
+    r = _features_cli("import-openface", csv, tmp_path / "fau")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(FeatureStore(tmp_path / "fau").read("v1"),
+                                  aus.astype(np.float32))
+    # Bad input: one error line naming the file (and line), nothing written over.
+    (npy / "v3.npy").write_bytes(b"not an array")
+    r = _features_cli("import-npy", npy, tmp_path / "other")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("error: ") and str(npy / "v3.npy") in r.stderr
+    bad = _openface_row(3, 0, 0.9, 1, aus[0], rng)
+    bad[3] = "high"
+    _write_openface(csv / "v2.csv", [bad])
+    r = _features_cli("import-openface", csv, tmp_path / "fau")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"error: {csv / 'v2.csv'}: line 2:" in r.stderr
+    assert FeatureStore(tmp_path / "fau").videos == ["v1"]

@@ -51,11 +51,12 @@ def run_a(frames_demo, tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
-def assert_chained(report: dict) -> None:
-    """Every stage after the first reads a path an earlier stage wrote."""
+def assert_chained(report: dict, sources: tuple[str, ...] = ()) -> None:
+    """Every stage after the first reads a path an earlier stage wrote (or, an import stage,
+    only files the user gave: `sources`)."""
     written: set[str] = set()
     for k, stage in enumerate(report["stages"]):
-        if k:
+        if k and not (sources and set(stage["inputs"]) <= set(sources)):
             assert written & set(stage["inputs"]), (stage["name"], stage["inputs"], written)
         written |= set(stage["outputs"])
 
@@ -180,22 +181,96 @@ def test_system_c_stops_naming_the_missing_feature_set(frames_demo, tmp_path, ca
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1
     assert "'poster2' feature set (not given)" in err and "--set features.poster2=" in err
-    assert "import_npy" in err                           # what produces it
+    assert "python -m abaw_jax.data.features import-npy" in err   # what produces it
     assert not (tmp_path / "report.json").exists()
 
 
+def _npy_folder(store: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """A store's videos as the per-video `<video>.npy` files another tool writes."""
+    from abaw_jax.data import features
+    out.mkdir()
+    source = features.FeatureStore(store)
+    for video in source.videos:
+        np.save(out / f"{video}.npy", source.read(video).astype(np.float32))
+        np.save(out / f"{video}.present.npy", source.present(video).astype(bool))
+    return out
+
+
 def test_system_c_runs_when_the_demo_sets_stand_in(frames_demo, tmp_path):
+    """POSTER2 comes as a folder of .npy files (imported by a stage), FAU as a store (as is)."""
     from abaw_jax import submission
+    from abaw_jax.data import features as F
     features = frames_demo / "features"
-    reproduce("--system", "C", "--tasks", "mtl", "--root", frames_demo, "--workdir", tmp_path,
-              "--scale", "tiny", "--set", f"features.poster2={features / 'vit'}",
+    npy = _npy_folder(features / "vit", tmp_path / "poster2_npy")
+    workdir = tmp_path / "runs"
+    reproduce("--system", "C", "--tasks", "mtl", "--root", frames_demo, "--workdir", workdir,
+              "--scale", "tiny", "--set", f"features.poster2={npy}",
               "--set", f"features.fau={features / 'openface'}")
+    tmp_path = workdir
     report = json.loads((tmp_path / "report.json").read_text())
     assert [s["name"] for s in report["stages"]] == [
-        "extract_resnet18", "train_mtl", "evaluate_mtl", "submission_mtl"]
-    assert_chained(report)
-    assert np.isfinite(report["scores"]["MTL"]["fold0"])
+        "extract_resnet18", "import_poster2", "train_mtl", "evaluate_mtl", "submission_mtl"]
+    imported = report["stages"][1]
+    assert imported["inputs"] == [str(npy)]
+    assert imported["outputs"] == [str(tmp_path / "features" / "poster2")]
+    assert str(tmp_path / "features" / "poster2") in report["stages"][2]["inputs"]
+    assert str(features / "openface") in report["stages"][2]["inputs"]
+    store = F.FeatureStore(tmp_path / "features" / "poster2")
+    assert store.meta["extractor"] == "poster2"
+    video = store.videos[0]
+    np.testing.assert_allclose(store.read(video), np.load(npy / f"{video}.npy"), rtol=1e-3,
+                               atol=1e-3)
+    assert_chained(report, sources=(str(npy),))
+    # The score is the evaluated checkpoint's (its metrics.json), not the training log's.
+    evaluated = json.loads((tmp_path / "c_mtl" / "predictions" / "val" / "metrics.json").read_text())
+    assert report["scores"]["MTL"]["fold0"] == pytest.approx(evaluated["score"])
+    assert evaluated["score"] == pytest.approx(evaluated["p_mtl"])
+    assert str(tmp_path / "c_mtl" / "predictions" / "val" / "metrics.json") in \
+        report["stages"][3]["outputs"]
     submission.check_file(tmp_path / "submission" / "MTL.txt", frames_demo, "MTL", "test")
+
+
+def test_system_c_imports_raw_folders_and_stops_on_other_folders(frames_demo, tmp_path,
+                                                                 capsys):
+    """Folders of .npy files and OpenFace CSVs get an import stage each; a store is used as
+    is; a folder holding neither stops naming it."""
+    from abaw_jax import reproduce as rep
+    npy, csv = tmp_path / "npy", tmp_path / "csv"
+    npy.mkdir(), csv.mkdir()
+    np.save(npy / "v.npy", np.zeros((2, 4), np.float32))
+    (csv / "v.csv").write_text("frame, face_id, timestamp, confidence, success\n")
+    base = ["--system", "C", "--tasks", "va", "--root", str(frames_demo), "--workdir",
+            str(tmp_path / "runs"), "--scale", "tiny", "--dry-run"]
+    assert rep.main(base + ["--set", f"features.poster2={npy}", "--set",
+                            f"features.fau={csv}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    poster2, fau = tmp_path / "runs" / "features" / "poster2", tmp_path / "runs" / "features" / "fau"
+    assert lines[1] == f"python -m abaw_jax.data.features import-npy {npy} {poster2} --extractor poster2"
+    assert lines[2] == f"python -m abaw_jax.data.features import-openface {csv} {fau}"
+    assert f"--config.data.features=resnet18={tmp_path / 'runs' / 'features' / 'resnet18'}," \
+           f"poster2={poster2},fau={fau}" in lines[3]
+    rc = rep.main(base + ["--set", f"features.poster2={csv}", "--set",
+                          f"features.fau={frames_demo / 'features' / 'openface'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert f"{csv}: neither a feature store nor a folder of .npy files" in err
+
+
+def test_mtl_score_is_the_evaluated_checkpoints(frames_demo, tmp_path):
+    """report.json's MTL score is predictions/val/metrics.json's (the checkpoint evaluate
+    scored, "best" by default), not the last validation of the training log."""
+    from abaw_jax import reproduce as rep
+    features = frames_demo / "features"
+    recipe = rep.Recipe("C", ["mtl"], frames_demo, tmp_path, "tiny", rep.parse_settings(
+        [f"features.poster2={features / 'vit'}", f"features.fau={features / 'openface'}"]))
+    run = tmp_path / "c_mtl"
+    (run / "predictions" / "val").mkdir(parents=True)
+    (run / "final_metrics.json").write_text(json.dumps({"step": 90, "val/p_mtl": 0.61}))
+    (run / "predictions" / "val" / "metrics.json").write_text(json.dumps(
+        {"step": 60, "checkpoint": "best", "score": 0.75, "p_mtl": 0.75}))
+    assert recipe.score_files["MTL"]() == {"fold0": 0.75}
+    evaluate = next(s for s in recipe.stages if s.name == "evaluate_mtl")
+    assert str(run / "predictions" / "val" / "metrics.json") in evaluate.outputs
 
 
 def test_paper_dry_run_of_b_lists_the_published_recipe(frames_demo, tmp_path, capsys):

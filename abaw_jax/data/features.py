@@ -11,6 +11,11 @@ Every process writes its own index and shards, so extraction can run on many hos
 directory. A video is committed by its index line, appended only after its rows are on disk;
 rows past the last committed video are leftovers of a crash and are dropped when the writer
 reopens. Readers memory-map each shard once, so any window of any video is one contiguous read.
+
+Stores of features computed elsewhere are imported from the command line (a rerun resumes)::
+
+    python -m abaw_jax.data.features import-npy NPY_DIR STORE [--extractor poster2]
+    python -m abaw_jax.data.features import-openface CSV_DIR STORE
 """
 
 from __future__ import annotations
@@ -744,7 +749,10 @@ def import_npy(
         raise StoreError(f"{npy_dir}: no .npy feature files")
     dims = set()
     for p in files:
-        array = np.load(p, mmap_mode="r")
+        try:
+            array = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise StoreError(f"{p}: not a readable .npy array ({e})") from None
         if array.ndim != 2:
             raise StoreError(f"{p}: expected a [T, D] array, got shape {array.shape}")
         dims.add(array.shape[1])
@@ -767,3 +775,44 @@ def import_npy(
                     f"({features.shape[0]} frames)"
                 )
             writer.write(video, features, present)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`import-npy SRC DST` / `import-openface SRC DST`; bad input: one `error:` line."""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(
+        prog="python -m abaw_jax.data.features",
+        description="Import features computed elsewhere into a feature store (rerunning "
+                    "resumes: videos already in the store are skipped).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    npy = sub.add_parser("import-npy", help="a folder of <video>.npy [T, D] arrays (optional "
+                         "<video>.present.npy [T]), e.g. POSTER2 features",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    npy.add_argument("src", help="folder of <video>.npy files")
+    npy.add_argument("dst", help="the store directory to write")
+    npy.add_argument("--extractor", default="npy", help="the name recorded in meta.json")
+    npy.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    openface = sub.add_parser("import-openface", help="a folder of OpenFace 2.0 "
+                              "FeatureExtraction CSVs, <video>.csv (the 17 AU intensities)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    openface.add_argument("src", help="folder of <video>.csv files (or one CSV)")
+    openface.add_argument("dst", help="the store directory to write")
+    openface.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    args = p.parse_args(argv)
+    try:
+        if args.command == "import-npy":
+            import_npy(args.src, args.dst, dtype=args.dtype, extractor=args.extractor)
+        else:
+            import_openface(args.src, args.dst, dtype=args.dtype)
+    except (StoreError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    store = FeatureStore(args.dst)
+    print(f"wrote {args.dst} ({len(store.videos)} videos, dim {store.dim})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
