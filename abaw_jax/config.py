@@ -350,6 +350,7 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
         val_split="val",
         tfds_name="",
         every=1,                # affwild2: one frame in `every` per video
+        extra="",               # mae: more image sources, "folder:DIR,affwild2:ROOT,tfds:NAME@DIR"
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         scale=(0.2, 1.0) if mode == "mae" else (0.08, 1.0),   # random resized crop area
@@ -398,6 +399,9 @@ def validate_image(config: ml_collections.ConfigDict) -> None:
          "data.std", "data.mean and data.std need 3 values, std > 0")
     need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
          "'auto', 'float32', 'bfloat16' or 'float16'")
+    if config.data.get("extra"):
+        from abaw_jax.data import image_sources
+        image_sources.check_extra(config.mode, config.data.extra)
     if config.mode == "finetune":
         need(config.num_classes == 0 or config.num_classes >= 2, "num_classes",
              "must be >= 2 (0: the source's own class count)")

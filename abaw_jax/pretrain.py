@@ -49,7 +49,27 @@ from abaw_jax.models import vit as vit_lib
 
 
 def make_sources(config: ml_collections.ConfigDict):
-    """``(train, val)`` sources of the config (val may be empty)."""
+    """``(train, val)`` sources of the config (val may be empty); MAE pretraining adds the
+    images of ``data.extra`` to the training source (`with_extra`)."""
+    train, val = _main_sources(config)
+    return with_extra(config, train), val
+
+
+def with_extra(config: ml_collections.ConfigDict, train):
+    """`train` plus the sources of `config.data.extra` (MAE only), named in the log."""
+    d = config.data
+    if not d.get("extra"):
+        return train
+    image_sources.check_extra(config.mode, d.extra)
+    extra = image_sources.extra_sources(d.extra, split=d.train_split, every=d.every)
+    names = [f"{d.source}:{d.root or d.tfds_name}"] + [
+        f"{k}:{w}" + (f"@{dd}" if dd else "") for k, w, dd in image_sources.parse_extra(d.extra)]
+    mixture = image_sources.Mixture([train, *extra], names)
+    print(f"MAE pretraining on {len(mixture)} images: {mixture.describe()}", file=sys.stderr)
+    return mixture
+
+
+def _main_sources(config: ml_collections.ConfigDict):
     d = config.data
     if d.source == "folder":
         mapping = d.mapping or None

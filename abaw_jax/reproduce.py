@@ -12,7 +12,9 @@ what an earlier one wrote, by path, and checks it before going on:
 
 - A: ViT-B/16 extraction (`--set encoder=<weights>`) -> one run per task -> evaluate ->
   submission.
-- B: MAE pretraining on the root's face frames -> expression fine-tuning on its EXPR frames
+- B: MAE pretraining on the root's face frames, plus the face-image folders, Aff-Wild2 roots
+  or TFDS datasets of `--set mae.extra=folder:DIR,affwild2:ROOT,tfds:NAME@DATA_DIR` (the
+  paper pretrains on AffectNet, RAF-DB, FER2013 and FER+) -> expression fine-tuning on its EXPR frames
   (the source's 8 classes) -> extraction of every frame with that encoder, at its own image
   size -> folds 0..4 per task -> fold ensemble (EXPR: the mode filter) -> submission.
 - C: the ResNet-18 extraction (`--set encoder.resnet18=<weights>`) and the POSTER2 and FAU
@@ -66,6 +68,7 @@ SETTINGS = {
     "frame_counts": "",         # extraction: a name,frames CSV (default: the annotations')
     "folds": "",                # B: folds trained per task (paper 5; demo and tiny 2)
     "mae_every": "",            # B: one frame in N of each video for MAE / fine-tuning
+    "mae.extra": "",            # B: more face images for MAE, "folder:DIR,tfds:NAME@DIR,..."
     "steps": "",                # every temporal run's length (0: the scale's)
 }
 
@@ -336,11 +339,21 @@ class Recipe:
         if every:
             image_args.append(f"--config.data.every={int(every)}")
         variant = {"paper": "", "demo": "tiny,steps=150", "tiny": "tiny"}[self.scale]
+        extra, extra_inputs = self.settings["mae.extra"], []
+        if extra:
+            from abaw_jax.data import image_sources
+            try:
+                parsed = image_sources.parse_extra(extra)
+            except image_sources.ImageSourceError as e:
+                raise ReproduceError(f"--set mae.extra: {e}") from None
+            # Paths checked before the stage runs (a TFDS dataset without @DATA_DIR: tfds finds it).
+            extra_inputs = [p for k, w, dd in parsed for p in [dd if k == "tfds" else w] if p]
         self.stages.append(Stage(
             "pretrain_mae", self.py("abaw_jax.pretrain", "--config",
                                     self.config("mae_face", variant), "--workdir", str(mae),
-                                    *image_args),
-            [str(self.root / "cropped_aligned")], [str(mae / "encoder")],
+                                    *image_args,
+                                    *([f"--config.data.extra={extra}"] if extra else [])),
+            [str(self.root / "cropped_aligned"), *extra_inputs], [str(mae / "encoder")],
             lambda: run_complete(mae) or _missing(mae / "encoder" / "encoder.json")))
         self.stages.append(Stage(
             "finetune_expr", self.py("abaw_jax.pretrain", "--config",

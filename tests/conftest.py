@@ -112,6 +112,7 @@ _SLOW_TESTS = {
     "tests/test_reproduce.py::test_system_b_tiny_from_mae_to_fold_ensemble",
     "tests/test_reproduce.py::test_fold_ensemble_with_its_defaults_scores_members_and_prints_what_it_wrote",
     "tests/test_reproduce.py::test_system_c_runs_when_the_demo_sets_stand_in",
+    "tests/test_reproduce.py::test_b_pretrains_mae_on_the_extra_face_sources_it_is_given",
     "tests/test_reproduce.py::test_evaluate_takes_a_saved_config_json_and_names_a_missing_one",
     "tests/test_reproduce.py::test_extraction_runs_at_the_encoders_own_size",
     "tests/test_reproduce.py::test_scripts_take_config_overrides_like_every_command",

@@ -253,3 +253,62 @@ def test_command_line_rejects_bad_config(tmp_path):
         [sys.executable, "-m", "abaw_jax.pretrain", "--config", "configs/mae_face.py:tiny",
          "--workdir", str(tmp_path / "w")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "config.data.root = ''" in proc.stderr
+
+
+def _affwild2_frames(root: pathlib.Path, labels=(4, 2, 6)) -> pathlib.Path:
+    """An Aff-Wild2 root with one training video of len(labels) labelled frames."""
+    ann = root / "6th ABAW Annotations" / "EXPR_Recognition_Challenge" / "Train_Set"
+    ann.mkdir(parents=True)
+    ann.joinpath("v1.txt").write_text(
+        "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other\n"
+        + "".join(f"{y}\n" for y in labels))
+    (root / "cropped_aligned" / "v1").mkdir(parents=True)
+    for f in range(1, len(labels) + 1):
+        Image.fromarray(np.full((8, 8, 3), f * 30, np.uint8)).save(
+            root / "cropped_aligned" / "v1" / f"{f:05d}.jpg")
+    return root
+
+
+def test_mae_pretraining_reads_every_image_of_the_extra_sources(tmp_path):
+    main = _image_folder(tmp_path / "main", subjects=2, per=1)            # 4 images
+    other = _image_folder(tmp_path / "other", classes=("x",), subjects=3, per=1)   # 3 images
+    aw = _affwild2_frames(tmp_path / "aw")                                 # 3 frames
+    config = _load_config("mae_face", "tiny")
+    config.data.root, config.data.val_fraction = str(main), 0.0
+    config.data.extra = f"folder:{other}, affwild2:{aw}"
+    config_lib.validate_image(config)
+    train, _ = pretrain.make_sources(config)
+    assert len(train) == 10
+    expected = ([image_sources.read_rgb(p) for p in image_sources.ImageFolder(main).paths]
+                + [image_sources.read_rgb(p) for p in image_sources.ImageFolder(other).paths]
+                + [image_sources.read_rgb(aw / "cropped_aligned" / "v1" / f"{f:05d}.jpg")
+                   for f in (1, 2, 3)])
+    for i, want in enumerate(expected):
+        np.testing.assert_array_equal(train[i][0], want)
+    # An epoch of the batch pipeline visits every image of the mixture once.
+    read = []
+
+    class Recorded:
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            read.append(i)
+            return train[i]
+
+    it = image_sources.train_batches(Recorded(), image_size=8, batch_size=5, seed=0,
+                                     num_threads=1)
+    for _ in range(2):
+        assert next(it)["image"].shape == (5, 8, 8, 3)
+    assert sorted(read[:10]) == list(range(10))
+    # Fine-tuning reads one labelled source; a bad entry names the key.
+    ft = _load_config("finetune_expr", "tiny")
+    ft.data.root, ft.data.extra = str(main), f"folder:{other}"
+    with pytest.raises(image_sources.ImageSourceError, match="config.data.extra: .*MAE pretraining"):
+        config_lib.validate_image(ft)
+    config.data.extra = f"rafdb:{other}"
+    with pytest.raises(image_sources.ImageSourceError,
+                       match=r"config.data.extra: 'rafdb:.*' is not KIND:LOCATION"):
+        config_lib.validate_image(config)
+    assert image_sources.parse_extra("tfds:affectnet@/data/tfds,tfds:fer2013") == [
+        ("tfds", "affectnet", "/data/tfds"), ("tfds", "fer2013", "")]

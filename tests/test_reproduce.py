@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import ROOT, SHARED_DATA, load_config, tiny_config
 
@@ -285,6 +286,43 @@ def test_paper_dry_run_of_b_lists_the_published_recipe(frames_demo, tmp_path, ca
     assert sum("--config configs/va.py:model=tcn --workdir" in line for line in lines) == 5
     assert sum("--config.data.fold=" in line for line in lines) == 15
     assert not tmp_path.joinpath("report.json").exists()
+
+
+def test_b_pretrains_mae_on_the_extra_face_sources_it_is_given(frames_demo, tmp_path, capsys):
+    """`--set mae.extra=...` reaches the MAE stage only (fine-tuning stays on the EXPR frames),
+    as its inputs and in the printed command; the stage's run reads them all."""
+    from abaw_jax import reproduce as rep
+    faces = tmp_path / "rafdb"
+    for label in ("happy", "sad"):
+        (faces / label).mkdir(parents=True)
+        for k in range(5):
+            Image.fromarray(np.full((32, 32, 3), 40 * k, np.uint8)).save(faces / label / f"{k}.jpg")
+    extra = f"folder:{faces},tfds:affectnet@{tmp_path / 'tfds'}"
+    base = ["--system", "B", "--tasks", "expr", "--root", str(frames_demo), "--workdir",
+            str(tmp_path / "runs"), "--scale", "tiny"]
+    assert rep.main(base + ["--dry-run", "--set", f"mae.extra={extra}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith(f"--config.data.extra={extra}")
+    assert not any("data.extra" in line for line in lines[1:])
+    recipe = rep.build(rep.argparse.Namespace(
+        system="B", tasks="expr", root=str(frames_demo), workdir=str(tmp_path / "runs"),
+        scale="tiny", set=[f"mae.extra={extra}"]))
+    assert recipe.stages[0].inputs == [str(frames_demo / "cropped_aligned"), str(faces),
+                                       str(tmp_path / "tfds")]
+    assert rep.main(base + ["--dry-run", "--set", "mae.extra=faces:/x"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--set mae.extra: config.data.extra: 'faces:/x'" in err
+    # The stage's own command, run by hand, pretrains on the root's frames plus the folder.
+    argv = [sys.executable, *recipe.stages[0].argv[1:]]
+    argv[argv.index(f"--config.data.extra={extra}")] = f"--config.data.extra=folder:{faces}"
+    r = subprocess.run(argv + ["--config.total_steps=1", "--config.eval_every=1",
+                               "--config.log_every=1", "--config.checkpoint_every=1"],
+                       cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    from abaw_jax.data import image_sources
+    frames = len(image_sources.AffWild2Frames(frames_demo, "train"))
+    assert f"MAE pretraining on {frames + 10} images: affwild2:{frames_demo} ({frames}), " \
+           f"folder:{faces} (10)" in r.stderr
 
 
 def test_unknown_setting_is_one_line_with_a_suggestion(frames_demo, tmp_path, capsys):

@@ -197,6 +197,73 @@ class TfdsImages:
         return _as_rgb_array(record[self.image_key], f"tfds {self.name}[{i}]"), int(record[self.label_key])
 
 
+EXTRA_KINDS = ("folder", "affwild2", "tfds")
+
+
+def parse_extra(spec: str) -> list[tuple[str, str, str]]:
+    """``config.data.extra`` -> ``[(kind, location, tfds data_dir)]``.
+
+    Comma-separated entries ``folder:DIR`` (any image folder: every image of its subfolders),
+    ``affwild2:ROOT`` (an Aff-Wild2 root's frames) or ``tfds:NAME`` / ``tfds:NAME@DATA_DIR``
+    (a prepared TFDS dataset's train split).
+    """
+    out = []
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        kind, sep, where = entry.partition(":")
+        if not sep or kind not in EXTRA_KINDS or not where:
+            raise ImageSourceError(
+                f"config.data.extra: {entry!r} is not KIND:LOCATION with KIND one of "
+                f"{', '.join(EXTRA_KINDS)} (e.g. folder:/data/rafdb, tfds:affectnet@/data/tfds)")
+        name, _, data_dir = where.partition("@") if kind == "tfds" else (where, "", "")
+        out.append((kind, name, data_dir))
+    return out
+
+
+def check_extra(mode: str, spec: str) -> None:
+    """Extra sources are unlabelled images for MAE pretraining: refused when fine-tuning."""
+    if mode != "mae":
+        raise ImageSourceError(
+            "config.data.extra: extra image sources are for MAE pretraining (mode 'mae'); "
+            "fine-tuning reads the one labelled source of config.data.source")
+    parse_extra(spec)
+
+
+def extra_sources(spec: str, *, split: str = "train", every: int = 1) -> list:
+    """The sources of ``config.data.extra`` (see :func:`parse_extra`), in order."""
+    sources = []
+    for kind, where, data_dir in parse_extra(spec):
+        if kind == "folder":
+            sources.append(ImageFolder(where))
+        elif kind == "affwild2":
+            sources.append(AffWild2Frames(where, split, every=every))
+        else:
+            sources.append(TfdsImages(where, "train", data_dir or None))
+    return sources
+
+
+class Mixture:
+    """Several sources as one: every image of every source, once per epoch (MAE needs no
+    labels; each item keeps its own source's label, which other sources do not share)."""
+
+    def __init__(self, sources: Sequence, names: Sequence[str]):
+        self.sources, self.names = list(sources), list(names)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.sources[k][i - int(self.offsets[k])]
+
+    def describe(self) -> str:
+        return ", ".join(f"{n} ({len(s)})" for n, s in zip(self.names, self.sources))
+
+
 def split_by_group(
     source: FileImages, fraction: float, *, pattern: str, seed: int = 0,
 ) -> tuple[FileImages, FileImages, list[str]]:
