@@ -10,6 +10,13 @@ weight decay .05 on kernels only, 40 warmup epochs, then cosine to 0, random res
 Aff-Wild2 frames instead of a folder of images:
   python -m abaw_jax.pretrain --config configs/mae_face.py --workdir runs/mae \
       --config.data.source=affwild2 --config.data.root=/data/affwild2 --config.data.every=10
+Several face datasets at once, as the paper pretrains on AffectNet, RAF-DB, FER2013 and FER+
+(`data.extra`: comma-separated `folder:DIR` (class subfolders), `affwild2:ROOT` (its frames) or
+`tfds:NAME[@DATA_DIR]` (a prepared dataset's train split); every image of every source once per
+epoch, the log lists each source's count; MAE ignores labels; fine-tuning refuses extra sources):
+  python -m abaw_jax.pretrain --config configs/mae_face.py --workdir runs/mae \
+      --config.data.root=/data/affectnet/train --config.data.mapping=affectnet \
+      --config.data.extra=folder:/data/rafdb/train,tfds:fer2013@/data/tfds,tfds:ferplus@/data/tfds
 CK+ (48 px grey faces, subjects held out) on a laptop CPU in a few minutes:
   python -m abaw_jax.pretrain --config configs/mae_face.py:ckplus --workdir runs/mae_ckplus \
       --config.data.root=../shared/data/ckplus48
