@@ -532,35 +532,3 @@ def frame_counts(root: str | os.PathLike) -> dict[str, int]:
             if name not in counts and numbers is not None and len(numbers):
                 counts[name] = int(numbers[-1])
     return counts
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m abaw_jax.data.affwild2 frame-counts --root DATA --out counts.csv"""
-    import argparse
-    import sys
-    p = argparse.ArgumentParser(prog="python -m abaw_jax.data.affwild2",
-                                description="Aff-Wild2 layout tools.")
-    sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("frame-counts", help="write name,frames of every video (the annotation "
-                       "lengths; test videos: the highest frame image), for extract's "
-                       "--config.frame_counts")
-    c.add_argument("--root", required=True)
-    c.add_argument("--out", required=True)
-    args = p.parse_args(argv)
-    try:
-        counts = frame_counts(args.root)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    if not counts:
-        print(f"error: {args.root}: no annotated or listed video", file=sys.stderr)
-        return 1
-    from abaw_jax import files
-    files.write_atomic(pathlib.Path(args.out), "name_video,total_frame\n" + "".join(
-        f"{name},{n}\n" for name, n in sorted(counts.items())))
-    print(f"wrote {args.out} ({len(counts)} videos)", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
