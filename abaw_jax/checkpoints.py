@@ -8,6 +8,12 @@ and renames it when complete. `cleanup_tmp_directories` removes temporary direct
 save left behind, and `RunCheckpoints` also removes step directories without the commit file
 (a save killed in orbax's commit-file mode, or a partial copy), so an interrupted save never
 looks like a checkpoint.
+
+Each checkpoint also holds a content digest of every array of its state (`abaw_jax.digests`,
+item `digest`), computed on the device when it is saved and checked when it is restored: a
+checkpoint whose bytes changed afterwards is reported and set aside like an unreadable one. A
+save that fails for want of space or permission stops the run with one line naming the path,
+the free space and the last intact step.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from abaw_jax import digests, workdirs
 
 COMMIT_FILE = "commit_success.txt"
 DAMAGED_PREFIX = "damaged-"
@@ -97,7 +105,7 @@ class RunCheckpoints:
                 enable_async_checkpointing=async_save,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix="abaw_jax_latest")),
-            item_names=("state", "data"))
+            item_names=("state", "data", "digest"))
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
@@ -105,14 +113,38 @@ class RunCheckpoints:
                 cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix="abaw_jax_best")),
-            item_names=("state",))
+            item_names=("state", "digest"))
+        self.directory = workdir / "checkpoints"
+        self.abstract_state: Any = None   # the restore target, once restore_latest has run
+
+    def _saving(self, manager: ocp.CheckpointManager, state: Any, save: Any) -> None:
+        """Runs `save()` (an orbax save of `state` by `manager`): first the space check, then any
+        failure of this or the previous asynchronous save as one line (workdirs)."""
+        directory = pathlib.Path(manager.directory)
+        need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            free = None
+        last = self.latest.latest_step()
+        if free is not None and free < need:
+            raise CheckpointError(workdirs.disk_full_message(
+                directory, OSError(28, f"No space left: {need} bytes needed"), last))
+        try:
+            manager.check_for_errors()
+            save()
+        except Exception as e:  # noqa: BLE001 - orbax wraps the OS error in its own types
+            if workdirs.is_disk_error(e):
+                raise CheckpointError(workdirs.disk_full_message(directory, e, last)) from None
+            raise
 
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> None:
         """Saves the train state and the data iterator position at `step`."""
         self.best.wait_until_finished()   # one save in flight at a time (see __init__)
-        self.latest.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
-            force=force)
+        record = digests.digest(state)
+        self._saving(self.latest, state, lambda: self.latest.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+            digest=ocp.args.JsonSave(record)), force=force))
 
     def save_best(self, step: int, state: Any, score: float) -> None:
         """Offers `state` as the best one; orbax keeps it only if `score` beats the kept one.
@@ -124,8 +156,10 @@ class RunCheckpoints:
         if step in self.best.all_steps():
             return
         self.latest.wait_until_finished()
-        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                       metrics={"score": float(score)}, force=True)
+        record = digests.digest(state)
+        self._saving(self.best, state, lambda: self.best.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(record)),
+            metrics={"score": float(score)}, force=True))
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -141,11 +175,11 @@ class RunCheckpoints:
         batches and keeps its rows), so a run saved by N processes resumes on M: a process
         without its own file takes process 0's.
         """
+        self.abstract_state = abstract_state
         damaged = []
         for step in reversed(self.latest.all_steps()):
             try:
-                restored = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
+                restored = restore_verified(self.latest, step, abstract_state)
                 iterator_state = _iterator_state(self.latest.directory / str(step) / "data")
             except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
                 damaged.append(step)
@@ -161,9 +195,31 @@ class RunCheckpoints:
                 f"aside as damaged-<step>); remove the workdir to start afresh")
         return None
 
+    def intact_step(self) -> int | None:
+        """The newest checkpoint whose bytes still match their digest (damaged ones are set
+        aside); None when there is none or no restore target is known. Reads the checkpoints:
+        for error messages, not for every step."""
+        if self.abstract_state is None:
+            return self.latest.latest_step()
+        self.latest.reload()
+        for step in reversed(self.latest.all_steps()):
+            try:
+                restore_verified(self.latest, step, self.abstract_state)
+            except Exception as e:  # noqa: BLE001
+                _set_aside(self.latest, step, e)
+                continue
+            return step
+        return None
+
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        for manager in (self.latest, self.best):
+            try:
+                manager.wait_until_finished()
+            except Exception as e:  # noqa: BLE001
+                if workdirs.is_disk_error(e):
+                    raise CheckpointError(workdirs.disk_full_message(
+                        manager.directory, e, self.latest.latest_step())) from None
+                raise
 
     def close(self) -> None:
         self.latest.close()
@@ -181,7 +237,7 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     directory = workdir / sub
     if not directory.exists():
         raise FileNotFoundError(f"no checkpoints in {directory}: train first (python -m abaw_jax.train)")
-    items = ("state",) if sub == "best" else ("state", "data")
+    items = ("state", "digest") if sub == "best" else ("state", "data", "digest")
     # Read-only: steps whose save was interrupted are skipped here, not deleted.
     steps = complete_steps(directory)
     with ocp.CheckpointManager(directory, item_names=items,
@@ -196,9 +252,24 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
             if step not in steps:
                 raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; "
                                         f"have {steps}")
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+        try:
+            restored = restore_verified(mngr, step, abstract_state)
+        except digests.DigestMismatch as e:
+            raise CheckpointError(f"{directory / str(step)}: {e}") from None
     return step, restored.state
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """The orbax restore of `step`'s state, checked against the digest saved with it (raises
+    digests.DigestMismatch); checkpoints written without a digest restore unchecked."""
+    has_digest = (pathlib.Path(manager.directory) / str(step) / "digest").is_dir()
+    args = dict(state=ocp.args.StandardRestore(abstract_state))
+    if has_digest:
+        args["digest"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    if has_digest:
+        digests.verify(restored.state, restored.digest)
+    return restored
 
 
 def _iterator_state(directory: Any) -> dict:

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abaw_jax import checkpoints, files, writers
+from abaw_jax import checkpoints, files, workdirs, writers
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 
@@ -256,6 +256,8 @@ def start(workdir: pathlib.Path, abstract_state: Any, init_fn: Callable[[], Any]
             print(f"Resuming from step {step} in {workdir}", file=sys.stderr, flush=True)
     else:
         state = init_fn()
+    if jax.process_index() == 0:   # steps logged after the checkpoint are logged again
+        workdirs.drop_metrics_after(workdir, int(state["step"]))
     return ckpt, state, int(state["step"])
 
 

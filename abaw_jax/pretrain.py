@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from abaw_jax import checkpoints, cli, files, optim, sharding, writers
+from abaw_jax import checkpoints, cli, files, optim, sharding, workdirs, writers
 from abaw_jax import config as config_lib
 from abaw_jax import loop as loop_lib
 from abaw_jax.data import image_sources
@@ -284,11 +284,8 @@ def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None)
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Runs (or resumes) pretraining / fine-tuning in ``workdir``; returns the last evaluation."""
     validate(config)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    workdir = workdirs.claim(config, workdir, is_main=is_main)   # this run's, or stop
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from abaw_jax import checkpoints, cli, files, losses, loop as loop_lib, metrics, models, optim, runs
-from abaw_jax import sharding, writers
+from abaw_jax import sharding, workdirs, writers
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, device_bank, features as features_lib, mtl, pipeline
 
@@ -95,11 +95,8 @@ def make_train_step(model, tx, loss_fn, schedule, rng):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
     """Runs (or resumes) training in `workdir`; returns the last validation metrics."""
     config_lib.validate(config)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    workdir = workdirs.claim(config, workdir, is_main=is_main)   # this run's, or stop
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)
