@@ -182,6 +182,11 @@ class RunCheckpoints:
                 restored = restore_verified(self.latest, step, abstract_state)
                 iterator_state = _iterator_state(self.latest.directory / str(step) / "data")
             except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+                if is_mismatch(e):   # intact bytes of another model: not damaged, not renamed
+                    raise CheckpointError(
+                        f"{self.latest.directory / str(step)} holds a state of another model "
+                        f"({' '.join(str(e).split())[:160]}); use the config it was trained with "
+                        f"or another --workdir") from None
                 damaged.append(step)
                 _set_aside(self.latest, step, e)
                 continue
@@ -226,6 +231,16 @@ class RunCheckpoints:
         self.best.close()
 
 
+def intact_note(ckpt: RunCheckpoints) -> str:
+    """"the last intact checkpoint is step N in <dir>" after its digest was checked again (a
+    damaged newer one is set aside first), for the message of a run that stops."""
+    step = ckpt.intact_step()
+    if step is None:
+        return (f"no intact checkpoint in {ckpt.directory}: a re-run starts from step 0")
+    return (f"the last intact checkpoint is step {step} in {ckpt.directory} (content digest "
+            f"checked); a re-run resumes there")
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:
     """Restores a state from a workdir: `which` is "best", "latest" or a step number.
 
@@ -257,6 +272,14 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
         except digests.DigestMismatch as e:
             raise CheckpointError(f"{directory / str(step)}: {e}") from None
     return step, restored.state
+
+
+def is_mismatch(error: BaseException) -> bool:
+    """An orbax restore that failed because the target has other arrays or shapes than the
+    checkpoint (another config's model), as opposed to unreadable or altered bytes."""
+    text = str(error)
+    return isinstance(error, ValueError) and not isinstance(error, digests.DigestMismatch) and (
+        "tree structures do not match" in text or "is not compatible with the stored shape" in text)
 
 
 def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 
 from abaw_jax import config as config_lib
+from abaw_jax import input_errors
+from abaw_jax import workdirs
 from abaw_jax.loop import NonFiniteLossError
 
 
@@ -25,6 +27,7 @@ def define_flags() -> None:
                         "launched by hand (SLURM, Open MPI and TPU pods are detected)")
     flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator)")
     flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator)")
+    flags.DEFINE_boolean("debug", False, "show the traceback of an input error too")
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -67,11 +70,12 @@ def run(main_fn: Callable, validate_fn: Callable = config_lib.validate) -> None:
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             check_workdir(flags.FLAGS.workdir)
-            validate_fn(flags.FLAGS.config)
+            workdirs.check_writable(flags.FLAGS.workdir)   # before any device work
+            validate_fn(input_errors.config_flag())
             main_fn(argv)
         except Exception as e:
-            if not is_input_error(e):
-                raise   # a bug: keep the traceback
+            if not is_input_error(e) or flags.FLAGS.debug:
+                raise   # a bug (or --debug): keep the traceback
             sys.exit(f"error: {e}")
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=input_errors.parse_flags)   # bad flags: one line too

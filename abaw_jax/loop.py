@@ -145,8 +145,8 @@ class Loop:
                     self.ckpt.wait()
                     what = " and ".join(f"{k} ({m[k]})" for k in bad)
                     raise NonFiniteLossError(
-                        f"non-finite training {what} at step {s}; the last good checkpoint in "
-                        f"{self.workdir / 'checkpoints'} is intact{self.nonfinite_hint()}")
+                        f"non-finite training {what} at step {s}; "
+                        f"{checkpoints.intact_note(self.ckpt)}{self.nonfinite_hint()}")
             last = pending[-1][0]
             # Losses are averaged over the logging interval; the schedule and counters are current.
             mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
