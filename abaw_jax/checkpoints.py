@@ -269,9 +269,42 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
                                         f"have {steps}")
         try:
             restored = restore_verified(mngr, step, abstract_state)
-        except digests.DigestMismatch as e:
-            raise CheckpointError(f"{directory / str(step)}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+            if is_mismatch(e):
+                raise
+            damage = f"{directory / str(step)} is damaged ({_reason(e)})"
+            if which != "best":
+                raise CheckpointError(damage) from None
+            return _latest_instead(workdir, abstract_state, damage)
     return step, restored.state
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _latest_instead(workdir: pathlib.Path, abstract_state: Any, damage: str) -> tuple[int, Any]:
+    """The newest intact state of `workdir/checkpoints`, for a damaged best checkpoint (read
+    only: nothing is renamed); says which step is used."""
+    directory = workdir / "checkpoints"
+    steps = complete_steps(directory)
+    with ocp.CheckpointManager(directory, item_names=("state", "data", "digest"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+        for step in reversed(steps):
+            try:
+                restored = restore_verified(mngr, step, abstract_state)
+            except Exception as e:  # noqa: BLE001
+                if is_mismatch(e):
+                    raise
+                print(f"Checkpoint {directory / str(step)} is damaged too ({_reason(e)})",
+                      file=sys.stderr, flush=True)
+                continue
+            print(f"The best checkpoint {damage}; using the latest intact checkpoint instead: "
+                  f"step {step} of {directory}", file=sys.stderr, flush=True)
+            return step, restored.state
+    raise CheckpointError(f"{damage}, and {directory} holds no intact checkpoint "
+                          f"(steps {steps}); train again in a new workdir")
 
 
 def is_mismatch(error: BaseException) -> bool:

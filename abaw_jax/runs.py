@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from abaw_jax import checkpoints, files, metrics, optim, sharding, submission
+from abaw_jax import checkpoints, files, metrics, optim, sharding, submission, workdirs
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, pipeline
 from abaw_jax.loop import make_rngs
@@ -155,7 +155,8 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
         if missing:
             raise features_lib.StoreError(
                 f"features at {config.data.features or root / 'features'} lack {len(missing)} "
-                f"{split} videos of {config.task}, e.g. {missing[:3]}")
+                f"{split} videos of {config.task}, e.g. {missing[:3]}"
+                f"{workdirs.index_note(store)}")
     return Data(root=root, train=train, val=val, features=store)
 
 
@@ -396,18 +397,21 @@ def save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]
 
 def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                  checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
-                 out_dir: str | pathlib.Path | None = None) -> dict:
+                 out_dir: str | pathlib.Path | None = None, allow_incomplete: bool = False) -> dict:
     """Scores `splits` with the checkpoint `checkpoint` of `workdir`; returns metrics by split.
 
     Writes to `<out_dir>/<split>/`: `<TASK>.txt` (the submission format, one row per frame,
     frames without a face image included), `<TASK>_outputs.npz` (raw per-frame outputs by
-    video, for ensembling) and, for labelled splits, `metrics.json`.
+    video, for ensembling) and, for labelled splits, `metrics.json`. Every file is checked before
+    it takes its place (`workdirs`, `submission.write_checked`); a test-list video without
+    features is an error unless `allow_incomplete`.
     """
     config_lib.validate(config)
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"--workdir {workdir}: no such run directory")
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "predictions"
+    workdirs.check_writable(out_dir, "--out" if out_dir != workdir / "predictions" else "--workdir")
     mesh = sharding.make_mesh(config.mesh_data)
     check_workdir_matches(config, workdir)
     data = resolve_data(config)
@@ -428,15 +432,9 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
         elif split == "val":
             videos = data.val
         elif split == "test":
-            try:
-                # Frame counts from the feature store, which covers frames past the last face.
-                videos = affwild2.test_videos(
-                    data.root, config.task,
-                    frame_counts={v: data.features.num_frames(v) for v in data.features.videos})
-            except FileNotFoundError as e:
-                if is_main:
-                    print(f"No test-set video list for {config.task}: skipping the test split "
-                          f"({e})", file=sys.stderr)
+            videos = workdirs.test_split(data, config.task, allow_incomplete=allow_incomplete,
+                                         is_main=is_main)
+            if videos is None:
                 continue
         else:
             raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
@@ -444,6 +442,7 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             features = data.features
         outputs = predict_split(predict, models.model_variables(state), videos, features, config,
                                 mesh)
+        workdirs.check_finite(outputs, [v.name for v in videos], split, features)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in videos]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
@@ -46,6 +47,10 @@ def write_submission(path: str | pathlib.Path, task: str, videos: list[str],
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["image_location," + ",".join(COLUMNS[task])]
     for name, out in zip(videos, outputs, strict=True):
+        finite = np.isfinite(np.reshape(out, (len(out), -1))).all(axis=1)
+        if not finite.all():
+            raise SubmissionError(f"{path}: outputs of video {name!r} hold NaN/inf (frame index "
+                                  f"{int(np.argmin(finite))}); the file was not written")
         values = decisions(task, out)
         for t, row in enumerate(values):
             loc = f"{name}/{t + 1:05d}.jpg"
@@ -55,8 +60,26 @@ def write_submission(path: str | pathlib.Path, task: str, videos: list[str],
                 lines.append(f"{loc},{int(row)}")
             else:
                 lines.append(loc + "," + ",".join(str(int(v)) for v in row))
-    files.write_atomic(path, "\n".join(lines) + "\n")
+    counts = {name: len(out) for name, out in zip(videos, outputs)}
+    write_checked(path, "\n".join(lines) + "\n", lambda p: check_submission(p, task, counts))
     return path
+
+
+def write_checked(path: pathlib.Path, text: str, check) -> None:
+    """Writes `text` beside `path`, runs `check` (the checker) on that file, and only then
+    renames it to `path`: a file that fails its check never takes the place of the last one."""
+    unchecked = path.with_name(f".{path.name}.unchecked")
+    files.write_atomic(unchecked, text)
+    try:
+        check(unchecked)
+    except SubmissionError as e:
+        unchecked.unlink(missing_ok=True)
+        raise SubmissionError(f"{str(e).replace(str(unchecked), str(path))} (the file was not "
+                              f"written)") from None
+    except BaseException:
+        unchecked.unlink(missing_ok=True)
+        raise
+    os.replace(unchecked, path)
 
 
 def read_submission(path: str | pathlib.Path, task: str) -> dict[str, dict[int, np.ndarray]]:
@@ -215,7 +238,7 @@ def write_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]]
         raise ValueError(f"{path}: an image is listed twice")
     texts = zip(*(_value_texts(task, values[task]) for task in ("VA", "EXPR", "AU")))
     lines = [MTL_HEADER] + [f"{image_name(v, f)},{a},{e},{u}" for (v, f), (a, e, u) in zip(images, texts)]
-    files.write_atomic(path, "\n".join(lines) + "\n")
+    write_checked(path, "\n".join(lines) + "\n", lambda p: check_mtl_submission(p, images))
     return path
 
 

@@ -237,3 +237,40 @@ def check_test_features(videos: list, store: Any, test_list: Any, *,
     print(f"Warning: {where}; writing an incomplete test submission without them "
           f"(--allow_incomplete)", file=sys.stderr, flush=True)
     return [v for v in videos if v.name in store]
+
+
+def test_split(data: Any, task: str, *, allow_incomplete: bool, is_main: bool) -> list | None:
+    """The test-list videos of `task` with their frame counts from the feature store (which
+    covers frames past the last face); None when the dataset has no test-set list. A listed
+    video without features is an error (`check_test_features`)."""
+    from abaw_jax.data import affwild2
+    try:
+        path = affwild2.test_list_path(data.root, task)
+    except FileNotFoundError as e:
+        if is_main:
+            print(f"No test-set video list for {task}: skipping the test split ({e})",
+                  file=sys.stderr)
+        return None
+    store = data.features
+    counts = {v: store.num_frames(v) for v in store.videos}
+    # Listed videos without features get a placeholder count: they are reported, then dropped.
+    counts.update({n: 1 for n in affwild2.read_test_list(path) if n not in counts})
+    videos = affwild2.test_videos(data.root, task, frame_counts=counts)
+    return check_test_features(videos, store, path, allow_incomplete=allow_incomplete)
+
+
+def index_note(store: Any) -> str:
+    """"; <index file> lists N videos ..." for each index file of the store(s) behind `store`,
+    so that a message about missing videos names the file that should list them (and says when
+    its last line is cut: an index truncated by a copy, a full disk or an editor)."""
+    stores = getattr(store, "stores", None)
+    if isinstance(stores, dict):
+        return "".join(index_note(s) for s in stores.values())
+    inner = getattr(store, "store", None)
+    if inner is not None and inner is not store:
+        return index_note(inner)
+    notes = []
+    for path, listed, tail in getattr(store, "index_files", []):
+        cut = f", then {tail} bytes of a cut line: the file is truncated" if tail else ""
+        notes.append(f"{path} lists {listed} videos{cut}")
+    return ("; the store's index: " + "; ".join(notes)) if notes else ""
