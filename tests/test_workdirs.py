@@ -187,17 +187,20 @@ def test_nonfinite_message_names_the_checkpoint_verified_intact(tiny_demo, tmp_p
 
 
 def _digest_reference(x: np.ndarray) -> str:
-    """The digest of digests.py in float64-free NumPy integer arithmetic (uint64, mod 2^32)."""
+    """The digest digests.py documents, in NumPy uint64 arithmetic reduced modulo 2^32 by hand."""
     if x.dtype == bool:
         x = x.astype(np.uint8)
-    w = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[x.dtype.itemsize]
-    words = np.ascontiguousarray(x).view(w).reshape(-1).astype(np.uint64)
-    i = np.arange(len(words), dtype=np.uint64)
+    words = np.ascontiguousarray(x).reshape(x.shape or (1,)).view(
+        {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint32}[x.dtype.itemsize])
+    w = words.astype(np.uint64).reshape(-1, words.shape[-1]) if words.ndim > 1 else \
+        words.astype(np.uint64).reshape(1, -1)
     mod = np.uint64(2**32)
-    m1 = ((i * np.uint64(0x9E3779B1)) % mod) | np.uint64(1)
-    m2 = (((i + np.uint64(1)) * np.uint64(0x85EBCA6B)) % mod) | np.uint64(1)
-    a = int(np.sum((words * m1) % mod) % mod)
-    b = int(np.sum(((words ^ (words >> np.uint64(16))) * m2) % mod) % mod)
+    col, row = w.sum(axis=0) % mod, w.sum(axis=1) % mod
+    m1 = ((np.arange(len(col), dtype=np.uint64) * np.uint64(0x9E3779B1)) % mod) | np.uint64(1)
+    m2 = (((np.arange(len(row), dtype=np.uint64) + np.uint64(1)) * np.uint64(0x85EBCA6B)) % mod
+          | np.uint64(1))
+    a = int(sum(int(c) * int(m) for c, m in zip(col, m1)) % 2**32)
+    b = int(sum(int(r) * int(m) for r, m in zip(row, m2)) % 2**32)
     return f"{a:08x}{b:08x}"
 
 
@@ -205,15 +208,18 @@ def test_digest_matches_a_numpy_reference_and_sees_every_single_change():
     import ml_dtypes
     rng = np.random.default_rng(0)
     tree = {"f32": rng.standard_normal((7, 5)).astype(np.float32),
-            "bf16": rng.standard_normal(33).astype(ml_dtypes.bfloat16),
+            "bf16": rng.standard_normal((3, 11)).astype(ml_dtypes.bfloat16),
             "i32": rng.integers(-9, 9, 12).astype(np.int32), "b": rng.random(9) > 0.5,
-            "step": np.int32(7)}
-    got = digests.digest(tree)["arrays"]
+            "f64": rng.standard_normal((3, 4)), "step": np.int32(7)}
+    host = digests.digest(tree)["arrays"]
     for k, x in tree.items():
-        assert got[f"['{k}']"] == _digest_reference(np.asarray(x)), k
+        assert host[f"['{k}']"] == _digest_reference(np.asarray(x)), k
+    # The jitted reduction (used on accelerators) gives the same digest as NumPy on the host.
+    on_device = {k: jax.device_put(v) for k, v in tree.items() if k != "f64"}   # x64 is off
+    assert digests.digest(on_device, host=False)["arrays"] == {
+        k: v for k, v in host.items() if k != "['f64']"}
     digests.verify(tree, digests.digest(tree))
-    flat = tree["f32"].reshape(-1)
-    for i in range(flat.size):   # any one value changed (here its lowest bit) is seen
+    for i in range(tree["f32"].size):   # any one value changed (here its lowest bit) is seen
         changed = dict(tree, f32=tree["f32"].copy())
         changed["f32"].reshape(-1).view(np.uint32)[i] ^= 1
         with pytest.raises(digests.DigestMismatch, match=r"\['f32'\]"):
