@@ -70,7 +70,8 @@ def run(main_fn: Callable, validate_fn: Callable = config_lib.validate) -> None:
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:
             check_workdir(flags.FLAGS.workdir)
-            workdirs.check_writable(flags.FLAGS.workdir)   # before any device work
+            out = flags.FLAGS["out"].value if "out" in flags.FLAGS else ""   # evaluate --out
+            workdirs.check_writable(out or flags.FLAGS.workdir, "--out" if out else "--workdir")
             validate_fn(input_errors.config_flag())
             main_fn(argv)
         except Exception as e:
