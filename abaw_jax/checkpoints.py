@@ -57,6 +57,30 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException) 
     manager.reload()
 
 
+class _DiskErrorFilter(logging.Filter):
+    """Drops orbax's log records of a failed write for want of space or permission (hundreds
+    of lines of TensorStore context per array): RunCheckpoints reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and workdirs.is_disk_error(
+                record.exc_info[1]):
+            return False
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        return not any(s in text for s in ("RESOURCE_EXHAUSTED", "No space left",
+                                           "Read-only file system"))
+
+
+def _quiet_disk_errors() -> None:
+    # orbax logs through absl.logging; its unawaited write tasks through asyncio at exit.
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DiskErrorFilter) for f in logger.filters):
+            logger.addFilter(_DiskErrorFilter())
+
+
 def complete_steps(directory: str | pathlib.Path) -> list[int]:
     """Steps in `directory` whose checkpoint was committed, ascending."""
     directory = pathlib.Path(directory)
@@ -87,6 +111,7 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
         workdir = pathlib.Path(workdir).absolute()
+        _quiet_disk_errors()
         if jax.process_index() == 0:
             for sub in ("checkpoints", "best"):
                 discard_incomplete(workdir / sub)
@@ -126,7 +151,7 @@ class RunCheckpoints:
             free = shutil.disk_usage(directory).free
         except OSError:
             free = None
-        last = self.latest.latest_step()
+        last = self._last_committed()
         if free is not None and free < need:
             raise CheckpointError(workdirs.disk_full_message(
                 directory, OSError(28, f"No space left: {need} bytes needed"), last))
@@ -140,7 +165,7 @@ class RunCheckpoints:
 
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> None:
         """Saves the train state and the data iterator position at `step`."""
-        self.best.wait_until_finished()   # one save in flight at a time (see __init__)
+        self._wait(self.best)   # one save in flight at a time (see __init__)
         record = digests.digest(state)
         self._saving(self.latest, state, lambda: self.latest.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
@@ -155,7 +180,7 @@ class RunCheckpoints:
         """
         if step in self.best.all_steps():
             return
-        self.latest.wait_until_finished()
+        self._wait(self.latest)
         record = digests.digest(state)
         self._saving(self.best, state, lambda: self.best.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(record)),
@@ -217,14 +242,22 @@ class RunCheckpoints:
         return None
 
     def wait(self) -> None:
-        for manager in (self.latest, self.best):
-            try:
-                manager.wait_until_finished()
-            except Exception as e:  # noqa: BLE001
-                if workdirs.is_disk_error(e):
-                    raise CheckpointError(workdirs.disk_full_message(
-                        manager.directory, e, self.latest.latest_step())) from None
-                raise
+        self._wait(self.latest)
+        self._wait(self.best)
+
+    def _wait(self, manager: ocp.CheckpointManager) -> None:
+        """Waits for `manager`'s save in flight; a failed write is one line (workdirs)."""
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax wraps the OS error in its own types
+            if workdirs.is_disk_error(e):
+                raise CheckpointError(workdirs.disk_full_message(
+                    manager.directory, e, self._last_committed())) from None
+            raise
+
+    def _last_committed(self) -> int | None:
+        steps = complete_steps(self.directory)
+        return steps[-1] if steps else None
 
     def close(self) -> None:
         self.latest.close()
