@@ -99,11 +99,46 @@ def timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
     return state
 
 
-# The fast tier (`-m "not slow"`) also leaves out these parity and end-to-end tests, each about
-# 4 s or more on 2 cores (mostly XLA compiles), and those that need the trained runs of
-# test_predict's fixture; CI runs everything. Of the parametrised tests in _FAST_PARAMS one case
-# stays in the fast tier.
+# The one place that marks tests slow. The fast tier (`-m "not slow"`) leaves out these parity
+# and end-to-end tests, each about 4 s or more on 2 cores (mostly XLA compiles), those that need
+# the trained runs of test_predict's fixture, and the files of _SLOW_FILES; CI runs everything.
+# Of the parametrised tests in _FAST_PARAMS only the listed cases stay in the fast tier.
+_SLOW_FILES = {
+    "tests/test_benchmark.py",   # about 40 s on 2 cores, most of it XLA compiles
+    "tests/test_faults.py",      # about 3 minutes: a killed subprocess and a rerun per case
+}
 _SLOW_TESTS = {
+    "tests/test_workdirs.py::test_another_config_changes_nothing_and_the_right_one_resumes",
+    "tests/test_workdirs.py::test_altered_checkpoint_bytes_are_caught_and_set_aside",
+    "tests/test_workdirs.py::test_nonfinite_message_names_the_checkpoint_verified_intact",
+    "tests/test_workdirs.py::test_nan_predictions_stop_evaluate_naming_video_split_and_store",
+    "tests/test_workdirs.py::test_test_video_without_features_is_an_error_unless_allowed",
+    "tests/test_workdirs.py::test_damaged_best_checkpoint_falls_back_naming_the_step",
+    "tests/test_workdirs.py::test_full_disk_stops_at_the_failing_save_with_one_line",
+    "tests/test_workdirs.py::test_read_only_workdir_is_refused_before_any_device_work",
+    "tests/test_workdirs.py::test_bad_command_line_is_one_error_line",
+    "tests/test_workdirs.py::test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback",
+    "tests/test_workdirs.py::test_metrics_hold_each_step_once_after_a_resume",
+    "tests/test_device_bank.py::test_training_losses_identical_with_bank_on_and_off",
+    "tests/test_extract.py::test_sigkill_subprocess_random_spec_two_devices_then_resume",
+    "tests/test_faces.py::test_every_ckplus_face_is_found",
+    "tests/test_faces.py::test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame",
+    "tests/test_mtl_train.py::test_every_listed_frame_gets_one_prediction_in_order",
+    "tests/test_multiprocess.py::test_two_processes_train_like_one",
+    "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_one_step",
+    "tests/test_pretrain.py::test_mae_run_resumes_and_finetune_starts_from_it",
+    "tests/test_reliability.py::test_resume_is_bit_exact",
+    "tests/test_reliability.py::test_sigterm_saves_and_rerun_matches_uninterrupted",
+    "tests/test_reliability.py::test_interrupted_saves_are_ignored_and_removed",
+    "tests/test_reliability.py::test_resume_reevaluates_a_step_whose_best_state_was_kept",
+    "tests/test_reliability.py::test_checkpoint_moves_between_device_counts",
+    "tests/test_systems.py::test_paper_size_config_trains",
+    "tests/test_systems.py::test_fold_config_trains",
+    "tests/test_systems.py::test_ensemble_averages_members",
+    "tests/test_systems.py::test_ablation_script_writes_table",
+    "tests/test_tfds.py::test_ckplus_as_tfds_reads_back_and_trains_like_the_folder",
+    "tests/test_train.py::test_eight_devices_match_one",
+    "tests/test_usability.py::test_damaged_latest_checkpoint_resumes_from_previous",
     "tests/test_encoders.py::test_encoder_directory_round_trip",
     "tests/test_encoders.py::test_resnet_fn_resizes_to_the_requested_size",
     "tests/test_losses.py::test_cross_entropy_and_its_gradient_match_torch",
@@ -169,5 +204,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name, _, param = item.nodeid.partition("[")
         param = param.rstrip("]")
-        if name in _SLOW_TESTS or (name in _FAST_PARAMS and param not in _FAST_PARAMS[name]):
+        slow = (name in _SLOW_TESTS or name.partition("::")[0] in _SLOW_FILES
+                or (name in _FAST_PARAMS and param not in _FAST_PARAMS[name]))
+        if slow:
             item.add_marker(pytest.mark.slow)

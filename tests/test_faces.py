@@ -47,7 +47,6 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 # Real faces found, none invented.
 
 
-@pytest.mark.slow
 def test_every_ckplus_face_is_found(detector):
     """CK+48 crops (48 px, brows to chin) at their size in a dark 192 x 144 scene: >= 99%."""
     if not CKPLUS.is_dir():
@@ -76,7 +75,6 @@ def test_face_free_photographs_give_no_detection(detector):
     assert all(len(f.scores) == 1 for f in people)
 
 
-@pytest.mark.slow
 def test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame(detector, woman):
     found = detector.detect_batch(woman)
     assert np.mean([len(f.scores) > 0 for f in found]) >= 0.98

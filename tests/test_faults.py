@@ -26,11 +26,9 @@ import jax
 import numpy as np
 import pytest
 
-from abaw_jax import checkpoints, config as config_lib, extract, runs, sharding, train
+from abaw_jax import checkpoints, config as config_lib, evaluation, extract, runs, sharding, train
 from abaw_jax.data import features as features_lib
 from conftest import ROOT, tiny_config
-
-pytestmark = pytest.mark.slow
 
 # Runs in a subprocess: installs one kill point, then runs a command in-process.
 _DRIVER = r"""
@@ -79,8 +77,8 @@ if spec["op"] == "train":
     from abaw_jax import train
     train.train_and_evaluate(tiny_config("VA", spec["root"], **spec["overrides"]), spec["workdir"])
 elif spec["op"] == "evaluate":
-    from abaw_jax import runs
-    runs.evaluate_run(tiny_config("VA", spec["root"], **spec["overrides"]), spec["workdir"],
+    from abaw_jax import evaluation
+    evaluation.evaluate(tiny_config("VA", spec["root"], **spec["overrides"]), spec["workdir"],
                       out_dir=spec["out"])
 else:
     from abaw_jax import extract
@@ -204,7 +202,7 @@ def _listing(directory: pathlib.Path) -> dict[str, bytes]:
 def evaluated(tiny_demo, straight, tmp_path_factory) -> pathlib.Path:
     """The predictions of an uninterrupted evaluate of the straight run."""
     out = tmp_path_factory.mktemp("evaluated") / "predictions"
-    runs.evaluate_run(tiny_config("VA", tiny_demo, **OVERRIDES), straight, out_dir=out)
+    evaluation.evaluate(tiny_config("VA", tiny_demo, **OVERRIDES), straight, out_dir=out)
     return out
 
 
@@ -219,7 +217,7 @@ def test_killed_evaluate_then_rerun_equals_uninterrupted(tiny_demo, straight, ev
     out = tmp_path / "predictions"
     killed_run({"op": "evaluate", "root": str(tiny_demo), "workdir": str(straight),
                 "out": str(out), "overrides": OVERRIDES, "kill": kill})
-    runs.evaluate_run(config, straight, out_dir=out)
+    evaluation.evaluate(config, straight, out_dir=out)
     got, want = _listing(out), _listing(evaluated)
     assert sorted(got) == sorted(want)   # no temporary file left behind either
     for name in want:

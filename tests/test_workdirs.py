@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from abaw_jax import checkpoints, digests, files, runs, sharding, submission, train, workdirs
+from abaw_jax import checkpoints, digests, evaluation, files, runs, sharding, submission, train, workdirs
 from abaw_jax.data import affwild2, features as features_lib, video as video_lib
 from conftest import ROOT, SHARED_DATA, tiny_config
 
@@ -125,7 +125,6 @@ def remount(path: pathlib.Path, options: str) -> None:
 
 # --- another config in a finished workdir -----------------------------------------------------
 
-@pytest.mark.slow
 def test_another_config_changes_nothing_and_the_right_one_resumes(tiny_demo, tmp_path, capsys):
     config = tiny_config("VA", tiny_demo)
     train.train_and_evaluate(config, tmp_path)
@@ -158,7 +157,6 @@ def test_resumable_settings_may_change_and_others_may_not():
 
 # --- checkpoint bytes altered after the save ------------------------------------------------
 
-@pytest.mark.slow
 def test_altered_checkpoint_bytes_are_caught_and_set_aside(tiny_demo, tmp_path, capsys):
     config = tiny_config("VA", tiny_demo)
     train.train_and_evaluate(config, tmp_path)
@@ -172,7 +170,6 @@ def test_altered_checkpoint_bytes_are_caught_and_set_aside(tiny_demo, tmp_path, 
     assert (tmp_path / "checkpoints" / "damaged-6").is_dir()
 
 
-@pytest.mark.slow
 def test_nonfinite_message_names_the_checkpoint_verified_intact(tiny_demo, tmp_path):
     config = tiny_config("VA", tiny_demo)
     train.train_and_evaluate(config, tmp_path)
@@ -260,7 +257,6 @@ def _fresh_copy(trained, tmp_path):
     return config, new_root, new_run
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_nan_predictions_stop_evaluate_naming_video_split_and_store(trained, tmp_path, split):
     config, root, run = _fresh_copy(trained, tmp_path)
@@ -272,11 +268,10 @@ def test_nan_predictions_stop_evaluate_naming_video_split_and_store(trained, tmp
     with pytest.raises(workdirs.PredictionError,
                        match=rf"video {video!r} of the {split} split .* in "
                              rf"{root / 'features' / 'vit'} hold NaN/inf; nothing was written"):
-        runs.evaluate_run(config, run, splits=(split,))
+        evaluation.evaluate(config, run, splits=(split,))
     assert not (run / "predictions" / split / "VA.txt").exists()
 
 
-@pytest.mark.slow
 def test_test_video_without_features_is_an_error_unless_allowed(trained, tmp_path, capsys):
     config, root, run = _fresh_copy(trained, tmp_path)
     listed = affwild2.test_list_path(root, "VA")
@@ -285,9 +280,9 @@ def test_test_video_without_features_is_an_error_unless_allowed(trained, tmp_pat
     with pytest.raises(workdirs.PredictionError, match=rf"1 videos of the test list {listed} have "
                                                        rf"no features .*'no_such_video'.*"
                                                        rf"--allow_incomplete"):
-        runs.evaluate_run(config, run, splits=("test",))
+        evaluation.evaluate(config, run, splits=("test",))
     assert not (run / "predictions" / "test").exists()
-    runs.evaluate_run(config, run, splits=("test",), allow_incomplete=True)
+    evaluation.evaluate(config, run, splits=("test",), allow_incomplete=True)
     assert "writing an incomplete test submission" in capsys.readouterr().err
     counts = {n: features_lib.FeatureStore(root / "features" / "vit").num_frames(n) for n in names}
     assert submission.check_submission(run / "predictions" / "test" / "VA.txt", "VA", counts) == []
@@ -309,14 +304,13 @@ def test_invalid_submission_never_takes_the_place_of_the_last_one(tmp_path):
 
 # --- a damaged best checkpoint in evaluate ----------------------------------------------------
 
-@pytest.mark.slow
 def test_damaged_best_checkpoint_falls_back_naming_the_step(trained, tmp_path, capsys):
     config, root, run = _fresh_copy(trained, tmp_path)
     best = run / "best" / "3" / "state"
     victim = max((p for p in best.rglob("*") if p.is_file() and p.parent.name == "d"),
                  key=lambda p: p.stat().st_size)
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
-    results = runs.evaluate_run(config, run, splits=("val",))
+    results = evaluation.evaluate(config, run, splits=("val",))
     err = capsys.readouterr().err
     assert f"The best checkpoint {run.absolute() / 'best' / '3'} is damaged" in err
     assert f"using the latest intact checkpoint instead: step 3 of" in err
@@ -325,7 +319,6 @@ def test_damaged_best_checkpoint_falls_back_naming_the_step(trained, tmp_path, c
 
 # --- disk full and read-only ------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_full_disk_stops_at_the_failing_save_with_one_line(tiny_demo, tmp_path):
     # d_model 64: a train state (parameters and two Adam moments) of about 1.2 MB; 3 MB hold the
     # first one and the best one, not the second.
@@ -344,7 +337,6 @@ def test_full_disk_stops_at_the_failing_save_with_one_line(tiny_demo, tmp_path):
         assert "Resuming from step 3" in r.stderr
 
 
-@pytest.mark.slow
 def test_read_only_workdir_is_refused_before_any_device_work(tiny_demo, tmp_path):
     with small_disk(tmp_path / "disk", "16m") as disk:
         train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3), disk / "run")
@@ -372,7 +364,6 @@ def test_unwritable_directory_is_reported(tmp_path, monkeypatch):
 
 # --- one line for every bad input -------------------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.parametrize("args, devices, expected", [
     ({"foo": 1}, 1, "error: --config.foo=1: unknown config key config.foo; config.* has "),
     ({"data.bogus": 1}, 1, "error: --config.data.bogus=1: unknown config key config.data.bogus; "
@@ -386,7 +377,6 @@ def test_bad_command_line_is_one_error_line(tiny_demo, tmp_path, args, devices, 
     assert one_error_line(r).startswith(expected), r.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback(tiny_demo, tmp_path):
     args = cli("abaw_jax.train", tiny_demo, tmp_path / "run", config="va.py:nosuch")
     assert one_error_line(run_cli(args)) == (
@@ -399,7 +389,6 @@ def test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback(tiny
 
 # --- metrics after a kill between two checkpoints ---------------------------------------------
 
-@pytest.mark.slow
 def test_metrics_hold_each_step_once_after_a_resume(tiny_demo, tmp_path):
     config = tiny_config("VA", tiny_demo, log_every=1)
     train.train_and_evaluate(config, tmp_path / "killed")
@@ -502,7 +491,7 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
     try:
         written = [files.write_json(tmp_path / "config.json", {"a": 1}),
                    submission.write_submission(tmp_path / "VA.txt", "VA", ["v"], [np.zeros((2, 2))])]
-        runs.save_outputs(tmp_path / "VA_outputs.npz", ["v"], [np.zeros((2, 2))])
+        evaluation.save_outputs(tmp_path / "VA_outputs.npz", ["v"], [np.zeros((2, 2))])
         written.append(tmp_path / "VA_outputs.npz")
         with features_lib.FeatureStoreWriter(tmp_path / "store", dim=4) as w:
             w.write("v", np.zeros((3, 4), np.float32))
