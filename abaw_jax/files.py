@@ -47,7 +47,15 @@ _UMASK_LOCK = threading.Lock()
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and putting it back, under a lock)."""
+    """The process's umask: read from /proc on Linux; elsewhere by setting it and putting it
+    back, under a lock (other threads creating files meanwhile would get 0o077)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _UMASK_LOCK:
         mask = os.umask(0o077)
         os.umask(mask)
