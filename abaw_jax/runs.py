@@ -124,12 +124,18 @@ def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
         {name: given.get(name, root / "features" / name) for name in config.model.feature_sets})
 
 
+def data_root(config: ml_collections.ConfigDict, *, build: bool = True) -> pathlib.Path:
+    """The dataset root of `config`: data.root, else the demo dataset's folder (built when
+    `build`)."""
+    if config.data.root:
+        return pathlib.Path(config.data.root).expanduser()
+    return demo_root(config, build=build)
+
+
 def resolve_data(config: ml_collections.ConfigDict) -> Data:
     """Loads annotations and opens the features; builds the demo dataset when none is set."""
-    if config.data.root:
-        root = pathlib.Path(config.data.root).expanduser()
-    else:
-        root = demo_root(config)
+    root = data_root(config)
+    if not config.data.root:
         if jax.process_index() == 0:
             print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
                   f"{root}", file=sys.stderr, flush=True)

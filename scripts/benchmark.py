@@ -662,7 +662,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(detect: Haar vs BlazeFace on --video; not run by default)")
     parser.add_argument("--video", help="detect: clip (default ../shared/data/videos/fer_woman2.mp4)")
     parser.add_argument("--face-models", help="detect: folder of the BlazeFace .tflite files "
-                        "(default ../shared/data/models/mediapipe)")
+                        "for the LiteRT rows (default ../shared/data/models/mediapipe)")
     parser.add_argument("--data", default="/tmp/abaw_benchmark", help="store cache directory")
     parser.add_argument("--frames", type=int, default=0,
                         help="frames in the training rows' store (default 60,000 with --small, "
@@ -801,7 +801,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(image_rows(work, args, flops))
     if "detect" in args.sections:
         bench_detect.print_rows(bench_detect.rows(args.video, args.face_models))
-        bench_detect.print_ckplus(bench_detect.ckplus_rows(args.face_models))
+        bench_detect.print_ckplus(bench_detect.ckplus_rows())
 
 
 if __name__ == "__main__":

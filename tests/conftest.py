@@ -123,6 +123,7 @@ _SLOW_TESTS = {
     "tests/test_extract.py::test_sigkill_subprocess_random_spec_two_devices_then_resume",
     "tests/test_faces.py::test_every_ckplus_face_is_found",
     "tests/test_faces.py::test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame",
+    "tests/test_faces.py::test_gaps_cut_from_a_real_track_are_bridged",
     "tests/test_mtl_train.py::test_every_listed_frame_gets_one_prediction_in_order",
     "tests/test_multiprocess.py::test_two_processes_train_like_one",
     "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_one_step",
@@ -163,6 +164,7 @@ _SLOW_TESTS = {
     "tests/test_reliability.py::test_nan_step_is_not_offered_as_best",
     "tests/test_blazeface.py::test_detections_agree_with_an_independent_decoding",
     "tests/test_blazeface.py::test_raw_outputs_equal_the_litert_interpreter",
+    "tests/test_blazeface.py::test_shipped_weights_load_without_the_tflite_package_and_about_1_mb",
     "tests/test_config.py::test_cli_rejects_bad_value_and_type",
     "tests/test_encoders.py::test_load_encoder_and_feature_fn",
     "tests/test_faces.py::test_face_free_photographs_give_no_detection",
@@ -172,6 +174,9 @@ _SLOW_TESTS = {
     "tests/test_mae.py::test_patchify_roundtrip_and_random_noise_rng",
     "tests/test_mtl_train.py::test_one_mtl_run_fills_every_column_of_predict",
     "tests/test_predict.py::test_fer_video_to_csv_and_plot",
+    "tests/test_predict.py::test_fer_woman2_out_of_the_box",
+    "tests/test_predict.py::test_restore_takes_evaluates_checkpoint_and_feature_store",
+    "tests/test_predict.py::test_transformer_fed_features_of_its_own_width_restores",
     "tests/test_predict.py::test_no_face_frames_are_flagged_and_predicted",
     "tests/test_reliability.py::test_cli_bad_input_is_one_line_error",
     "tests/test_reliability.py::test_nan_gradient_with_finite_loss_stops",
@@ -194,6 +199,7 @@ _SLOW_TESTS = {
     "tests/test_weights.py::test_timm_vit_tiny_matches_timm_for_every_pool",
 }
 _FAST_PARAMS = {
+    "tests/test_blazeface.py::test_shipped_weights_are_those_of_the_tflite_files": ('short_range',),
     "tests/test_train.py::test_train_then_evaluate": ('VA',),
     "tests/test_mtl_train.py::test_mtl_trains_and_writes_checked_submissions": ('transformer',),
     "tests/test_systems.py::test_demo_variant_trains": ('va-transformer',),
