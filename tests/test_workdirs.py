@@ -306,13 +306,12 @@ def test_invalid_submission_never_takes_the_place_of_the_last_one(tmp_path):
 
 def test_damaged_best_checkpoint_falls_back_naming_the_step(trained, tmp_path, capsys):
     config, root, run = _fresh_copy(trained, tmp_path)
-    best = run / "best" / "3" / "state"
-    victim = max((p for p in best.rglob("*") if p.is_file() and p.parent.name == "d"),
-                 key=lambda p: p.stat().st_size)
-    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    alter_values(run / "best" / "3", abstract_state(config))
+    capsys.readouterr()
     results = evaluation.evaluate(config, run, splits=("val",))
     err = capsys.readouterr().err
-    assert f"The best checkpoint {run.absolute() / 'best' / '3'} is damaged" in err
+    assert (f"The best checkpoint {run.absolute() / 'best' / '3'} is damaged (DigestMismatch: "
+            f"content digest mismatch") in err
     assert f"using the latest intact checkpoint instead: step 3 of" in err
     assert results["val"]["step"] == 3 and np.isfinite(results["val"]["score"])
 
