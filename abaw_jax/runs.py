@@ -300,13 +300,13 @@ def restore(workdir: pathlib.Path, abstract_state, which: str = "best") -> tuple
 
 def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
     """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps
-    averaged; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
+    averaged in probability space, as ensembles average runs; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
     seq_len = config.data.seq_len
     bs = config.eval_batch_size or config.batch_size
     sharding.check_batch_size(bs, mesh, "eval_batch_size")
     if config.data.get("eval_readout", "average") == "last":
         return predict_split_causal(predict_fn, params, videos, store, config, mesh)
-    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task], task=config.task)
     batches = pipeline.eval_batches(
         videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
         process_index=jax.process_index(), process_count=jax.process_count())

@@ -17,6 +17,13 @@ Window placement: starts 0, stride, 2 * stride, ... while the window fits, then 
 right-aligned to the end of the video if frames are left over, so every frame is in a window and
 no window is padded unless the whole video is shorter than `seq_len` (one window at 0).
 
+Overlapping windows are averaged in probability space (EXPR softmax, AU sigmoid, VA as is) and
+returned in raw-output form (log-probabilities, logits): the same rule as an ensemble of runs
+(`abaw_jax.ensemble`). Probabilities are on one scale whatever a window's or a model's logit
+temperature, so one overconfident window cannot outvote the others, and an average of
+probabilities is itself a probability; decisions (argmax, sigmoid >= .5) of a frame seen by one
+window are unchanged.
+
 Training reads in grain threads from memory-mapped shards: each batch is one numpy array per key,
 filled window by window with contiguous slices (and converted to float32 on the way).
 """
@@ -380,11 +387,47 @@ def eval_batches(
     return iter(ds.to_iter_dataset(options))
 
 
-class Assembler:
-    """Puts per-window outputs back into per-video arrays; overlapping outputs are averaged."""
+def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Raw outputs -> the space in which outputs are averaged (per task's columns for "MTL")."""
+    x = np.asarray(outputs, np.float64)
+    if task == "MTL":
+        return _per_task(to_probabilities, x)
+    if task == "EXPR":
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if task == "AU":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x
 
-    def __init__(self, videos: Sequence[Any], out_dim: int):
+
+def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
+    """Averaged probabilities -> raw-output form (log-probabilities / logits) for scoring."""
+    if task == "MTL":
+        return _per_task(from_probabilities, np.asarray(probs, np.float64))
+    p = np.clip(probs, 1e-7, 1 - 1e-7) if task != "VA" else probs
+    if task == "EXPR":
+        return np.log(p)
+    if task == "AU":
+        return np.log(p) - np.log1p(-p)
+    return p
+
+
+def _per_task(fn, x: np.ndarray) -> np.ndarray:
+    """`fn` applied to each task's columns of packed multi-task outputs."""
+    from abaw_jax.data import mtl
+    out = np.empty_like(x)
+    for task, cols in mtl.OUTPUT_COLUMNS.items():
+        out[..., cols] = fn(task, x[..., cols])
+    return out
+
+
+class Assembler:
+    """Puts per-window outputs back into per-video arrays; overlapping outputs are averaged,
+    in probability space when `task` is given (see the module doc), else as they come."""
+
+    def __init__(self, videos: Sequence[Any], out_dim: int, task: str = ""):
         """`videos`: the list the windows index into (anything with num_frames, or ints)."""
+        self.task = task
         self.names = [getattr(v, "name", str(i)) for i, v in enumerate(videos)]
         self.lengths = np.array([getattr(v, "num_frames", v) for v in videos], np.int64)
         self.base = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
@@ -421,6 +464,8 @@ class Assembler:
             )
         flat = (self.base[safe_video][:, None] + frames)[frame_mask]
         values = outputs[frame_mask].astype(np.float64)
+        if self.task:
+            values = to_probabilities(self.task, values)
         # Accumulate on the few distinct frames first: scattering into the whole split is slow.
         frames_u, inverse = np.unique(flat, return_inverse=True)
         acc = np.zeros((len(frames_u), self.out_dim), np.float64)
@@ -439,5 +484,8 @@ class Assembler:
                 f"video {self.names[v]!r}: frame {first - self.base[v]} "
                 f"(and {int(missing.sum()) - 1} other frames) received no output"
             )
-        mean = (self._sums / self._counts[:, None]).astype(np.float32)
+        mean = self._sums / self._counts[:, None]
+        if self.task:
+            mean = from_probabilities(self.task, mean)
+        mean = mean.astype(np.float32)
         return [mean[self.base[i] : self.base[i + 1]] for i in range(len(self.lengths))]
