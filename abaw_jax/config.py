@@ -147,8 +147,8 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.data.eval_readout = "average"
     # Folds (system B's table 1, data/folds.py): 0 (or -1) trains on Train_Set and validates on
     # Validation_Set; k in [1, num_folds) validates on part k of Train_Set + Validation_Set split
-    # into num_folds - 1 parts, video-disjoint by source video ("grouped") or as the authors'
-    # code did ("ungrouped").
+    # into num_folds - 1 parts, video-disjoint by source video ("grouped"), or as the authors'
+    # code did ("ungrouped", "kfold_shuffled", "windows": see data/folds.py).
     c.data.fold = 0
     c.data.num_folds = 5
     c.data.fold_scheme = "grouped"
@@ -234,8 +234,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "least two parts)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
          f"0 (official split) or in [1, data.num_folds={config.data.num_folds})")
-    need(config.data.fold_scheme in ("grouped", "ungrouped"), "data.fold_scheme",
-         "'grouped' or 'ungrouped'")
+    _check_folds(need, config)
     optim.check(need, config)
     need(config.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: off)")
     need(config.evals_per_epoch >= 0, "evals_per_epoch", "must be >= 0 (0: use eval_every)")
@@ -268,6 +267,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.num_threads >= 1, "data.num_threads", "must be >= 1")
     need(config.data.device_bank in ("auto", "on", "off"), "data.device_bank",
          "'auto', 'on' or 'off'")
+
+
+def _check_folds(need, config: ml_collections.ConfigDict) -> None:
+    from abaw_jax.data import folds
+    need(config.data.fold_scheme in folds.SCHEMES, "data.fold_scheme", f"one of {folds.SCHEMES}")
+    if config.data.fold_scheme == "windows" and config.data.fold > 0:
+        need(config.data.fold in folds.WINDOW_FOLDS, "data.fold",
+             f"scheme 'windows' has folds {sorted(folds.WINDOW_FOLDS)}")
+        window, stride = folds.WINDOW_FOLDS[config.data.fold]
+        need((config.data.seq_len, config.data.train_stride) == (window, stride), "data.seq_len",
+             f"fold {config.data.fold} of scheme 'windows' trains windows of {window} at stride "
+             f"{stride} (the variant folds=windows,fold={config.data.fold} sets them)")
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
@@ -310,7 +321,7 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
 
 
 TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
-                     no_transformer=False, sets="", windows="")
+                     no_transformer=False, sets="", windows="", fold=-1, folds="")
 
 
 def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -342,15 +353,40 @@ def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> 
             raise ConfigError("variant sets=a+b applies to model=fusion only")
         config.model.feature_sets = tuple(x for x in v.sets.split("+") if x)
     if v.windows:
-        if v.windows != "causal":
-            raise ConfigError(f"variant windows={v.windows!r}: known: causal")
-        # System A's code: a window ending at every frame (stride 1), each frame predicted from
-        # the window that ends at it.
-        config.data.train_stride = 1
-        config.data.eval_readout = "last"
+        _set_windows(config, v.windows)
+    if v.folds or v.fold >= 0:
+        _set_fold(config, v.fold, v.folds)
     if v.steps:
         config.total_steps = v.steps
     return config
+
+
+def _set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None:
+    """The variants `fold=K` and `folds=SCHEME` (data/folds.py); scheme "windows" also sets the
+    fold's window and stride (system B's released EXPR configs)."""
+    from abaw_jax.data import folds
+    if scheme:
+        if scheme not in folds.SCHEMES:
+            raise ConfigError(f"variant folds={scheme!r}: known: {', '.join(folds.SCHEMES)}")
+        config.data.fold_scheme = scheme
+    if fold >= 0:
+        config.data.fold = fold
+    if config.data.fold_scheme == "windows" and config.data.fold in folds.WINDOW_FOLDS:
+        window, stride = folds.WINDOW_FOLDS[config.data.fold]
+        config.data.seq_len, config.data.train_stride, config.data.eval_stride = window, stride, stride
+
+
+def _set_windows(config: ml_collections.ConfigDict, windows: str) -> None:
+    """The variant `windows=`: "causal" is system A's code (a window ending at every frame,
+    stride 1, each frame predicted from the window that ends at it, read at its last position;
+    A's default), "chunks" non-overlapping windows averaged (A's `:demo`)."""
+    if windows == "causal":
+        config.data.train_stride, config.data.eval_readout = 1, "last"
+    elif windows == "chunks":
+        config.data.train_stride = config.data.eval_stride = 0
+        config.data.eval_readout = "average"
+    else:
+        raise ConfigError(f"variant windows={windows!r}: known: causal, chunks")
 
 
 # ---------------------------------------------------------------------------------------------

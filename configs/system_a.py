@@ -38,11 +38,14 @@ def get_config(task: str):
     config.loss.name = "mtl" if task == "MTL" else config.loss.tasks[task]
     config.loss.alpha, config.loss.gamma = 0.25, 2.0
 
-    # Sequences of 100 frames (PA 4.1). Windows: non-overlapping in training and evaluation
-    # (a documented choice; the code's stride-1 windows read at their last frame are the
-    # variant `windows=causal`, 100x the evaluation cost).
+    # Sequences of 100 frames (PA 4.1). Windows as the code makes them (the paper is silent): one
+    # window ending at every frame in training (stride 1), each frame predicted from the window
+    # that ends at it, read at its last position. So an epoch, the early-stopping patience and
+    # the 200 epochs below are the code's units. Non-overlapping windows (100x fewer per epoch,
+    # 100x cheaper evaluation) are the variant `windows=chunks`.
     config.data.seq_len = 100
-    config.data.train_stride = config.data.eval_stride = 0
+    config.data.train_stride, config.data.eval_stride = 1, 0
+    config.data.eval_readout = "last"
 
     # AdamW, lr 1e-4, weight decay 1e-3, batch 512 sequences (PA 4.1); betas and eps torch's
     # defaults, weight decay on every parameter (code). No schedule, no warmup, no clipping
@@ -59,7 +62,12 @@ def get_config(task: str):
 
 
 def demo(config) -> None:
-    """Laptop scale: a small model and a short run on the demo data, a few minutes on 2 cores."""
+    """Laptop scale: a small model and a short run on the demo data, a few minutes on 2 cores.
+
+    Non-overlapping windows (the variant `windows=chunks`): the code's one-window-per-frame
+    evaluation costs 100x and a 600-step run does not reach the end of an epoch either way."""
     m = config.model
+    config.data.train_stride = config.data.eval_stride = 0
+    config.data.eval_readout = "average"
     m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.dropout = 64, 2, 4, 128, 0.1
     config_lib.demo_run(config)

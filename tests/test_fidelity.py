@@ -3,8 +3,11 @@ docs/systems.md's defaults checked against the resolved configs of every task.""
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -59,3 +62,145 @@ def test_print_config_rejects_a_bad_config_and_workdir_stays_required():
     assert r.stderr.strip().splitlines()[-1] == "error: config.batch_size = 0: must be >= 1"
     r = _run("abaw_jax.train", "--config", "configs/va.py")
     assert r.returncode != 0 and "--workdir is required" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/systems.md: the last column of every system's table states its defaults as
+# `[scope] key=value` items, checked here against the configs the command line resolves.
+
+SYSTEMS_MD = ROOT / "docs" / "systems.md"
+SYSTEM_MODELS = {"A": "transformer", "B": "tcn", "C": "fusion"}
+TASKS = ("VA", "EXPR", "AU", "MTL")
+ITEM = re.compile(r"`(?:\[(?P<scope>[^\]]+)\]\s*)?(?P<key>[\w.]+)\s*=\s*(?P<value>[^`]*)`")
+
+
+def systems_table_rows(text: str) -> dict[str, list[tuple[str, str]]]:
+    """{system: [(setting, checked cell)]} of the tables under '## System X' headings."""
+    rows: dict[str, list[tuple[str, str]]] = {}
+    system = None
+    for line in text.splitlines():
+        m = re.match(r"## System ([ABC])\b", line)
+        if m:
+            system = m.group(1)
+            rows[system] = []
+        elif line.startswith("## "):
+            system = None
+        elif system and line.startswith("|") and not set(line) <= set("|- "):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[:2] != ["setting", "paper"]:
+                rows[system].append((cells[0], cells[-1]))
+    return rows
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text.strip()
+
+
+def resolved(system: str, scope: str):
+    """The config(s) an item's scope names: tasks ('VA', 'EXPR+AU'; default all four with the
+    system's model) or a config file with its variant ('finetune_expr', 'extract_vit:mae')."""
+    from conftest import load_config
+    names = scope.split("+") if scope else list(TASKS)
+    if all(n in TASKS for n in names):
+        return [(n, load_config(n.lower(), f"model={SYSTEM_MODELS[system]}")) for n in names]
+    name, _, arg = scope.partition(":")
+    return [(scope, load_config(name, arg or None))]
+
+
+def same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b)
+    return a == b
+
+
+def check_systems_doc(text: str) -> list[str]:
+    from abaw_jax import checks
+    errors = []
+    rows = systems_table_rows(text)
+    if sorted(rows) != ["A", "B", "C"]:
+        errors.append(f"tables of systems {sorted(rows)}, expected A, B and C")
+    cache: dict = {}
+    for system, table in rows.items():
+        for setting, cell in table:
+            items = list(ITEM.finditer(cell))
+            if not items:
+                errors.append(f"system {system}, row {setting!r}: no `key=value` in its last cell")
+            for item in items:
+                scope = item["scope"] or ""
+                if (system, scope) not in cache:
+                    cache[system, scope] = resolved(system, scope)
+                want = parse_value(item["value"])
+                for where, config in cache[system, scope]:
+                    try:
+                        got = checks.get(config, item["key"])
+                    except (KeyError, AttributeError):
+                        got = "<missing>"
+                    if not same(got, want):
+                        errors.append(f"system {system}, row {setting!r}, {where}: "
+                                      f"{item['key']} is {got!r}, the doc says {want!r}")
+    return errors
+
+
+def test_systems_doc_defaults_are_the_configs():
+    errors = check_systems_doc(SYSTEMS_MD.read_text())
+    assert not errors, "\n".join(errors)
+
+
+def test_systems_doc_check_fails_on_a_doc_edit():
+    """The check itself: a value edited in the doc alone, a key that does not exist, and a row
+    without an item are each reported."""
+    text = SYSTEMS_MD.read_text()
+    assert "`model.dropout=0.3`" in text
+    errors = check_systems_doc(text.replace("`model.dropout=0.3`", "`model.dropout=0.4`"))
+    assert errors and all("model.dropout is 0.3, the doc says 0.4" in e for e in errors)
+    errors = check_systems_doc(text.replace("`model.dropout=0.3`", "`model.drop=0.3`"))
+    assert errors and "'<missing>'" in errors[0]
+    errors = check_systems_doc(text.replace(" `model.dropout=0.3` |", " |"))
+    assert errors == ["system B, row 'dropout': no `key=value` in its last cell"]
+
+
+# ---------------------------------------------------------------------------------------------
+# System B's fold schemes (data/folds.py).
+
+def test_fold_schemes_of_the_authors_code(tiny_demo):
+    from sklearn.model_selection import KFold
+    from abaw_jax import config as config_lib
+    from abaw_jax.data import affwild2
+    from abaw_jax.data.folds import fold_split
+    from conftest import load_config
+    train = affwild2.load_split(tiny_demo, "EXPR", "train")
+    val = affwild2.load_split(tiny_demo, "EXPR", "val")
+    names = sorted(v.name for v in train + val)
+    # The EXPR fold script: KFold(4, shuffle=True, random_state=42).
+    for k, (_, idx) in enumerate(KFold(4, shuffle=True, random_state=42).split(names), start=1):
+        got = [v.name for v in fold_split(train, val, k, 5, "kfold_shuffled")[1]]
+        assert got == [names[i] for i in idx]
+    # The released EXPR configs: the official split with other windows.
+    assert fold_split(train, val, 3, 5, "windows") == (train, val)
+    for k, (window, stride) in {1: (100, 50), 2: (150, 100), 3: (400, 200), 4: (50, 10)}.items():
+        c = load_config("expr", f"model=tcn,folds=windows,fold={k}")
+        assert (c.data.fold, c.data.fold_scheme) == (k, "windows")
+        assert (c.data.seq_len, c.data.train_stride, c.data.eval_stride) == (window, stride, stride)
+        config_lib.validate(c)
+    c = load_config("expr", "model=tcn,folds=windows,fold=2")
+    c.data.seq_len = 300
+    with pytest.raises(config_lib.ConfigError, match="fold 2 of scheme 'windows' trains windows "
+                       "of 150 at stride 100"):
+        config_lib.validate(c)
+    with pytest.raises(config_lib.ConfigError, match="variant folds='leaky'"):
+        load_config("expr", "model=tcn,folds=leaky")
+
+
+def test_system_a_windows_default_to_the_codes_and_chunks_is_a_variant():
+    from conftest import load_config
+    c = load_config("va")
+    assert (c.data.train_stride, c.data.eval_readout) == (1, "last")
+    c = load_config("va", "windows=chunks")
+    assert (c.data.train_stride, c.data.eval_stride, c.data.eval_readout) == (0, 0, "average")
+    c = load_config("va", "demo")
+    assert (c.data.train_stride, c.data.eval_readout) == (0, "average")
