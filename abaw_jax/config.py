@@ -145,6 +145,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # "average": overlapping window outputs averaged; "last": frame t from the window ending at
     # t, read at its last position (causal; seq_len x the evaluation cost; system A's code).
     c.data.eval_readout = "average"
+    # The last evaluation window of a video: "aligned" ends at the video's last frame (every
+    # window full); "truncated" starts at the next multiple of eval_stride and stops at the end
+    # (system B's test code, with eval_stride = seq_len: the variant `eval=tiled`).
+    c.data.eval_last = "aligned"
     # Folds (system B's table 1, data/folds.py): 0 (or -1) trains on Train_Set and validates on
     # Validation_Set; k in [1, num_folds) validates on part k of Train_Set + Validation_Set split
     # into num_folds - 1 parts, video-disjoint by source video ("grouped"), or as the authors'
@@ -230,6 +234,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
     need(config.data.eval_readout in ("average", "last"), "data.eval_readout",
          "'average' or 'last'")
+    need(config.data.eval_last in ("aligned", "truncated"), "data.eval_last",
+         "'aligned' or 'truncated'")
     need(config.data.num_folds >= 3, "data.num_folds", "must be >= 3 (the official split and at "
          "least two parts)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
@@ -321,7 +327,7 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
 
 
 TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
-                     no_transformer=False, sets="", windows="", fold=-1, folds="")
+                     no_transformer=False, sets="", windows="", fold=-1, folds="", eval="")
 
 
 def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -356,6 +362,11 @@ def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> 
         _set_windows(config, v.windows)
     if v.folds or v.fold >= 0:
         _set_fold(config, v.fold, v.folds)
+    if v.eval:
+        if v.eval != "tiled":
+            raise ConfigError(f"variant eval={v.eval!r}: known: tiled")
+        # System B's test code: windows side by side (stride = window), the last one truncated.
+        config.data.eval_stride, config.data.eval_last = 0, "truncated"
     if v.steps:
         config.total_steps = v.steps
     return config

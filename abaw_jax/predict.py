@@ -275,7 +275,8 @@ def run_temporal(run: Run, features: np.ndarray, present: np.ndarray, *, batch_s
     probability space, as `evaluate` and ensembles do)."""
     t = len(present)
     seq_len = run.seq_len
-    starts = pipeline.window_starts(t, seq_len, run.stride)
+    starts = pipeline.window_starts(t, seq_len, run.stride,
+                                    run.config.data.get("eval_last", "aligned") == "truncated")
     bs = _bucket(len(starts), batch_size)
     compiled = compiled or _Compiled(runs.make_predict(run.model), "temporal", {})
     assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task], task=run.task)

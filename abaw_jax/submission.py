@@ -1,7 +1,7 @@
 """ABAW submission files: writing them, reading the forms seen in the wild, and checking them.
 
 One text file per challenge; header `image_location,<columns>`, then one row per frame:
-`<video>/00001.jpg,<values>` (REFERENCE.md). The multi-task (MTL) challenge has its own format,
+`<video>/00001.jpg,<values>` (the challenge's format). The multi-task (MTL) challenge has its own format,
 one row per image of its test list (the section at the end). The writer emits every frame of every video (frames
 without a face image included) and replaces the file atomically. The reader accepts a quoted
 class list in the header and files that skip frames.
@@ -145,7 +145,7 @@ def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str
 # --------------------------------------------------------------------------- multi-task challenge
 #
 # One file for the whole test set: header `image,valence,arousal,expression,aus`, then one row per
-# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (REFERENCE.md).
+# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (the challenge's format).
 
 MTL_HEADER = "image,valence,arousal,expression,aus"
 _MTL_FIELDS = 1 + 2 + 1 + len(AU_NAMES)

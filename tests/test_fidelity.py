@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -204,3 +205,81 @@ def test_system_a_windows_default_to_the_codes_and_chunks_is_a_variant():
     assert (c.data.train_stride, c.data.eval_stride, c.data.eval_readout) == (0, 0, "average")
     c = load_config("va", "demo")
     assert (c.data.train_stride, c.data.eval_readout) == (0, "average")
+
+
+# ---------------------------------------------------------------------------------------------
+# System B at test time: its mode filter, its tiled windows, both EXPR scores at evaluate.
+
+def _scipy_mode_filter(labels: np.ndarray, window: int) -> np.ndarray:
+    """System B's test-time filter, frame by frame with scipy.stats.mode (a reference)."""
+    from scipy import stats
+    out = np.empty_like(labels)
+    for i in range(len(labels)):
+        lo, hi = max(0, i - window // 2), min(len(labels), i + window // 2 + 1)
+        out[i] = stats.mode(labels[lo:hi], keepdims=False).mode
+    return out
+
+
+def test_mode_filter_is_scipys_mode_over_the_window():
+    from abaw_jax import metrics
+    rng = np.random.default_rng(0)
+    # Runs of classes with noise, so that the filter changes something and ties occur.
+    labels = np.repeat(rng.integers(0, 8, 40), rng.integers(1, 12, 40))
+    labels = np.where(rng.random(labels.size) < 0.3, rng.integers(0, 8, labels.size), labels)
+    for window in (2, 3, 7, 40, 1000):
+        got = metrics.mode_filter(labels, window)
+        np.testing.assert_array_equal(got, _scipy_mode_filter(labels, window), err_msg=window)
+    assert (metrics.mode_filter(labels, 40) != labels).any()
+    np.testing.assert_array_equal(metrics.mode_filter(labels, 0), labels)
+
+
+def test_tiled_windows_are_the_test_codes():
+    """`eval=tiled`: starts 0, L, 2L, ... while a window begins before the end, as system B's
+    test loop (`range(length // stride + 1)`, stopping at a start past the end)."""
+    from abaw_jax.data.pipeline import window_starts
+    from conftest import load_config
+
+    def code_starts(length, window, stride):
+        out = []
+        for i in range(length // stride + 1):
+            if stride * i >= length:
+                break
+            out.append(stride * i)
+        return out
+
+    for length in (1, 50, 299, 300, 301, 599, 600, 601, 1234):
+        assert window_starts(length, 300, 300, truncate_last=True).tolist() == \
+            code_starts(length, 300, 300), length
+    c = load_config("expr", "model=tcn,eval=tiled")
+    assert (c.data.eval_stride, c.data.eval_last) == (0, "truncated")
+
+
+@pytest.mark.slow
+def test_evaluate_reports_filtered_and_unfiltered_expr(tiny_demo, tmp_path):
+    """B's EXPR evaluation: the mode-filtered F1 is the headline, the unfiltered one (the
+    papers' validation protocol) is reported next to it; both recomputed here from the saved
+    raw outputs with scipy's mode and scikit-learn's F1. `eval=tiled` evaluates too."""
+    from sklearn.metrics import f1_score
+    from abaw_jax import runs, train
+    from abaw_jax.data import affwild2
+    from conftest import tiny_config
+    config = tiny_config("EXPR", tiny_demo, eval_mode_filter=8)
+    config.data.eval_last = "truncated"
+    train.train_and_evaluate(config, tmp_path)
+    result = runs.evaluate_run(config, tmp_path, splits=("val",))["val"]
+    with np.load(tmp_path / "predictions" / "val" / "EXPR_outputs.npz") as z:
+        outputs = {k: z[k] for k in z.files}
+    videos = affwild2.load_split(tiny_demo, "EXPR", "val")
+    true = np.concatenate([v.labels for v in videos])
+    valid = np.concatenate([v.valid for v in videos])
+    raw = np.concatenate([outputs[v.name].argmax(-1) for v in videos])
+    filt = np.concatenate([_scipy_mode_filter(outputs[v.name].argmax(-1), 8) for v in videos])
+
+    def f1(pred):
+        return f1_score(true[valid], pred[valid], average="macro", labels=list(range(8)),
+                        zero_division=0)
+
+    assert result["mode_filter"] == 8
+    assert result["filtered_score"] == result["score"]
+    assert math.isclose(result["filtered_score"], f1(filt), rel_tol=1e-6)
+    assert math.isclose(result["unfiltered_score"], f1(raw), rel_tol=1e-6)

@@ -41,10 +41,17 @@ import numpy as np
 from abaw_jax.data.features import FeatureSets, FeatureStore, StoreError
 
 
-def window_starts(num_frames: int, seq_len: int, stride: int) -> np.ndarray:
-    """First frames of the windows over one video of `num_frames` frames (see module doc)."""
+def window_starts(num_frames: int, seq_len: int, stride: int,
+                  truncate_last: bool = False) -> np.ndarray:
+    """First frames of the windows over one video of `num_frames` frames (see module doc).
+
+    `truncate_last`: the last window starts at the next multiple of `stride` and is padded past
+    the video's end (system B's test-time windows) instead of being right-aligned."""
     if num_frames <= seq_len:
         return np.zeros(1, np.int64)
+    if truncate_last:
+        return np.arange(0, num_frames, stride, dtype=np.int64)[
+            :max(1, -(-(num_frames - seq_len) // stride) + 1)]
     starts = np.arange(0, num_frames - seq_len + 1, stride, dtype=np.int64)
     if starts[-1] + seq_len < num_frames:
         starts = np.append(starts, num_frames - seq_len)
@@ -61,11 +68,13 @@ def _check_window_args(seq_len: int, stride: int | None) -> int:
     return int(stride)
 
 
-def _windows(lengths: Sequence[int], seq_len: int, stride: int) -> np.ndarray:
+def _windows(lengths: Sequence[int], seq_len: int, stride: int,
+             truncate_last: bool = False) -> np.ndarray:
     """[N, 2] int64 (video, start) for every window of every video, in video order."""
     parts = [
         np.stack([np.full(len(s), v, np.int64), s], axis=1)
-        for v, s in ((v, window_starts(int(t), seq_len, stride)) for v, t in enumerate(lengths))
+        for v, s in ((v, window_starts(int(t), seq_len, stride, truncate_last))
+                     for v, t in enumerate(lengths))
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
@@ -364,8 +373,10 @@ def eval_batches(
     num_threads: int = 2,
     prefetch: int | None = None,
     length_tolerance: int = 0,
+    truncate_last: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of `eval_windows` in order, each padded to batch_size // process_count rows.
+    """Batches of `eval_windows` in order, each padded to batch_size // process_count rows
+    (`truncate_last`: see `window_starts`).
 
     Global batch g holds windows [g * batch_size, (g + 1) * batch_size); process p gets its rows
     [p * b, (p + 1) * b), so every process yields the same number of batches. "batch_mask" bool
@@ -376,7 +387,7 @@ def eval_batches(
     if not videos:
         return iter(())
     reader = WindowReader(videos, features, seq_len, length_tolerance)
-    windows = _windows(reader.lengths, seq_len, stride)
+    windows = _windows(reader.lengths, seq_len, stride, truncate_last)
     local = batch_size // process_count
     num_batches = math.ceil(len(windows) / batch_size)
     lo, hi = process_index * local, (process_index + 1) * local
