@@ -327,7 +327,8 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
 
 
 TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
-                     no_transformer=False, sets="", windows="", fold=-1, folds="", eval="")
+                     no_transformer=False, sets="", windows="", fold=-1, folds="", eval="",
+                     recipe="")
 
 
 def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
@@ -339,6 +340,10 @@ def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> 
         raise ConfigError(f"unknown config variant model={v.model!r}; known: {', '.join(MODELS)}")
     system = load_module(pathlib.Path(configs_dir) / SYSTEM_FILES[v.model])
     config = system.get_config(task)
+    if v.recipe:
+        if not hasattr(system, "recipe"):
+            raise ConfigError(f"variant recipe={v.recipe!r}: model={v.model} has no recipes")
+        system.recipe(config, v.recipe)
     if v.demo:
         system.demo(config)
     if v.seq_len:

@@ -283,3 +283,95 @@ def test_evaluate_reports_filtered_and_unfiltered_expr(tiny_demo, tmp_path):
     assert result["filtered_score"] == result["score"]
     assert math.isclose(result["filtered_score"], f1(filt), rel_tol=1e-6)
     assert math.isclose(result["unfiltered_score"], f1(raw), rel_tol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# System C's multi-task model as its ABAW7 code runs it (models/fusion.py, configs/system_c.py).
+
+def _abaw7_model(feature_noise=0.0):
+    import jax
+    import jax.numpy as jnp
+    from abaw_jax.models import fusion
+    cfg = fusion.tiny_config()
+    cfg.update(fuse="sets", head_layers=1, task_models=(1, 1, 8, 12), mlp_ratio=4,
+               head_sizes=(1, 1, 8) + (1,) * 12, feature_noise=feature_noise, dropout=0.0,
+               input_dropout=0.0, feature_sets=("vit", "openface"),
+               output_activation="tanh_va")
+    model = fusion.from_config(cfg, 22)
+    rng = np.random.default_rng(0)
+    feats = {"vit": jnp.asarray(rng.normal(size=(2, 6, 32)), jnp.float32),
+             "openface": jnp.asarray(rng.normal(size=(2, 6, 17)), jnp.float32)}
+    mask = jnp.ones((2, 6), bool)
+    variables = model.init({"params": jax.random.key(0)}, feats, mask, mask, train=False)
+    return model, variables, feats, mask
+
+
+@pytest.mark.slow
+def test_abaw7_task_models_each_give_their_own_outputs():
+    """Four whole models trained together: outputs V, A, EXPR, AU come from models 0..3 only."""
+    import jax
+    model, variables, feats, mask = _abaw7_model()
+    assert sorted(variables["params"]) == ["task_0", "task_1", "task_2", "task_3"]
+    assert "cls_token" in variables["params"]["task_0"]
+    apply = jax.jit(lambda v: model.apply(v, feats, mask, mask, train=False))
+    base = np.asarray(apply(variables))
+    assert base.shape == (2, 6, 22)
+    groups = [slice(0, 1), slice(1, 2), slice(2, 10), slice(10, 22)]
+    for k, cols in enumerate(groups):
+        moved = jax.tree_util.tree_map_with_path(
+            lambda path, x: x * 1.05 + 0.01 if path[1].key == f"task_{k}" else x, variables)
+        out = np.asarray(apply(moved))
+        changed = np.abs(out - base).max(axis=(0, 1)) > 1e-6
+        assert changed[cols].all() and not np.delete(changed, np.arange(22)[cols]).any(), k
+
+
+@pytest.mark.slow
+def test_abaw7_model_is_static_per_frame():
+    """Tokens are the feature sets of one frame: a frame's outputs ignore every other frame."""
+    model, variables, feats, mask = _abaw7_model()
+    base = np.asarray(model.apply(variables, feats, mask, mask, train=False))
+    feats = dict(feats, vit=feats["vit"].at[1, 3].add(1.0))
+    out = np.asarray(model.apply(variables, feats, mask, mask, train=False))
+    moved = np.abs(out - base).max(-1) > 1e-6
+    assert moved[1, 3] and moved.sum() == 1
+
+
+@pytest.mark.slow
+def test_feature_perturbation_moves_half_of_each_vector_in_training_only():
+    import jax
+    import jax.numpy as jnp
+    from abaw_jax.models.fusion import perturb_features
+    x = jnp.zeros((64, 10, 40))
+    y = np.asarray(perturb_features(x, jax.random.key(0), 0.1))
+    assert ((y != 0).sum(-1) == 20).all()
+    assert abs(y[y != 0].std() - 0.1) < 0.01
+    model, variables, feats, mask = _abaw7_model(feature_noise=0.1)
+    train = jax.jit(lambda key: model.apply(variables, feats, mask, mask, train=True,
+                                            rngs={"dropout": key}))
+    a, b = (np.asarray(train(jax.random.key(s))) for s in (1, 2))
+    assert np.abs(a - b).max() > 1e-4
+    e1, e2 = (np.asarray(model.apply(variables, feats, mask, mask, train=False)) for _ in (1, 2))
+    np.testing.assert_array_equal(e1, e2)
+
+
+def test_mtl_defaults_are_abaw7s_and_abaw5_is_a_recipe():
+    from abaw_jax import config as config_lib
+    from conftest import load_config
+    c = load_config("mtl")
+    config_lib.validate(c)
+    assert (c.model.fuse, c.model.d_affine, c.model.mlp_ratio, c.model.dropout) == ("sets", 384, 4, 0.5)
+    assert tuple(c.model.task_models) == (1, 1, 8, 12) and c.model.head_layers == 1
+    assert (c.batch_size, c.data.seq_len, c.num_epochs, c.early_stopping_patience) == (512, 1, 50.0, 0)
+    assert (c.optimizer.weight_decay, c.optimizer.decay_rate) == (0.01, 0.9)
+    assert dict(c.loss.task_weights) == {"VA": 1.0, "EXPR": 1.0, "AU": 2.0}
+    old = load_config("mtl", "recipe=abaw5")
+    config_lib.validate(old)
+    assert (old.model.fuse, old.model.d_affine, old.model.mlp_ratio, old.model.head_layers) == \
+        ("time", 384, 2, 2)
+    assert (old.batch_size, old.data.seq_len, old.early_stopping_patience) == (128, 256, 15)
+    assert dict(old.loss.task_weights) == {"VA": 1.0, "EXPR": 1.0, "AU": 1.0}
+    demo = load_config("mtl", "demo")
+    config_lib.validate(demo)
+    assert demo.data.seq_len == 1 and demo.model.fuse == "sets"
+    with pytest.raises(config_lib.ConfigError, match="recipe='abaw5'"):
+        load_config("va", "model=fusion,recipe=abaw5")
