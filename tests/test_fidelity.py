@@ -375,3 +375,101 @@ def test_mtl_defaults_are_abaw7s_and_abaw5_is_a_recipe():
     assert demo.data.seq_len == 1 and demo.model.fuse == "sets"
     with pytest.raises(config_lib.ConfigError, match="recipe='abaw5'"):
         load_config("va", "model=fusion,recipe=abaw5")
+
+
+# ---------------------------------------------------------------------------------------------
+# Options no other test reached: class weights of system A's code, early stopping's min_delta,
+# model_init, the evaluate --ensemble command line.
+
+def test_inverse_frequency_class_weights_are_the_codes(tiny_demo):
+    """`loss.class_weights=inverse_frequency`: EXPR focal weighted by 1 - n_c / sum(n) over the
+    train split's valid frames; a float64 NumPy focal loss is the reference."""
+    import jax.numpy as jnp
+    from abaw_jax import train
+    from abaw_jax.data import affwild2
+    from conftest import tiny_config
+    videos = affwild2.load_split(tiny_demo, "EXPR", "train")
+    labels = np.concatenate([v.labels for v in videos])
+    valid = np.concatenate([v.valid for v in videos])
+    config = tiny_config("EXPR", tiny_demo)
+    config.loss.class_weights = "inverse_frequency"
+    loss = train.task_loss(config, "EXPR", "focal", labels, valid)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(len(labels), 8)) * 2
+    counts = np.bincount(labels[valid].astype(int), minlength=8).astype(np.float64)
+    w = 1.0 - counts / counts.sum()
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    y = np.where(valid, labels, 0).astype(int)
+    lp = logp[np.arange(len(y)), y]
+    ref = (-0.25 * w[y] * (1 - np.exp(lp)) ** 2 * lp)[valid].mean()
+    got = float(loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(valid)))
+    assert math.isclose(got, ref, rel_tol=1e-4)
+    config.loss.class_weights = ""
+    plain = float(train.task_loss(config, "EXPR", "focal", labels, valid)(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(valid)))
+    assert not math.isclose(plain, ref, rel_tol=1e-3)
+
+
+def test_early_stopping_min_delta_counts_small_gains_as_none(tmp_path):
+    from abaw_jax import loop
+    scores = [0.50, 0.505, 0.509]
+    strict = loop._EarlyStopping(tmp_path / "a", patience=2, min_delta=0.01)
+    plain = loop._EarlyStopping(tmp_path / "b", patience=2, min_delta=0.0)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    for step, score in enumerate(scores):
+        strict.update(step, score)
+        plain.update(step, score)
+    # Each gain is under 0.01: two evaluations without improvement stop the strict run.
+    assert strict.should_stop and strict.best_step == 0
+    assert not plain.should_stop and plain.best_step == 2
+
+
+@pytest.mark.slow
+def test_model_init_starts_from_another_runs_params(tiny_demo, tmp_path):
+    """`model_init`: a run with a negligible lr started from another run's checkpoint keeps its
+    params."""
+    import jax
+    from abaw_jax import checkpoints, train
+    from conftest import tiny_config
+    first = tiny_config("VA", tiny_demo, total_steps=3, eval_every=3, checkpoint_every=3)
+    train.train_and_evaluate(first, tmp_path / "a")
+    second = tiny_config("VA", tiny_demo, total_steps=3, eval_every=3, checkpoint_every=3,
+                         seed=7, model_init=str(tmp_path / "a"))
+    # An update of 1e-30 leaves float32 params of magnitude >= 1e-20 unchanged.
+    second.optimizer.lr, second.optimizer.weight_decay = 1e-30, 0.0
+    train.train_and_evaluate(second, tmp_path / "b")
+    params = [checkpoints.restore_params(str(tmp_path / w), None)[1]["params"] for w in "ab"]
+    leaves = [jax.tree.leaves(p) for p in params]
+    assert len(leaves[0]) == len(leaves[1])
+    for x, y in zip(*leaves):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # Without model_init the seed-7 run starts elsewhere.
+    second.model_init = ""
+    train.train_and_evaluate(second, tmp_path / "c")
+    other = jax.tree.leaves(checkpoints.restore_params(str(tmp_path / "c"), None)[1]["params"])
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves[0], other))
+
+
+@pytest.mark.slow
+def test_evaluate_ensemble_command_line(tiny_demo, tmp_path):
+    """`python -m abaw_jax.evaluate --ensemble`: members averaged as probabilities per frame,
+    the submission written under <workdir>/ensemble and the score printed."""
+    from abaw_jax import ensemble, submission, train
+    from conftest import tiny_config
+    members = []
+    for seed in (0, 1):
+        config = tiny_config("EXPR", tiny_demo, seed=seed)
+        train.train_and_evaluate(config, tmp_path / f"m{seed}")
+        members.append(tmp_path / f"m{seed}")
+    # Each member is evaluated with its own config (its workdir's config.json).
+    r = _run("abaw_jax.evaluate", "--config", "configs/expr.py:demo",
+             "--workdir", str(members[0]), "--ensemble", str(members[1]), "--splits", "val")
+    assert r.returncode == 0, r.stderr
+    assert "ensemble of 2 on val" in r.stderr
+    out = members[0] / "ensemble" / "val"
+    assert (out / "EXPR.txt").is_file()
+    outs = [np.load(m / "predictions" / "val" / "EXPR_outputs.npz") for m in members]
+    name = sorted(outs[0].files)[0]
+    want = np.mean([ensemble.to_probabilities("EXPR", o[name]) for o in outs], axis=0).argmax(-1)
+    got = submission.read_submission(out / "EXPR.txt", "EXPR")[name]
+    np.testing.assert_array_equal([int(np.ravel(got[i])[0]) for i in sorted(got)], want)
