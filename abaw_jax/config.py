@@ -207,6 +207,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
     c.evals_per_epoch = 0.0
     c.keep_checkpoints = 2
+    # VA and MTL: also keep the best parameters of each output (valence, arousal; the multi-task
+    # model's four tasks) by its own metric, and let `evaluate` read each output from its own
+    # best parameters (abaw_jax/best_parts.py; system C's code).
+    c.best_per_output = False
     c.eval_batch_size = 0          # 0: same as batch_size
     # EXPR at `evaluate`: each frame's class becomes the most frequent class of the frames within
     # eval_mode_filter // 2 of it (0: off; system B's code uses 40). Training's evaluations and

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from abaw_jax import checkpoints, files, metrics, optim, sharding, submission
+from abaw_jax import best_parts, checkpoints, files, metrics, optim, sharding, submission
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, pipeline
 from abaw_jax.loop import make_rngs
@@ -453,6 +453,11 @@ def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
             features = data.features
         outputs = predict_split(predict, models.model_variables(state), videos, features, config,
                                 mesh)
+        if checkpoint == "best" and best_parts.enabled(config):
+            outputs = best_parts.compose(
+                workdir, config.task, state, variables=models.model_variables,
+                predict=lambda v: predict_split(predict, v, videos, features, config, mesh),
+            ) or outputs
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in videos]

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from abaw_jax import checkpoints, cli, files, losses, loop as loop_lib, metrics, models, optim, runs
+from abaw_jax import best_parts, checkpoints, cli, files, losses, loop as loop_lib, metrics, models, optim, runs
 from abaw_jax import sharding, writers
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, device_bank, features as features_lib, mtl, pipeline
@@ -149,10 +149,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                        config.keep_checkpoints)
 
     # Evaluation on the validation split with the challenge metric.
+    tracker = best_parts.Tracker(workdir, config.task) if best_parts.enabled(config) else None
+
     def evaluate(state, s: int) -> loop_lib.Evaluation:
         outputs = runs.predict_split(predict, models.model_variables(state), data.val, data.features, config,
                                      mesh)
         score, details = runs.score_split(config.task, outputs, data.val)
+        if tracker:
+            tracker.update(s, state, details)
         values = {"score": score, **{k: v for k, v in details.items()
                                      if isinstance(v, (int, float))}}
         return loop_lib.Evaluation(score, values, metrics.describe(config.task, score, details))

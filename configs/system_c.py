@@ -54,6 +54,8 @@ def get_config(task: str):
     config.evals_per_epoch = 1.0
     config.early_stopping_patience = 15
     config.early_stopping_min_delta = 1e-4
+    # VA: a best-valence and a best-arousal model, each output read from its own (code).
+    config.best_per_output = task == "VA"
     if task == "MTL":
         multi_task(config)
     return config
@@ -73,8 +75,8 @@ def multi_task(config) -> None:
     early stopping. Loss (L_V + L_A) / 2 + L_EXPR + 2 L_AU: VA and AU as above; the project's
     L_AU is the mean over valid (frame, AU) entries, 12x the code's, which divides the sum by
     the valid entries after averaging over the 12 AUs, so the code's loss is this one with an
-    AU weight of 2 / 12. The code keeps the best model of each task; here the best checkpoint
-    is by P_MTL (per-task best checkpoints are not kept). The ABAW5 values that were this
+    AU weight of 2 / 12. The best parameters of each task are kept by its own metric and
+    `evaluate` reads each task from its own (`best_per_output`). The ABAW5 values that were this
     challenge's defaults before are `recipe=abaw5`."""
     m = config.model
     m.fuse, m.d_affine, m.mlp_ratio, m.num_heads, m.num_layers = "sets", 384, 4, 4, 4
@@ -90,6 +92,7 @@ def multi_task(config) -> None:
     config.evals_per_epoch = 1.0
     config.early_stopping_patience = 0
     config.early_stopping_min_delta = 0.0
+    config.best_per_output = True
 
 
 def recipe(config, name: str) -> None:
@@ -108,6 +111,7 @@ def recipe(config, name: str) -> None:
     for key in ("batch_size", "total_steps", "num_epochs", "evals_per_epoch",
                 "early_stopping_patience", "early_stopping_min_delta"):
         config[key] = fresh[key]
+    config.best_per_output = False
     config.optimizer = fresh.optimizer
 
 

@@ -473,3 +473,44 @@ def test_evaluate_ensemble_command_line(tiny_demo, tmp_path):
     want = np.mean([ensemble.to_probabilities("EXPR", o[name]) for o in outs], axis=0).argmax(-1)
     got = submission.read_submission(out / "EXPR.txt", "EXPR")[name]
     np.testing.assert_array_equal([int(np.ravel(got[i])[0]) for i in sorted(got)], want)
+
+
+@pytest.mark.slow
+def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, tmp_path):
+    """`best_per_output` (system C's VA): each evaluation that improves valence or arousal keeps
+    those parameters; `evaluate` predicts valence from the best-valence ones and arousal from
+    the best-arousal ones (checked against a prediction with each part's saved parameters)."""
+    import json as json_lib
+    from flax import serialization
+    from abaw_jax import models, runs, sharding, train
+    from conftest import tiny_config
+    config = tiny_config("VA", tiny_demo, total_steps=9, eval_every=3, checkpoint_every=3)
+    config.best_per_output = True
+    train.train_and_evaluate(config, tmp_path)
+    scores = json_lib.loads((tmp_path / "best_parts" / "scores.json").read_text())
+    assert sorted(scores) == ["arousal", "valence"]
+    history = [json_lib.loads(line)
+               for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = {h["step"]: h for h in history if any(k.startswith("val/") and "valence" in k
+                                                   for k in h)}
+    for part in ("valence", "arousal"):
+        key = next(k for k in evals[scores[part]["step"]] if k.startswith("val/") and part in k)
+        assert scores[part]["score"] == pytest.approx(max(e[key] for e in evals.values()))
+    result = runs.evaluate_run(config, tmp_path, splits=("val",))["val"]
+    with np.load(tmp_path / "predictions" / "val" / "VA_outputs.npz") as z:
+        got = {k: z[k] for k in z.files}
+    # The reference: each part's saved parameters, predicted on their own.
+    data = runs.resolve_data(config)
+    mesh = sharding.make_mesh()
+    setup = runs.setup_model(config, data.feature_dims, mesh)
+    predict = runs.jit_predict(setup.model, mesh)
+    state = setup.init_fn(setup.init_rng)
+    for col, part in enumerate(("valence", "arousal")):
+        raw = serialization.msgpack_restore(
+            (tmp_path / "best_parts" / f"{part}.msgpack").read_bytes())
+        outs = runs.predict_split(predict, models.model_variables(dict(state, **raw)), data.val,
+                                  data.features, config, mesh)
+        for v, o in zip(data.val, outs):
+            np.testing.assert_allclose(got[v.name][:, col], o[:, col], rtol=1e-5, atol=1e-6)
+    assert result["score"] == pytest.approx(runs.score_split(
+        "VA", [got[v.name] for v in data.val], data.val)[0])
