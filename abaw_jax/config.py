@@ -441,6 +441,10 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
         hflip=True,
         num_threads=2,
     ))
+    # finetune, on the device after normalisation: random erasing with probability `erase` per
+    # image, then Mixup (alpha `mixup`) or CutMix (alpha `cutmix`) of the batch with its
+    # reverse, CutMix with probability `switch_prob` when both are on; 0 turns each off.
+    c.augment = ml_collections.ConfigDict(dict(erase=0.0, mixup=0.0, cutmix=0.0, switch_prob=0.5))
     c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
     c.num_classes = 8
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
@@ -494,6 +498,10 @@ def validate_image(config: ml_collections.ConfigDict) -> None:
          "'auto', 'float32', 'bfloat16' or 'float16'")
     if config.mode == "finetune":
         need(config.num_classes >= 2, "num_classes", "must be >= 2")
+        for key in ("erase", "switch_prob"):
+            need(0.0 <= config.augment[key] <= 1.0, f"augment.{key}", "must be in [0, 1]")
+        for key in ("mixup", "cutmix"):
+            need(config.augment[key] >= 0.0, f"augment.{key}", "must be >= 0 (0: off)")
         need(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         need(config.loss.class_weights in ("", "balanced"), "loss.class_weights", "'' or 'balanced'")
     from abaw_jax.models import classifier

@@ -514,3 +514,50 @@ def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, t
             np.testing.assert_allclose(got[v.name][:, col], o[:, col], rtol=1e-5, atol=1e-6)
     assert result["score"] == pytest.approx(runs.score_split(
         "VA", [got[v.name] for v in data.val], data.val)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# System B's fine-tuning: the MAE recipe's random erasing, Mixup and CutMix.
+
+def test_mixup_and_cutmix_mix_the_batch_with_its_reverse():
+    import jax
+    import jax.numpy as jnp
+    from abaw_jax.pretrain import mix_batch
+    images = jnp.asarray(np.arange(4)[:, None, None, None] * np.ones((4, 16, 16, 3)), jnp.float32)
+    seen_cut = seen_mix = False
+    mix = jax.jit(lambda key: mix_batch(key, images, 0.8, 1.0))
+    for seed in range(12):
+        out, lam = mix(jax.random.key(seed))
+        out, lam = np.asarray(out), float(lam)
+        assert 0.0 <= lam <= 1.0
+        own = images[:, :, :, 0] == out[:, :, :, 0]
+        if np.isin(out, np.arange(4)).all():   # CutMix: every pixel from one of the two images
+            seen_cut = True
+            share = own[0].mean() if not np.array_equal(images[0], images[3]) else 1.0
+            assert share == pytest.approx(lam, abs=1e-6)
+            assert (out[0][~own[0]] == 3).all()
+        else:                                  # Mixup: lam x + (1 - lam) x[::-1]
+            seen_mix = True
+            np.testing.assert_allclose(out, lam * images + (1 - lam) * images[::-1], atol=1e-5)
+    assert seen_cut and seen_mix
+    out, lam = mix_batch(jax.random.key(0), images, 0.8, 0.0)
+    np.testing.assert_allclose(out, float(lam) * images + (1 - float(lam)) * images[::-1],
+                               atol=1e-5)
+
+
+def test_random_erasing_replaces_a_rectangle_of_some_images():
+    import jax
+    import jax.numpy as jnp
+    from abaw_jax.pretrain import random_erase
+    images = jnp.full((400, 32, 32, 3), 7.0)
+    out = np.asarray(jax.jit(lambda key: random_erase(key, images, 0.25))(jax.random.key(0)))
+    erased = (out != 7.0).any(-1)
+    hit = erased.any(axis=(1, 2))
+    assert 0.18 < hit.mean() < 0.32
+    for mask in erased[hit]:
+        rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+        # One rectangle (its bounding box fully erased), of 2% to a third of the image.
+        box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        assert box.all()
+        assert 0.015 <= box.size / mask.size <= 0.36
+    assert abs(out[erased].std() - 1.0) < 0.05   # N(0, 1) noise
