@@ -393,7 +393,8 @@ def _set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None
         config.data.fold = fold
     if config.data.fold_scheme == "windows" and config.data.fold in folds.WINDOW_FOLDS:
         window, stride = folds.WINDOW_FOLDS[config.data.fold]
-        config.data.seq_len, config.data.train_stride, config.data.eval_stride = window, stride, stride
+        config.data.seq_len, config.data.train_stride = window, stride
+        config.data.eval_stride = stride
 
 
 def _set_windows(config: ml_collections.ConfigDict, windows: str) -> None:

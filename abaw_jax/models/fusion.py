@@ -1,9 +1,10 @@
 """System C: several per-frame feature sets fused by a Transformer encoder.
 
 Shen, Liu et al. (Hefei University of Technology), "Facial Affect Recognition based on Multi
-Architecture Encoder and Feature Fusion for the ABAW7 Challenge". Each feature set (e.g. ViT 768-d, OpenFace AU intensities 17-d) goes through
-its own "affine module", a Dense to a common width `d_affine` plus a sinusoidal position encoding;
-the aligned sets are concatenated along channels and fused over time:
+Architecture Encoder and Feature Fusion for the ABAW7 Challenge". Each feature set (e.g. ViT
+768-d, OpenFace AU intensities 17-d) goes through its own "affine module", a Dense to a common
+width `d_affine` plus a sinusoidal position encoding; the aligned sets are concatenated along
+channels and fused over time:
 
     per set: Dense(d_affine) -> concat (d = d_affine * n_sets) -> dropout -> + per-set positions
              -> Encoder(d, feed-forward mlp_ratio * d)
