@@ -12,6 +12,7 @@ to split: their parts are the run's best checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any, Callable
@@ -23,9 +24,9 @@ from flax import serialization
 from abaw_jax import files
 
 DIRECTORY = "best_parts"
-# part -> (the detail key of its metric, its output columns).
+# part -> (the evaluation value of its metric, its output columns).
 PARTS = {
-    "VA": {"valence": ("valence", slice(0, 1)), "arousal": ("arousal", slice(1, 2))},
+    "VA": {"valence": ("valence_ccc", slice(0, 1)), "arousal": ("arousal_ccc", slice(1, 2))},
     "MTL": {"valence": ("valence_ccc", slice(0, 1)), "arousal": ("arousal_ccc", slice(1, 2)),
             "expr": ("expr_f1", slice(2, 10)), "au": ("au_f1", slice(10, 22))},
 }
@@ -33,6 +34,21 @@ PARTS = {
 
 def enabled(config) -> bool:
     return bool(config.get("best_per_output", False)) and config.task in PARTS
+
+
+def tracking(run, workdir: str | pathlib.Path, config):
+    """`run` (a `loop.Run`) whose evaluations also keep each output's best parameters when
+    `config.best_per_output` asks for it."""
+    if not enabled(config) or run.evaluate is None:
+        return run
+    tracker, evaluate = Tracker(workdir, config.task), run.evaluate
+
+    def tracked(state, step: int):
+        result = evaluate(state, step)
+        tracker.update(step, state, result.values)
+        return result
+
+    return dataclasses.replace(run, evaluate=tracked)
 
 
 class Tracker:
@@ -44,9 +60,9 @@ class Tracker:
         path = self.dir / "scores.json"
         self.best = json.loads(path.read_text()) if path.is_file() else {}
 
-    def update(self, step: int, state: dict, details: dict) -> None:
+    def update(self, step: int, state: dict, values: dict) -> None:
         better = [p for p, (key, _) in self.parts.items()
-                  if key in details and details[key] > self.best.get(p, {}).get("score", -np.inf)]
+                  if key in values and values[key] > self.best.get(p, {}).get("score", -np.inf)]
         if not better:
             return
         kept = {k: state[k] for k in ("params", "model_state") if k in state}
@@ -57,7 +73,7 @@ class Tracker:
         for part in better:
             with files.atomic_open(self.dir / f"{part}.msgpack", "wb") as f:
                 f.write(serialization.msgpack_serialize(serialization.to_state_dict(host)))
-            self.best[part] = {"score": float(details[self.parts[part][0]]), "step": step}
+            self.best[part] = {"score": float(values[self.parts[part][0]]), "step": step}
         files.write_json(self.dir / "scores.json", self.best)
 
 

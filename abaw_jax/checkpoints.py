@@ -170,32 +170,38 @@ class RunCheckpoints:
         self.best.close()
 
 
+def find_step(workdir: str | pathlib.Path, which: str = "best") -> tuple[pathlib.Path, int]:
+    """(directory, step) of checkpoint `which` ("best", "latest" or a step) of a workdir: the
+    newest committed step, or the given one; the saved state is ``directory/<step>/state``.
+
+    Steps whose save was interrupted (no commit marker) are skipped, not deleted.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    directory = workdir / ("best" if which == "best" else "checkpoints")
+    if not directory.exists():
+        raise FileNotFoundError(f"no checkpoints in {directory}: train first (python -m abaw_jax.train)")
+    steps = complete_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no complete checkpoint in {directory}")
+    if which in ("best", "latest"):
+        # The best directory keeps a single checkpoint, so its newest is the best.
+        return directory, steps[-1]
+    step = int(which)
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; have {steps}")
+    return directory, step
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:
     """Restores a state from a workdir: `which` is "best", "latest" or a step number.
 
     The state is placed on the shardings in `abstract_state`, so a checkpoint written on one
     device count restores on any other.
     """
-    workdir = pathlib.Path(workdir).absolute()
-    sub = "best" if which == "best" else "checkpoints"
-    directory = workdir / sub
-    if not directory.exists():
-        raise FileNotFoundError(f"no checkpoints in {directory}: train first (python -m abaw_jax.train)")
-    items = ("state",) if sub == "best" else ("state", "data")
-    # Read-only: steps whose save was interrupted are skipped here, not deleted.
-    steps = complete_steps(directory)
+    directory, step = find_step(workdir, which)
+    items = ("state",) if directory.name == "best" else ("state", "data")
     with ocp.CheckpointManager(directory, item_names=items,
                                options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-        if not steps:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        if which in ("best", "latest"):
-            # The best directory keeps a single checkpoint, so its newest is the best.
-            step = steps[-1]
-        else:
-            step = int(which)
-            if step not in steps:
-                raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; "
-                                        f"have {steps}")
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
     return step, restored.state

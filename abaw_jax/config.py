@@ -1,12 +1,12 @@
 """Configuration plumbing: variant strings, config files, one validation helper, and the shared
 fields of every command's config.
 
-The task files users type (`configs/va.py`, `expr.py`, `au.py`) pick a system by the variant
-`model=` and load that system's file (`configs/system_a.py`, `system_b.py`, `system_c.py`),
-which holds all of its hyperparameters with their sources; `task_config` does this. The string
-after a colon in `--config configs/va.py:demo,seq_len=10` is decoded by `parse_arg` into named
-variants. Everything here runs before JAX touches a device, so a bad config fails in a second
-with the offending key in the message.
+The task files users type (`configs/va.py`, `expr.py`, `au.py`, `mtl.py`) pick a system by the
+variant `model=` and load that system's file (`configs/system_a.py`, `system_b.py`,
+`system_c.py`), which holds all of its hyperparameters with their sources and its own variants;
+`system_config` does this. The string after a colon in `--config configs/va.py:demo,seq_len=10`
+is decoded by `parse_arg` into named variants. Everything here runs before JAX touches a
+device, so a bad config fails in a second with the offending key in the message.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import ml_collections
 
-from abaw_jax import checks, optim
+from abaw_jax import checks, models, optim
 from abaw_jax.data.affwild2 import TASKS as VIDEO_TASKS
 
 # The three video challenges, and the multi-task challenge on s-Aff-Wild2 (data/mtl.py).
@@ -28,8 +28,7 @@ RNG_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 IMAGE_MODES = ("mae", "finetune")
 IMAGE_SOURCES = ("folder", "affwild2", "tfds")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
-# The temporal models of systems A, B and C, and the config file of each system.
-MODELS = ("transformer", "tcn", "fusion")
+# The config file of each temporal model's system (A, B, C).
 SYSTEM_FILES = {"transformer": "system_a.py", "tcn": "system_b.py", "fusion": "system_c.py"}
 
 
@@ -177,7 +176,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.loss.alpha = 0.25            # focal losses
     c.loss.gamma = 2.0
     c.loss.alpha_mode = "scalar"   # AU focal: "scalar" (Eq. 1 of system A) or "balanced"
-    c.loss.class_weights = ""      # focal: "" or "inverse_frequency" (system A's code)
+    c.loss.class_weights = ""      # focal: "" or "one_minus_frequency" (1 - n_c / sum(n), A's code)
     c.loss.label_smoothing = 0.0   # cross-entropy
 
     c.batch_size = 32              # global, in windows of seq_len frames
@@ -196,32 +195,38 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
-    # Early stopping on the validation score: evaluations without an improvement of more than
-    # min_delta; 0 disables it.
-    c.early_stopping_patience = 0
-    c.early_stopping_min_delta = 0.0
-
-    c.log_every = 50
-    c.eval_every = 500
-    c.checkpoint_every = 500
-    # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
-    c.evals_per_epoch = 0.0
-    c.keep_checkpoints = 2
+    cadence_fields(c, eval_every=500)
     # VA and MTL: also keep the best parameters of each output (valence, arousal; the multi-task
     # model's four tasks) by its own metric, and let `evaluate` read each output from its own
     # best parameters (abaw_jax/best_parts.py; system C's code).
     c.best_per_output = False
-    c.eval_batch_size = 0          # 0: same as batch_size
     # EXPR at `evaluate`: each frame's class becomes the most frequent class of the frames within
     # eval_mode_filter // 2 of it (0: off; system B's code uses 40). Training's evaluations and
     # the saved raw outputs are not smoothed.
     c.eval_mode_filter = 0
     c.skip_nonfinite = False       # skip updates with non-finite gradients instead of stopping
+    c.init_from = ""               # a training workdir whose best checkpoint starts the run
+    return c
+
+
+def cadence_fields(c: ml_collections.ConfigDict, eval_every: int) -> None:
+    """The fields of every training command's config (train, pretrain) that time the run and
+    place it on the devices: logging, evaluation and checkpoint cadence, early stopping, the
+    compute dtype and the mesh."""
+    # Early stopping on the validation score: evaluations without an improvement of more than
+    # min_delta; 0 disables it.
+    c.early_stopping_patience = 0
+    c.early_stopping_min_delta = 0.0
+    c.log_every = 50
+    c.eval_every = eval_every
+    c.checkpoint_every = eval_every
+    # > 0: evaluate and checkpoint this many times per epoch instead (eval_every is ignored).
+    c.evals_per_epoch = 0.0
+    c.keep_checkpoints = 2
+    c.eval_batch_size = 0          # 0: same as batch_size
     c.compute_dtype = "auto"       # "auto": bfloat16 on GPU/TPU, float32 on CPU
     c.mesh_data = -1               # devices on the 'data' axis; -1: all
-    c.model_init = ""              # checkpoint directory to initialise params from
     c.progress = True
-    return c
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -251,20 +256,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.eval_mode_filter >= 0, "eval_mode_filter", "must be >= 0 (0: off)")
     need(config.eval_mode_filter == 0 or config.task == "EXPR", "eval_mode_filter",
          "smooths expression classes: EXPR only")
+    _check_model(config)
     need(config.model.get("max_len", config.data.seq_len) >= config.data.seq_len,
          "model.max_len", "must be >= data.seq_len")
-    if "mask_prob" in config.model:
-        need(0.0 <= config.model.mask_prob < 1.0, "model.mask_prob", "must be in [0, 1)")
-    if "norm" in config.model:
-        need(config.model.norm in ("pre", "post"), "model.norm", "'pre' or 'post'")
-    if "d_model" in config.model and "num_heads" in config.model:
-        need(config.model.num_heads >= 1 and config.model.d_model % config.model.num_heads == 0,
-             "model.d_model", f"must be divisible by model.num_heads={config.model.num_heads}")
-    _check_model(config)
     need(config.loss.alpha_mode in ("scalar", "balanced"), "loss.alpha_mode",
          "'scalar' or 'balanced'")
-    need(config.loss.class_weights in ("", "inverse_frequency"), "loss.class_weights",
-         "'' or 'inverse_frequency'")
+    need(config.loss.class_weights in ("", "one_minus_frequency"), "loss.class_weights",
+         "'' or 'one_minus_frequency'")
     if config.task == "MTL":
         from abaw_jax import losses
         need(config.loss.name == "mtl", "loss.name", "the multi-task challenge trains 'mtl'")
@@ -292,25 +290,21 @@ def _check_folds(need, config: ml_collections.ConfigDict) -> None:
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
-    """Builds the model description (no parameters, no device) to reject bad model keys early."""
-    if config.model.name not in MODELS:
-        raise ConfigError(f"config.model.name = {config.model.name!r}: known: {', '.join(MODELS)}")
+    """Builds the model description (no parameters, no device): the model's own checks
+    (`models.build_model`) reject bad model keys before any work starts."""
     from abaw_jax.data.affwild2 import NUM_OUTPUTS
-    from abaw_jax.models import build_model
     try:
-        build_model(config.model, NUM_OUTPUTS[config.task], "float32")
+        models.build_model(config.model, NUM_OUTPUTS[config.task], "float32")
     except ValueError as e:
         raise ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from None
 
 
 def model_defaults(name: str) -> ml_collections.ConfigDict:
-    """Every field of a model family's module (its `default_config`) plus its `name`."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    from abaw_jax.models import fusion, tcn, temporal
-    model = {"transformer": temporal, "tcn": tcn, "fusion": fusion}[name].default_config()
-    model.name = name
-    return model
+    """Every option of a model family at its default, and its `name` (for the system files)."""
+    try:
+        return models.default_config(name)
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
 
 
 def demo_run(config: ml_collections.ConfigDict) -> None:
@@ -330,58 +324,50 @@ def demo_run(config: ml_collections.ConfigDict) -> None:
     config.data.num_threads = 2
 
 
-TASK_VARIANTS = dict(demo=False, model="transformer", seq_len=0, mask=-1.0, steps=0, no_tcn=False,
-                     no_transformer=False, sets="", windows="", fold=-1, folds="", eval="",
-                     recipe="")
+def system_config(task: str, arg: str | None, default_model: str,
+                  configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config of a task file: the variant `model=` (default `default_model`) picks the system
+    file in `configs_dir`, whose `get_config(task, variants)` applies the other variants (each
+    system file lists its own in `VARIANTS`)."""
+    rest, model = [], default_model
+    for item in (arg or "").split(","):
+        key, sep, value = item.strip().partition("=")
+        if key == "model" and sep:
+            model = value.strip()
+        elif item.strip():
+            rest.append(item.strip())
+    if model not in SYSTEM_FILES:
+        raise ConfigError(f"unknown config variant model={model!r}; known: "
+                          f"{', '.join(SYSTEM_FILES)}")
+    system = load_module(pathlib.Path(configs_dir) / SYSTEM_FILES[model])
+    try:
+        return system.get_config(task, ",".join(rest))
+    except ConfigError as e:
+        raise ConfigError(f"{e} (model={model}: {SYSTEM_FILES[model]})") from None
 
 
-def task_config(task: str, arg: str | None, configs_dir: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """The config of a task file: system `model=` from its system file in `configs_dir` (A for
-    the video challenges, C for the multi-task challenge it was built for), then the variants of
-    `arg` (see configs/va.py)."""
-    v = parse_arg(arg, **dict(TASK_VARIANTS, model="fusion" if task == "MTL" else "transformer"))
-    if v.model not in MODELS:
-        raise ConfigError(f"unknown config variant model={v.model!r}; known: {', '.join(MODELS)}")
-    system = load_module(pathlib.Path(configs_dir) / SYSTEM_FILES[v.model])
-    config = system.get_config(task)
-    if v.recipe:
-        if not hasattr(system, "recipe"):
-            raise ConfigError(f"variant recipe={v.recipe!r}: model={v.model} has no recipes")
-        system.recipe(config, v.recipe)
-    if v.demo:
-        system.demo(config)
-    if v.seq_len:
-        config.data.seq_len = v.seq_len
-        if v.model == "tcn":
-            config.data.train_stride = config.data.eval_stride = max(1, v.seq_len * 2 // 3)
-    if v.mask >= 0:
-        if "mask_prob" not in config.model:
-            raise ConfigError(f"variant mask={v.mask} applies to model=transformer only")
-        config.model.mask_prob = v.mask
-    if v.no_tcn or v.no_transformer:
-        if v.model != "tcn":
-            raise ConfigError("variants no_tcn / no_transformer apply to model=tcn only")
-        config.model.use_tcn = not v.no_tcn
-        config.model.use_transformer = not v.no_transformer
-    if v.sets:
-        if v.model != "fusion":
-            raise ConfigError("variant sets=a+b applies to model=fusion only")
-        config.model.feature_sets = tuple(x for x in v.sets.split("+") if x)
-    if v.windows:
-        _set_windows(config, v.windows)
+# Variants every system file accepts (`configs/expr.py:model=tcn,folds=windows,fold=2`):
+# fold=K, folds=SCHEME (data/folds.py) and eval=tiled.
+SHARED_VARIANTS = dict(fold=-1, folds="", eval="")
+
+
+def apply_shared_variants(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict) -> None:
+    """Applies the `SHARED_VARIANTS` found in the decoded variants `v`."""
     if v.folds or v.fold >= 0:
-        _set_fold(config, v.fold, v.folds)
+        set_fold(config, v.fold, v.folds)
     if v.eval:
-        if v.eval != "tiled":
-            raise ConfigError(f"variant eval={v.eval!r}: known: tiled")
-        # System B's test code: windows side by side (stride = window), the last one truncated.
-        config.data.eval_stride, config.data.eval_last = 0, "truncated"
-    if v.steps:
-        config.total_steps = v.steps
-    return config
+        set_eval(config, v.eval)
 
 
-def _set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None:
+def set_eval(config: ml_collections.ConfigDict, how: str) -> None:
+    """The variant `eval=tiled`: evaluation windows side by side (stride = window), the last
+    one truncated (system B's test code)."""
+    if how != "tiled":
+        raise ConfigError(f"variant eval={how!r}: known: tiled")
+    config.data.eval_stride, config.data.eval_last = 0, "truncated"
+
+
+def set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None:
     """The variants `fold=K` and `folds=SCHEME` (data/folds.py); scheme "windows" also sets the
     fold's window and stride (system B's released EXPR configs)."""
     from abaw_jax.data import folds
@@ -397,8 +383,8 @@ def _set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None
         config.data.eval_stride = stride
 
 
-def _set_windows(config: ml_collections.ConfigDict, windows: str) -> None:
-    """The variant `windows=`: "causal" is system A's code (a window ending at every frame,
+def set_windows(config: ml_collections.ConfigDict, windows: str) -> None:
+    """The variant `windows=` (system A): "causal" is system A's code (a window ending at every frame,
     stride 1, each frame predicted from the window that ends at it, read at its last position;
     A's default), "chunks" non-overlapping windows averaged (A's `:demo`)."""
     if windows == "causal":
@@ -422,7 +408,7 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = mode
     c.seed = 0
-    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see loop.make_rngs)
+    c.rng_impl = "rbg"          # PRNG of masking, augmentation noise and dropout (see rngs.make_rngs)
     c.data = ml_collections.ConfigDict(dict(
         source="folder",        # "folder" (one subfolder per class), "affwild2", "tfds"
         root="",                # image folder, Aff-Wild2 root, or the TFDS data_dir
@@ -452,22 +438,12 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     c.batch_size = 256
     c.total_steps = 10000
     c.num_epochs = 0.0          # > 0 with total_steps = 0: the run's length in epochs
-    c.early_stopping_patience = 0   # evaluations without a better score before stopping; 0: off
-    c.early_stopping_min_delta = 0.0
-    c.evals_per_epoch = 0.0     # > 0: evaluate and checkpoint this often per epoch
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1.5e-4, weight_decay=0.05, warmup_steps=500, warmup_epochs=0.0, end_lr_factor=0.0,
         grad_clip=0.0, b1=0.9, b2=0.95, eps=1e-8, layer_decay=1.0, schedule="warmup_cosine",
         decay_rate=1.0))
-    c.log_every = 50
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
-    c.keep_checkpoints = 2
-    c.eval_batch_size = 0
+    cadence_fields(c, eval_every=1000)
     c.num_recon_images = 8
-    c.compute_dtype = "auto"
-    c.mesh_data = -1
-    c.progress = True
     return c
 
 

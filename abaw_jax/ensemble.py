@@ -12,7 +12,7 @@ import pathlib
 
 import numpy as np
 
-from abaw_jax import files, runs, submission
+from abaw_jax import evaluation, files, runs
 from abaw_jax.data import pipeline
 
 
@@ -22,15 +22,11 @@ to_probabilities = pipeline.to_probabilities
 from_probabilities = pipeline.from_probabilities
 
 
-# Kept under this module's name for callers that read a member's config here.
-load_run_config = runs.load_run_config
-
-
 def member_outputs(workdir: pathlib.Path, task: str, split: str) -> dict[str, np.ndarray]:
     """A member's per-video outputs, produced by its `evaluate` run if not there yet."""
     path = workdir / "predictions" / split / f"{task}_outputs.npz"
     if not path.exists():
-        runs.evaluate_run(runs.load_run_config(workdir), workdir, splits=(split,))
+        evaluation.evaluate(runs.load_run_config(workdir), workdir, splits=(split,))
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
@@ -39,7 +35,7 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
              splits: tuple[str, ...] = ("val", "test")) -> dict:
     """Averages the members' outputs per frame; returns {split: metrics} (metrics for "val")."""
     workdirs = [pathlib.Path(w) for w in workdirs]
-    configs = [load_run_config(w) for w in workdirs]
+    configs = [runs.load_run_config(w) for w in workdirs]
     tasks = {c.task for c in configs}
     if len(tasks) != 1:
         raise ValueError(f"ensemble members must share one task, got {sorted(tasks)} from "
@@ -67,20 +63,17 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
         outputs = [from_probabilities(task, np.mean(
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split
-        decided = runs.smoothed(configs[0], outputs)
+        decided = evaluation.smoothed(configs[0], outputs)
+        inputs = None
         if task == "MTL":
-            got = runs.mtl_split(configs[0], data, split, True)
-            if got is None:
+            inputs = evaluation.split_inputs(configs[0], data, split)
+            if inputs is None:
                 continue
-            runs.write_mtl_outputs(split_dir / "MTL.txt", got[2], names, decided)
-        else:
-            submission.write_submission(split_dir / f"{task}.txt", task, names, decided)
-        runs.save_outputs(split_dir / f"{task}_outputs.npz", names, outputs)
+        evaluation.write_split(split_dir, task, inputs, names, outputs, decided)
         metrics: dict = {"task": task, "members": [str(w) for w in workdirs]}
         if split == "val":
             by_name = {v.name: v for v in data.val}
-            score, details = runs.score_split(task, decided, [by_name[n] for n in names])
-            metrics.update({**details, "score": score})
+            metrics.update(evaluation.split_metrics(task, decided, [by_name[n] for n in names]))
             files.write_json(split_dir / "metrics.json", metrics)
         results[split] = metrics
     return results

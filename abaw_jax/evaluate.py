@@ -1,4 +1,5 @@
-"""Restores a trained model, scores it and writes ABAW submission files.
+"""Restores a trained model, scores it and writes ABAW submission files (the logic lives in
+`abaw_jax.evaluation`).
 
   python -m abaw_jax.evaluate --config configs/va.py:demo --workdir runs/va_demo
 
@@ -15,10 +16,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from abaw_jax import cli, ensemble, metrics, runs
-
-# The library function, under the name this command has always offered.
-evaluate = runs.evaluate_run
+from abaw_jax import cli, ensemble, evaluation, metrics
 
 
 def main(argv) -> None:
@@ -36,7 +34,7 @@ def main(argv) -> None:
                 print(f"ensemble of {len(members)} on {split}: "
                       f"{metrics.describe(m['task'], m['score'], m)}", file=sys.stderr)
         return
-    evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
+    evaluation.evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
 
 
 if __name__ == "__main__":

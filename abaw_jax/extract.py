@@ -84,11 +84,6 @@ class ExtractError(ValueError):
 # Config.
 
 
-# The config of this command lives in abaw_jax.config; these names keep older callers working.
-validate = config_lib.validate_extraction
-default_config = config_lib.extraction_config
-
-
 # ---------------------------------------------------------------------------------------------
 # Frames.
 
@@ -372,7 +367,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
     Returns a summary: videos written, skipped as already done, empty; frames, present, corrupt;
     ``interrupted`` when SIGTERM stopped the run.
     """
-    validate(config)
+    config_lib.validate_extraction(config)
     t_start = time.perf_counter()
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -526,4 +521,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, validate)
+    cli.run(main, config_lib.validate_extraction)

@@ -1,6 +1,8 @@
 """The training loop that `train` (temporal models) and `pretrain` (MAE, fine-tuning) both drive.
 
-One loop owns what every run needs around its jitted update step:
+A command builds a `Run` from its config (`training.build_run`, `pretrain.build_run`) and hands
+it to `execute`, which opens the checkpoints, resumes or starts the state, drives the `Loop` and
+writes `final_metrics.json`. One loop owns what every run needs around its jitted update step:
 - preemption: SIGTERM (single process) or JAX's preemption service (several processes) saves a
   checkpoint at the current step and returns; re-running the command resumes there;
 - the metric buffer: step metrics stay on the device and are fetched every `log_every` steps,
@@ -23,7 +25,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from abaw_jax import checkpoints, files, writers
@@ -33,21 +34,6 @@ EARLY_STOPPING_FILE = "early_stopping.json"
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient; the message names the step."""
-
-
-def make_rngs(seed: int, impl: str = "threefry2x32") -> tuple[jax.Array, jax.Array]:
-    """(init_rng, train_rng) of a run: parameters come from a threefry key of `seed` whatever
-    `impl` is; the per-step randomness (dropout, masking) from a key of PRNG `impl`.
-
-    On the 2-core CPU, "rbg" makes the small train steps of systems A, B and C 4 to 16% faster
-    than threefry (docs/performance.md): threefry's bits are computed by XLA loops,
-    RngBitGenerator's by one op.
-    """
-    init_rng, train_rng = jax.random.split(jax.random.key(seed))
-    if impl != "threefry2x32":
-        train_seed = int(jax.random.bits(train_rng, (), jnp.uint32))
-        train_rng = jax.random.key(train_seed, impl=impl)
-    return init_rng, train_rng
 
 
 class Sigterm:
@@ -114,7 +100,6 @@ class Loop:
     ckpt: checkpoints.RunCheckpoints
     writer: writers.MetricWriter
     progress: writers.Progress
-    mesh: Any
     skip_nonfinite: bool = False
     patience: int = 0
     min_delta: float = 0.0
@@ -266,3 +251,62 @@ def cadence(config, steps_per_epoch: int) -> tuple[int, int]:
         every = max(1, math.ceil(steps_per_epoch / config.evals_per_epoch))
         return every, every
     return config.eval_every, config.checkpoint_every
+
+
+@dataclasses.dataclass
+class Run:
+    """A run built from a config, everything `execute` drives: the mesh, the length plan, the
+    state's shapes and first value, the input, the jitted step and the evaluation."""
+    mesh: Any
+    plan: Any                              # optim.Plan
+    abstract_state: Any                    # shapes and shardings: the checkpoint restore target
+    fresh_state: Callable[[], Any]         # the first state (scratch, or an init_from run's)
+    train_iter: Iterator                   # grain iterator, its position checkpointed
+    train_step: Callable                   # jitted (state, batch) -> (state, step metrics)
+    to_batch: Callable[[dict], dict]       # a host batch -> the step's global arrays
+    evaluate: Callable[[Any, int], Evaluation] | None
+    items_per_step: int                    # frames (or images) one step reads, for the progress
+    unit: str = "frames"
+    check_keys: tuple[str, ...] = ("loss", "grad_norm")
+    skip_nonfinite: bool = False
+    nonfinite_hint: Callable[[], str] = lambda: ""
+    # Called with the result of a run that was not preempted, before final_metrics.json.
+    on_finish: Callable[[LoopResult], None] | None = None
+
+
+def prepare_workdir(config, workdir: str | pathlib.Path) -> pathlib.Path:
+    """Creates `workdir` and writes the run's config.json there (process 0)."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    return workdir
+
+
+def execute(run: Run, config, workdir: pathlib.Path) -> LoopResult:
+    """Resumes (or starts) `run` in `workdir` and trains it to the end of its plan; writes
+    `final_metrics.json` with the last evaluation unless the run was preempted."""
+    is_main = jax.process_index() == 0
+    ckpt, state, step = start(workdir, run.abstract_state, run.fresh_state, run.train_iter,
+                              config.keep_checkpoints)
+    eval_every, checkpoint_every = cadence(config, run.plan.steps_per_epoch)
+    writer = writers.MetricWriter(workdir)
+    progress = writers.Progress(run.plan.total_steps, run.items_per_step, step,
+                                enabled=is_main and config.progress)
+    loop = Loop(
+        workdir=workdir, total_steps=run.plan.total_steps, log_every=config.log_every,
+        eval_every=eval_every, checkpoint_every=checkpoint_every, ckpt=ckpt, writer=writer,
+        progress=progress, skip_nonfinite=run.skip_nonfinite,
+        patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta,
+        check_keys=run.check_keys, nonfinite_hint=run.nonfinite_hint, unit=run.unit)
+    try:
+        result = loop.run(state, step, run.train_iter, run.train_step, run.to_batch, run.evaluate)
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    if is_main and not result.preempted:
+        if run.on_finish is not None:
+            run.on_finish(result)
+        files.write_json(workdir / "final_metrics.json", {"step": result.step, **result.last_eval})
+    return result

@@ -74,6 +74,27 @@ def ccc(x: Any, y: Any) -> float:
 # The official markers of a missing label.
 INVALID = {"VA": -5, "EXPR": -1, "AU": -1}
 SCORE_NAMES = {"VA": "CCC", "EXPR": "F1", "AU": "F1"}
+# The key of each challenge's score in metrics.jsonl, final_metrics.json, TensorBoard ("val/"
+# prefixed) and the predictions' metrics.json.
+SCORE_KEYS = {"VA": "va_ccc", "EXPR": "expr_f1", "AU": "au_f1", "MTL": "p_mtl"}
+# The logged parts of each score, by their key in the details of `task_score` / `mtl_score`.
+PART_KEYS = {"VA": {"valence": "valence_ccc", "arousal": "arousal_ccc"},
+             "EXPR": {"accuracy": "expr_accuracy"},
+             "AU": {},
+             "MTL": {p: p for p in ("valence_ccc", "arousal_ccc", "expr_f1", "au_f1")}}
+
+
+def score_name(task: str) -> str:
+    """The key of `task`'s challenge score: "va_ccc", "expr_f1", "au_f1" or "p_mtl"."""
+    if task not in SCORE_KEYS:
+        raise ValueError(f"task must be one of {tuple(SCORE_KEYS)}, got {task!r}")
+    return SCORE_KEYS[task]
+
+
+def named_values(task: str, score: float, details: dict[str, Any]) -> dict[str, float]:
+    """The score under its name (`score_name`) and its parts under theirs, as floats."""
+    parts = {name: float(details[key]) for key, name in PART_KEYS[task].items() if key in details}
+    return {score_name(task): float(score), **parts}
 
 
 def _valid_or_official(task: str, true: np.ndarray, valid: Any) -> Any:

@@ -32,21 +32,15 @@ import numpy as np
 import optax
 from PIL import Image
 
-from abaw_jax import checkpoints, cli, files, optim, sharding, writers
+from abaw_jax import checkpoints, cli, optim, sharding
 from abaw_jax import config as config_lib
 from abaw_jax import loop as loop_lib
 from abaw_jax.data import image_sources
+from abaw_jax.rngs import make_rngs
 from abaw_jax.models import classifier
 from abaw_jax.models import encoders
 from abaw_jax.models import mae as mae_lib
 from abaw_jax.models import vit as vit_lib
-
-
-
-# The config of this command (fields, validation) lives in abaw_jax.config, beside the
-# temporal models' configs; these names keep older callers working.
-base_config = config_lib.image_base_config
-validate = config_lib.validate_image
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,9 +79,6 @@ def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
 
 # ---------------------------------------------------------------------------------------------
 # Models and optimizer.
-
-
-build_model = classifier.build_image_model
 
 
 def layer_scales(params: Any, depth: int, decay: float) -> Any:
@@ -198,8 +189,8 @@ def mix_batch(rng: jax.Array, images: jax.Array, mixup: float, cutmix: float,
             jnp.where(use_cut, lam_box, lam_mix).astype(jnp.float32))
 
 
-def make_train_step(config, model, tx, schedule, rng, weights=None) -> Callable:
-    """The pure update ``(state, batch) -> (state, metrics)``."""
+def make_image_step(config, model, tx, schedule, rng, weights=None) -> Callable:
+    """The pure update of an image model ``(state, batch) -> (state, metrics)``."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     dtype = jnp.dtype(getattr(model, "dtype", None) or getattr(model.encoder, "dtype"))
     aug = config.get("augment", {}) if config.mode == "finetune" else {}
@@ -207,7 +198,8 @@ def make_train_step(config, model, tx, schedule, rng, weights=None) -> Callable:
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(rng, state["step"])
-        mask_rng, dropout_rng, erase_rng, mix_rng = jax.random.split(step_rng, 4)
+        mask_rng, dropout_rng = jax.random.split(step_rng)
+        erase_rng, mix_rng = jax.random.split(jax.random.fold_in(step_rng, 1))
         images = normalize(batch["image"], mean, std, dtype)
         labels, lam = batch["label"], None
         if erase:
@@ -307,7 +299,7 @@ def load_init(init_from: str):
 
 
 @dataclasses.dataclass
-class Setup:
+class ImageSetup:
     """What a run needs besides its data: model, optimizer, step functions and state shapes."""
     model: nn.Module
     tx: Any
@@ -317,14 +309,14 @@ class Setup:
     encoder_fields: dict | None
 
 
-def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None) -> Setup:
+def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None) -> ImageSetup:
     """Model, optimizer and the abstract train state on ``mesh``."""
     repl = sharding.replicated(mesh)
     encoder_fields = None
     if init_encoder is not None:
         encoder_fields = {k: getattr(init_encoder[0], k) for k in init_encoder[0].__dataclass_fields__
                           if k not in ("parent", "name")}
-    model = build_model(config, encoder_fields, sharding.compute_dtype(config.compute_dtype, mesh))
+    model = classifier.build_image_model(config, encoder_fields, sharding.compute_dtype(config.compute_dtype, mesh))
     hw = (vit_lib.image_hw(model.image_size) if config.mode == "mae"
           else vit_lib.image_hw(model.encoder.image_size))
     depth = model.depth if config.mode == "mae" else model.encoder.depth
@@ -339,21 +331,17 @@ def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None)
 
     init_fn = sharding.jit(init_state, mesh, out_shardings=repl)
     abstract = checkpoints.abstract_like(jax.eval_shape(init_fn, jax.random.key(0)), repl)
-    return Setup(model, tx, schedule, init_fn, abstract, encoder_fields)
+    return ImageSetup(model, tx, schedule, init_fn, abstract, encoder_fields)
 
 
 # ---------------------------------------------------------------------------------------------
 # The run.
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
-    """Runs (or resumes) pretraining / fine-tuning in ``workdir``; returns the last evaluation."""
-    validate(config)
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> loop_lib.Run:
+    """The pretraining / fine-tuning run of `config` (reconstruction images and the exported
+    encoder go to `workdir`); nothing is compiled or restored yet."""
     is_main = jax.process_index() == 0
-    if is_main:
-        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
 
     # Devices and mesh.
     mesh = sharding.make_mesh(config.mesh_data)
@@ -365,7 +353,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     # Input (its size decides the length of a run given in epochs).
     train_src, val_src = make_sources(config)
     plan = optim.resolve_steps(config, max(1, len(train_src) // config.batch_size))
-    optim.report(plan)
 
     # Models and optimizer (the encoder to start from decides the fine-tuned architecture).
     init_encoder = None
@@ -380,18 +367,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         scale=tuple(d.scale), ratio=tuple(d.ratio), hflip=d.hflip, num_threads=d.num_threads)
 
     # Steps.
-    init_rng, train_rng = loop_lib.make_rngs(config.seed, config.rng_impl)
+    init_rng, train_rng = make_rngs(config.seed, config.rng_impl)
     weights = class_weights(config, train_src) if config.mode == "finetune" else None
     train_step = sharding.jit(
-        make_train_step(config, model, setup.tx, setup.schedule, train_rng, weights), mesh,
+        make_image_step(config, model, setup.tx, setup.schedule, train_rng, weights), mesh,
         in_shardings=(repl, rows), out_shardings=(repl, repl), donate_argnums=(0,))
     eval_step = sharding.jit(make_eval_step(config, model, config.seed + 1), mesh,
                              in_shardings=(repl, rows, None), out_shardings=rows)
-
-    # Checkpoint resume: the workdir's own checkpoint, then init_from (inside init_fn), then scratch.
-    ckpt, state, step = loop_lib.start(workdir, setup.abstract_state,
-                                       lambda: setup.init_fn(init_rng), train_iter,
-                                       config.keep_checkpoints)
 
     def evaluate(state, s: int) -> loop_lib.Evaluation:
         outs, labels, first = [], [], None
@@ -423,28 +405,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     f"balanced accuracy {values['balanced_accuracy']:.4f}")
         return loop_lib.Evaluation(score, values, line)
 
-    eval_every, checkpoint_every = loop_lib.cadence(config, plan.steps_per_epoch)
-    writer = writers.MetricWriter(workdir)
-    progress = writers.Progress(plan.total_steps, config.batch_size, step,
-                                enabled=is_main and config.progress)
-    loop = loop_lib.Loop(
-        workdir=workdir, total_steps=plan.total_steps, log_every=config.log_every,
-        eval_every=eval_every, checkpoint_every=checkpoint_every, ckpt=ckpt,
-        writer=writer, progress=progress, mesh=mesh, check_keys=("loss",), unit="images",
-        patience=config.early_stopping_patience,
-        min_delta=config.early_stopping_min_delta)
-    try:
-        result = loop.run(state, step, train_iter, train_step,
-                          lambda b: sharding.to_global(b, mesh),
-                          evaluate if len(val_src) else None)
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-    if is_main and not result.preempted:
-        export_encoder(config, model, result.state["params"], workdir / "encoder")
-        files.write_json(workdir / "final_metrics.json", {"step": result.step, **result.last_eval})
-    return result.last_eval
+    return loop_lib.Run(
+        mesh=mesh, plan=plan, abstract_state=setup.abstract_state,
+        fresh_state=lambda: setup.init_fn(init_rng), train_iter=train_iter,
+        train_step=train_step, to_batch=lambda b: sharding.to_global(b, mesh),
+        evaluate=evaluate if len(val_src) else None, items_per_step=config.batch_size,
+        unit="images", check_keys=("loss",),
+        on_finish=lambda result: export_encoder(config, model, result.state["params"],
+                                                workdir / "encoder"))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict:
+    """Runs (or resumes) pretraining / fine-tuning in ``workdir``; returns the last evaluation.
+
+    The workdir's own checkpoint wins over ``config.init_from``, which wins over scratch."""
+    config_lib.validate_image(config)
+    workdir = loop_lib.prepare_workdir(config, workdir)
+    run = build_run(config, workdir)
+    optim.report(run.plan)
+    return loop_lib.execute(run, config, workdir).last_eval
 
 
 def classification_metrics(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
@@ -482,4 +461,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, validate)
+    cli.run(main, config_lib.validate_image)

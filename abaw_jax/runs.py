@@ -1,18 +1,16 @@
-"""A run's inputs and outputs, shared by train, evaluate, ensembles and predict.
+"""A temporal run's services, shared by training, evaluation, ensembles and predict.
 
 - Data: the annotations and feature stores a config names (the built-in demo dataset when it
   names none), with folds applied.
 - Model setup: the temporal model and optimizer of a config and the shapes of its train state,
   the target that checkpoints restore onto.
-- Restoring a workdir (checking that it holds the task and model the config asks for),
-  predicting every frame of a split with sliding windows, scoring it with the official metric,
-  and writing submission files and raw per-frame outputs.
+- Restoring a workdir (checking that it holds the task and model the config asks for) and
+  predicting every frame of a split with sliding windows.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import pathlib
 import sys
@@ -23,10 +21,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from abaw_jax import best_parts, checkpoints, files, metrics, optim, sharding, submission
+from abaw_jax import checkpoints, optim, sharding
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, pipeline
-from abaw_jax.loop import make_rngs
+from abaw_jax.rngs import make_rngs
 from abaw_jax import models
 from abaw_jax.models import build_model
 
@@ -126,12 +124,18 @@ def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
         {name: given.get(name, root / "features" / name) for name in config.model.feature_sets})
 
 
+def data_root(config: ml_collections.ConfigDict, *, build: bool = True) -> pathlib.Path:
+    """The dataset root of `config`: data.root, else the demo dataset's folder (built when
+    `build`)."""
+    if config.data.root:
+        return pathlib.Path(config.data.root).expanduser()
+    return demo_root(config, build=build)
+
+
 def resolve_data(config: ml_collections.ConfigDict) -> Data:
     """Loads annotations and opens the features; builds the demo dataset when none is set."""
-    if config.data.root:
-        root = pathlib.Path(config.data.root).expanduser()
-    else:
-        root = demo_root(config)
+    root = data_root(config)
+    if not config.data.root:
         if jax.process_index() == 0:
             print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
                   f"{root}", file=sys.stderr, flush=True)
@@ -196,7 +200,7 @@ def init_state(model, tx, feature_dims: int | dict[str, int], seq_len: int, rng)
 
 
 @dataclasses.dataclass
-class ModelSetup:
+class TemporalSetup:
     """The model, optimizer and the (abstract) train state of a config."""
     model: Any
     tx: Any
@@ -208,7 +212,7 @@ class ModelSetup:
 
 
 def setup_model(config: ml_collections.ConfigDict, feature_dims, mesh,
-                plan: optim.Plan | None = None) -> ModelSetup:
+                plan: optim.Plan | None = None) -> TemporalSetup:
     """Builds the model and optimizer of `config` and the shape of their state on `mesh`.
 
     `plan` (the run's length) shapes the schedule only; restoring needs no plan.
@@ -224,7 +228,7 @@ def setup_model(config: ml_collections.ConfigDict, feature_dims, mesh,
         lambda r: init_state(model, tx, feature_dims, config.data.seq_len, r), mesh,
         out_shardings=repl)
     abstract_state = checkpoints.abstract_like(jax.eval_shape(init_fn, init_rng), repl)
-    return ModelSetup(model, tx, schedule, init_fn, init_rng, train_rng, abstract_state)
+    return TemporalSetup(model, tx, schedule, init_fn, init_rng, train_rng, abstract_state)
 
 
 def make_predict(model):
@@ -364,167 +368,3 @@ def predict_split_causal(predict_fn, params, videos, store, config, mesh) -> lis
         readout[np.arange(n), read[k:k + n]] = True
         assembler.add(out[:n], batch["video"][:n], batch["start"][:n], readout)
     return assembler.result()
-
-
-def smoothed(config: ml_collections.ConfigDict, outputs: list[np.ndarray]) -> list[np.ndarray]:
-    """EXPR outputs whose decisions follow `config.eval_mode_filter` (0: unchanged): per video,
-    one-hot scores of the mode-filtered argmax classes (`metrics.mode_filter`)."""
-    window = config.get("eval_mode_filter", 0)
-    if config.task != "EXPR" or not window:
-        return outputs
-    return [np.where(np.eye(o.shape[1], dtype=bool)[metrics.mode_filter(o.argmax(-1), window,
-                                                                       o.shape[1])], 0.0, -1e4)
-            .astype(np.float32) for o in outputs]
-
-
-def filter_scores(config, filtered: float, outputs: list[np.ndarray], videos) -> dict:
-    """Both EXPR scores of a mode-filtered evaluation, named: the filtered one (the headline,
-    system B's test-time protocol) and the unfiltered one (the protocol of the papers'
-    validation scores)."""
-    return {"mode_filter": int(config.eval_mode_filter), "filtered_score": float(filtered),
-            "unfiltered_score": float(score_split(config.task, outputs, videos)[0])}
-
-
-def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Video]) -> tuple[float, dict]:
-    """The official metric over all valid frames of a split (P_MTL and its parts for "MTL")."""
-    out = np.concatenate(outputs)
-    labels = np.concatenate([v.labels for v in videos])
-    valid = np.concatenate([v.valid for v in videos])
-    if task == "MTL":
-        from abaw_jax.data import mtl
-        return metrics.mtl_score(mtl.unpack_outputs(out), *mtl.unpack_labels(labels, valid))
-    return metrics.task_score(task, out, labels, valid)
-
-
-def save_outputs(path: pathlib.Path, names: list[str], outputs: list[np.ndarray]) -> None:
-    """Raw per-frame outputs keyed by video name, written atomically."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{n: o for n, o in zip(names, outputs)})
-    files.write_atomic(path, buffer.getvalue())
-
-
-def evaluate_run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
-                 checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
-                 out_dir: str | pathlib.Path | None = None) -> dict:
-    """Scores `splits` with the checkpoint `checkpoint` of `workdir`; returns metrics by split.
-
-    Writes to `<out_dir>/<split>/`: `<TASK>.txt` (the submission format, one row per frame,
-    frames without a face image included), `<TASK>_outputs.npz` (raw per-frame outputs by
-    video, for ensembling) and, for labelled splits, `metrics.json`.
-    """
-    config_lib.validate(config)
-    workdir = pathlib.Path(workdir)
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"--workdir {workdir}: no such run directory")
-    out_dir = pathlib.Path(out_dir) if out_dir else workdir / "predictions"
-    mesh = sharding.make_mesh(config.mesh_data)
-    check_workdir_matches(config, workdir)
-    data = resolve_data(config)
-    setup = setup_model(config, data.feature_dims, mesh)
-    step, state = restore(workdir, setup.abstract_state, checkpoint)
-    predict = jit_predict(setup.model, mesh)
-    is_main = jax.process_index() == 0
-    if is_main:
-        print(f"Evaluating {workdir} ({checkpoint} checkpoint, step {step})", file=sys.stderr)
-
-    results = {}
-    for split in splits:
-        if config.task == "MTL":
-            got = mtl_split(config, data, split, is_main)
-            if got is None:
-                continue
-            videos, features, images = got
-        elif split == "val":
-            videos = data.val
-        elif split == "test":
-            try:
-                # Frame counts from the feature store, which covers frames past the last face.
-                videos = affwild2.test_videos(
-                    data.root, config.task,
-                    frame_counts={v: data.features.num_frames(v) for v in data.features.videos})
-            except FileNotFoundError as e:
-                if is_main:
-                    print(f"No test-set video list for {config.task}: skipping the test split "
-                          f"({e})", file=sys.stderr)
-                continue
-        else:
-            raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
-        if config.task != "MTL":
-            features = data.features
-        outputs = predict_split(predict, models.model_variables(state), videos, features, config,
-                                mesh)
-        if checkpoint == "best" and best_parts.enabled(config):
-            outputs = best_parts.compose(
-                workdir, config.task, state, variables=models.model_variables,
-                predict=lambda v: predict_split(predict, v, videos, features, config, mesh),
-            ) or outputs
-        decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
-        split_dir = out_dir / split
-        names = [v.name for v in videos]
-        result = {"step": step, "checkpoint": checkpoint}
-        if split == "val":
-            score, details = score_split(config.task, decided, videos)
-            result.update({**details, "score": score})
-            if decided is not outputs:
-                result.update(filter_scores(config, score, outputs, videos))
-        if is_main and config.task == "MTL":
-            write_mtl_outputs(split_dir / "MTL.txt", images, names, decided)
-        elif is_main:
-            submission.write_submission(split_dir / f"{config.task}.txt", config.task, names, decided)
-            save_outputs(split_dir / f"{config.task}_outputs.npz", names, outputs)
-            if split == "val":
-                files.write_json(split_dir / "metrics.json", result)
-                print(f"{split}: {metrics.describe(config.task, result['score'], result)}",
-                      file=sys.stderr)
-                if "unfiltered_score" in result:
-                    print(f"{split}: EXPR F1 mode-filtered over {result['mode_filter']} frames "
-                          f"{result['filtered_score']:.4f} (the score above), unfiltered "
-                          f"{result['unfiltered_score']:.4f} (the papers' validation protocol)",
-                          file=sys.stderr)
-            print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
-                  f"frames of {len(names)} videos)", file=sys.stderr)
-        results[split] = result
-    return results
-
-
-def mtl_split(config, data: Data, split: str, is_main: bool):
-    """(videos, features, images) of an MTL split: the annotated rows of the validation split,
-    or the test image list grouped into videos; None when the dataset has no test list."""
-    from abaw_jax.data import mtl
-    if split == "val":
-        # The validation videos (a fold's come from both split files) and their listed frames.
-        names = {v.name for v in data.val}
-        rows = [v for s in ("train", "val") for v in mtl.load_mtl_split(data.root, s)
-                if v.name in names]
-        images = [(v.name, int(f)) for v in sorted(rows, key=lambda r: r.name) for f in v.frames]
-        return data.val, data.features, images
-    if split != "test":
-        raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
-    try:
-        images = mtl.load_mtl_test(data.root)
-    except (FileNotFoundError, affwild2.LayoutError) as e:
-        if is_main:
-            print(f"No MTL test image list: skipping the test split ({e})", file=sys.stderr)
-        return None
-    test_rows = mtl.mtl_test_videos(images)
-    store = data.features.store if isinstance(data.features, mtl.AnnotatedRows) else None
-    base = store if store is not None else features_lib.FeatureSets(
-        {n: s.store for n, s in data.features.stores.items()})
-    missing = [v.name for v in test_rows if v.name not in base]
-    if missing:
-        raise features_lib.StoreError(f"features lack {len(missing)} MTL test videos, e.g. "
-                                      f"{missing[:3]}")
-    return [mtl.as_video(v) for v in test_rows], mtl.annotated_rows(base, test_rows), images
-
-
-def write_mtl_outputs(path: pathlib.Path, images, names: list[str], outputs: list[np.ndarray]) -> None:
-    """The MTL submission file: one row per listed image, in the list's order. Each video's
-    outputs follow its listed frames in ascending order (as `mtl.as_video` built it)."""
-    from abaw_jax.data import mtl
-    frames: dict[str, list[int]] = {}
-    for video, frame in images:
-        frames.setdefault(video, []).append(frame)
-    row_of = {video: {f: i for i, f in enumerate(sorted(fs))} for video, fs in frames.items()}
-    by_video = dict(zip(names, outputs))
-    gathered = np.stack([by_video[video][row_of[video][frame]] for video, frame in images])
-    submission.write_mtl_submission(path, images, mtl.unpack_outputs(gathered))

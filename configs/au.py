@@ -19,4 +19,5 @@ from abaw_jax import config as config_lib
 
 
 def get_config(arg=None):
-    return config_lib.task_config("AU", arg, pathlib.Path(__file__).parent)
+    # `model=` picks the system; its file applies the other variants (its VARIANTS).
+    return config_lib.system_config("AU", arg, "transformer", pathlib.Path(__file__).parent)

@@ -1,16 +1,27 @@
 """System A: the masked temporal Transformer (IMLAB, 6th ABAW), every hyperparameter in one place.
 
 Used through the task files: `configs/va.py`, `configs/expr.py`, `configs/au.py` (system A is
-their default). `get_config(task)` returns the full config of one task; `demo(config)` scales it
-to the built-in demo data on a laptop. Sources: the paper (seeds/imlab_random_masking, "PA") and
+their default). `get_config(task, variants)` returns the full config of one task with the
+variants of `VARIANTS` applied; `demo(config)` scales it to the built-in demo data on a laptop. Sources: the paper (seeds/imlab_random_masking, "PA") and
 the authors' code (msjae/ABAW, branch old, "code"); docs/systems.md lists every setting, its
 source and each deviation.
 """
 
 from abaw_jax import config as config_lib
 
+# The variants of system A, after the colon of a task file (`configs/va.py:demo,mask=0`).
+VARIANTS = dict(
+    demo=False,     # laptop scale on the built-in demo data (`demo` below)
+    seq_len=0,      # N > 0: windows of N frames
+    mask=-1.0,      # P >= 0: the frame-masking probability (0 disables masking)
+    windows="",     # "chunks": non-overlapping windows; "causal": the code's (the default)
+    steps=0,        # N > 0: the run's length in steps
+    **config_lib.SHARED_VARIANTS,   # fold=K, folds=SCHEME, eval=tiled
+)
 
-def get_config(task: str):
+
+def get_config(task: str, variants: str | None = None):
+    v = config_lib.parse_arg(variants, **VARIANTS)
     config = config_lib.base_config(task)
     config.system = "A"
     # Features: ViT-B/16 pretrained on ImageNet-21k, average of the last layer's patch tokens
@@ -58,6 +69,18 @@ def get_config(task: str):
     o.schedule, o.warmup_steps, o.grad_clip = "constant", 0, 0.0
     config.evals_per_epoch = 1.0
     config.early_stopping_patience = 3
+
+    if v.demo:
+        demo(config)
+    if v.seq_len:
+        config.data.seq_len = v.seq_len
+    if v.mask >= 0:
+        config.model.mask_prob = v.mask
+    if v.windows:
+        config_lib.set_windows(config, v.windows)
+    config_lib.apply_shared_variants(config, v)
+    if v.steps:
+        config.total_steps = v.steps
     return config
 
 

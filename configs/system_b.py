@@ -3,8 +3,8 @@
 Used through the task files with `:model=tcn` (`configs/va.py:model=tcn`, ...). Its features come
 from the MAE-pretrained, expression-fine-tuned encoder (`configs/mae_face.py`, then
 `configs/finetune_expr.py`, then `configs/extract_vit.py:mae` into `<root>/features/mae_ft`).
-`get_config(task)` returns the full config of one task; `demo(config)` scales it to the demo
-data. Sources: the paper (seeds/ctyunai_mae_tcn_v2, "PB") and the authors' code (upczww/abaw6,
+`get_config(task, variants)` returns the full config of one task with the variants of
+`VARIANTS` applied; `demo(config)` scales it to the demo data. Sources: the paper (seeds/ctyunai_mae_tcn_v2, "PB") and the authors' code (upczww/abaw6,
 "code"); docs/systems.md lists every setting, its source and each deviation.
 """
 
@@ -14,8 +14,20 @@ from abaw_jax import config as config_lib
 # The multi-task challenge has no source for B: as many epochs as its longest task (VA).
 EPOCHS = {"VA": 40, "EXPR": 10, "AU": 30, "MTL": 40}
 
+# The variants of system B, after the colon of a task file (`configs/va.py:model=tcn,no_tcn`).
+VARIANTS = dict(
+    demo=False,             # laptop scale on the built-in demo data (`demo` below)
+    seq_len=0,              # N > 0: windows of N frames at stride 2N/3 (the paper's 300 / 200)
+    no_tcn=False,           # ablation (PB table 5): the Transformer on the features alone
+    no_transformer=False,   # ablation: the TCN alone
+    steps=0,                # N > 0: the run's length in steps
+    **config_lib.SHARED_VARIANTS,   # fold=K, folds=SCHEME (the code's: windows, kfold_shuffled,
+                                    # ungrouped), eval=tiled (the test code's windows)
+)
 
-def get_config(task: str):
+
+def get_config(task: str, variants: str | None = None):
+    v = config_lib.parse_arg(variants, **VARIANTS)
     config = config_lib.base_config(task)
     config.system = "B"
     config.data.feature_set = "mae_ft"
@@ -55,6 +67,16 @@ def get_config(task: str):
     config.evals_per_epoch = 4.0
     # EXPR at test time: predictions smoothed by a 40-frame mode filter (code: EXPR/test.py).
     config.eval_mode_filter = 40 if task == "EXPR" else 0
+
+    if v.demo:
+        demo(config)
+    if v.seq_len:
+        config.data.seq_len = v.seq_len
+        config.data.train_stride = config.data.eval_stride = max(1, v.seq_len * 2 // 3)
+    config.model.use_tcn, config.model.use_transformer = not v.no_tcn, not v.no_transformer
+    config_lib.apply_shared_variants(config, v)
+    if v.steps:
+        config.total_steps = v.steps
     return config
 
 

@@ -1,17 +1,28 @@
 """System C: multi-encoder feature fusion (HFUT, 7th ABAW), every hyperparameter in one place.
 
 Used through the task files with `:model=fusion` (`configs/va.py:model=fusion`, ...) and by the
-multi-task challenge (`configs/mtl.py`). `get_config(task)` returns the full config of one task;
-`demo(config)` scales it to the demo data. Sources: the paper (seeds/hfut_feature_fusion, "PC"),
-the group's temporal code (ABAW2023-HFUT/ABAW5, "code") and the paper's own static multi-task
+multi-task challenge (`configs/mtl.py`). `get_config(task, variants)` returns the full config
+of one task with the variants of `VARIANTS` applied; `demo(config)` scales it to the demo data.
+Sources: the paper (seeds/hfut_feature_fusion, "PC"), the group's temporal code (ABAW2023-HFUT/ABAW5, "code") and the paper's own static multi-task
 code (ABAW2023-HFUT/ABAW7, "ABAW7 code"); docs/systems.md lists every setting, its source and
 each deviation.
 """
 
 from abaw_jax import config as config_lib
 
+# The variants of system C, after the colon of a task file (`configs/mtl.py:demo,sets=vit`).
+VARIANTS = dict(
+    demo=False,     # laptop scale on the built-in demo data (`demo` below)
+    seq_len=0,      # N > 0: windows of N frames
+    sets="",        # "a+b": the feature sets fused (PC table 1's rows), in <root>/features/<name>
+    steps=0,        # N > 0: the run's length in steps
+    recipe="",      # "abaw5": the multi-task model as ABAW5's temporal code (the earlier default)
+    **config_lib.SHARED_VARIANTS,   # fold=K, folds=SCHEME, eval=tiled
+)
 
-def get_config(task: str):
+
+def get_config(task: str, variants: str | None = None):
+    v = config_lib.parse_arg(variants, **VARIANTS)
     config = config_lib.base_config(task)
     config.system = "C"
     m = config_lib.model_defaults("fusion")
@@ -58,6 +69,18 @@ def get_config(task: str):
     config.best_per_output = task == "VA"
     if task == "MTL":
         multi_task(config)
+
+    if v.recipe:
+        recipe(config, v.recipe)
+    if v.demo:
+        demo(config)
+    if v.seq_len:
+        config.data.seq_len = v.seq_len
+    if v.sets:
+        config.model.feature_sets = tuple(x for x in v.sets.split("+") if x)
+    config_lib.apply_shared_variants(config, v)
+    if v.steps:
+        config.total_steps = v.steps
     return config
 
 

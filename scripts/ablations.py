@@ -37,7 +37,7 @@ from scripts.common import load_config_arg, set_override  # noqa: E402
 
 # The columns of system C's table 1 and the metric keys they come from.
 MTL_COLUMNS = (("Valence CCC", "valence_ccc"), ("Arousal CCC", "arousal_ccc"),
-               ("EXPR F1", "expr_f1"), ("AU F1", "au_f1"), ("P_MTL", "score"))
+               ("EXPR F1", "expr_f1"), ("AU F1", "au_f1"), ("P_MTL", "p_mtl"))
 
 TASKS = ("va", "expr", "au", "mtl")
 # System C's table 1: its rows (feature sets) and the dims of those sets.
@@ -81,7 +81,7 @@ def main() -> None:
                              "sizes on the demo data, paper sizes with data.root set")
     args = parser.parse_args()
 
-    from abaw_jax import files, train
+    from abaw_jax import files, metrics, train
     out = pathlib.Path(args.out)
     has_root = any(o.startswith("data.root=") for o in args.override)
     demo = args.size == "demo" or (args.size == "auto" and not has_root)
@@ -109,11 +109,12 @@ def main() -> None:
             config.progress = False
             slug = variant.replace(",", "_").replace("=", "-").replace("+", "-") or "full"
             result = train.train_and_evaluate(config, out / f"{task}_{slug}")
+            score_key = f"val/{metrics.score_name(config.task)}"
             if mtl:
                 table[label] = {c: result[f"val/{key}"] for c, key in MTL_COLUMNS}
             else:
-                table.setdefault(label, {})[task] = result["val/score"]
-            print(f"{label:40s} {task:5s} {result['val/score']:.4f}", flush=True)
+                table.setdefault(label, {})[task] = result[score_key]
+            print(f"{label:40s} {task:5s} {result[score_key]:.4f}", flush=True)
     minutes = (time.time() - start) / 60
     metric = {"va": "CCC (V+A)/2", "expr": "F1", "au": "F1"}
     columns = [c for c, _ in MTL_COLUMNS] if mtl else [f"{t.upper()} {metric[t]}" for t in tasks]

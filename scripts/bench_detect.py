@@ -4,13 +4,15 @@ The clip is decoded once into memory; each row then detects every frame of it, a
 batch (so jit compilation is not counted), and reports frames/s and the share of frames with a
 face. Rows:
   haar                    abaw_jax.data.faces.HaarDetector, predict's defaults (320 px, min 0.1)
-  blazeface <model> host  BlazeFaceDetector: cv2 letterbox on the host, network + decoding + NMS
-                          jitted on the default device (predict's default on a CPU)
+  blazeface <model> host  BlazeFaceDetector with the shipped weights: cv2 letterbox on the host,
+                          network + decoding + NMS jitted on the default device (predict's
+                          default on a CPU)
   blazeface <model> dev   the same with the letterbox inside the jitted function (whole frames
                           sent to the device; predict's default on an accelerator)
   network <model>         the Flax network alone on letterboxed batches (no decoding, no NMS)
-  litert network <model>  the reference: the same .tflite network in the LiteRT interpreter
-                          (XNNPACK, one thread per core), one image per call (needs ai-edge-litert)
+  litert network <model>  the reference: MediaPipe's .tflite file of the same network in the
+                          LiteRT interpreter (XNNPACK, one thread per core), one image per call
+                          (needs ai-edge-litert and the .tflite files, --face-models)
 Then a second table: the share of the CK+ crops detected, per model and per scene around the
 crop (black, grey, noise, the crop's border replicated or reflected).
 
@@ -61,14 +63,11 @@ def rows(video: str | None = None, models: str | None = None, batch: int = 16) -
     haar = fps
     for name in ("full_range", "short_range"):
         path = models / f"face_detection_{name}.tflite"
-        if not path.is_file():
-            print(f"  no {path}: its rows skipped")
-            continue
         for where in ("host", "device"):
-            det = faces.BlazeFaceDetector(path, batch_size=batch, letterbox=where)
+            det = faces.BlazeFaceDetector(name, batch_size=batch, letterbox=where)
             fps, share = _rate(det, frames, batch)
             out.append(dict(row=f"blazeface {name} {where}", fps=fps, share=share))
-        model = blazeface.load(path)
+        model = blazeface.load(name)
         size = model.variant.input_size
         images = jax.numpy.zeros((batch, size, size, 3))
         apply = jax.jit(model.module.apply)
@@ -79,6 +78,9 @@ def rows(video: str | None = None, models: str | None = None, batch: int = 16) -
             jax.block_until_ready(apply(model.variables, images))
             n += batch
         out.append(dict(row=f"network {name}", fps=n / (time.perf_counter() - t0), share=None))
+        if not path.is_file():
+            print(f"  no {path}: the LiteRT row of {name} skipped (--face-models)")
+            continue
         litert = _litert_rate(path, size, len(frames))
         if litert is not None:
             out.append(dict(row=f"litert network {name}", fps=litert, share=None))
@@ -122,11 +124,10 @@ def canvas_scene(face: np.ndarray, canvas: str, rng: np.random.Generator) -> np.
     return scene
 
 
-def ckplus_rows(models: str | None = None, ckplus: str | None = None) -> list[dict]:
-    """Share of the CK+ faces detected per canvas (:func:`canvas_scene`) and model."""
+def ckplus_rows(ckplus: str | None = None) -> list[dict]:
+    """Share of the CK+ faces detected per canvas (:func:`canvas_scene`) and shipped model."""
     import cv2
     from abaw_jax.data import faces
-    models = pathlib.Path(models or DEFAULT_MODELS)
     ckplus = pathlib.Path(ckplus or DEFAULT_CKPLUS)
     files = sorted(ckplus.rglob("*.png"))
     if not files:
@@ -135,10 +136,7 @@ def ckplus_rows(models: str | None = None, ckplus: str | None = None) -> list[di
     crops = [cv2.imread(str(f), cv2.IMREAD_GRAYSCALE) for f in files]
     out = []
     for name in ("full_range", "short_range"):
-        path = models / f"face_detection_{name}.tflite"
-        if not path.is_file():
-            continue
-        det = faces.BlazeFaceDetector(path, batch_size=8)
+        det = faces.BlazeFaceDetector(name, batch_size=8)
         for canvas in CANVASES:
             rng = np.random.default_rng(0)
             scenes = np.stack([canvas_scene(c, canvas, rng) for c in crops])

@@ -71,8 +71,8 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from abaw_jax import config as config_lib, runs, sharding, train  # noqa: E402
-from abaw_jax.data import device_bank, pipeline  # noqa: E402
+from abaw_jax import config as config_lib, runs, sharding, training  # noqa: E402
+from abaw_jax.data import pipeline  # noqa: E402
 from abaw_jax.data.features import FeatureSets, FeatureStore  # noqa: E402
 from abaw_jax.models import attention as attention_lib  # noqa: E402
 from abaw_jax.models.tcn import block_dilations  # noqa: E402
@@ -206,7 +206,7 @@ def jax_loop(step, state, batches, args) -> tuple[float, float, Any]:
     """Warmup, then `args.repeats` timed runs of `args.steps` steps; the fastest run's
     (seconds, seconds waiting for batches) and the state.
 
-    Step metrics stay on the device (no host round trip in the loop), as in train.py. The best of
+    Step metrics stay on the device (no host round trip in the loop), as in loop.py. The best of
     several runs filters out other processes on a shared machine.
     """
     for _ in range(args.warmup):
@@ -246,8 +246,9 @@ def paper_size_row(system: System, videos, mesh) -> dict:
     else:
         dims = PAPER_DIMS[config.data.feature_set]
     setup = runs.setup_model(config, dims, mesh)
-    step_fn = train.make_train_step(setup.model, setup.tx, train.make_loss(config, videos),
-                                    setup.schedule, setup.train_rng)
+    step_fn = training.make_temporal_step(setup.model, setup.tx,
+                                          training.make_loss(config, videos), setup.schedule,
+                                          setup.train_rng)
     repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
     jitted = sharding.jit(step_fn, mesh, in_shardings=(repl, rows), out_shardings=(repl, repl))
     b, l = system.batch_size, system.seq_len
@@ -273,23 +274,20 @@ def paper_size_row(system: System, videos, mesh) -> dict:
 def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], float, list]:
     """abaw_jax rows (host, bank, resident); also the step FLOPs and batches for torch."""
     config = make_config(system, args.attention_impl, args.rng_impl)
-    dims = dict(features.dims) if isinstance(features, FeatureSets) else features.dim
-    setup = runs.setup_model(config, dims, mesh)
-    loss_fn = train.make_loss(config, videos)
-    step_fn = train.make_train_step(setup.model, setup.tx, loss_fn, setup.schedule,
-                                    setup.train_rng)
+    config.data.num_threads = args.threads
+    data = runs.Data(root=ROOT, train=videos, val=[], features=features)
+    # The run train builds, with the features read by the host pipeline.
+    config.data.device_bank = "off"
+    host = training.build_run(config, data)
+    setup, step_fn, host_step = host.setup, host.update, host.run.train_step
     repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-    host_step = sharding.jit(step_fn, mesh, in_shardings=(repl, rows), out_shardings=(repl, repl),
-                             donate_argnums=(0,))
     frames = system.batch_size * system.seq_len
-    common = dict(seq_len=system.seq_len, batch_size=system.batch_size, seed=0,
-                  num_threads=args.threads, process_index=0, process_count=1)
     results = []
 
-    host_iter = pipeline.train_dataset(videos, features, **common)
+    host_iter = host.run.train_iter
     # A few host batches, kept for the resident and torch rows (identical inputs everywhere).
     kept = [next(host_iter) for _ in range(args.resident)]
-    model_batch = lambda b: sharding.to_global(train.train_keys(b), mesh)  # noqa: E731
+    model_batch = host.run.to_batch
     flops = step_flops(host_step, setup.init_fn(setup.init_rng), model_batch(kept[0]))
 
     state = setup.init_fn(setup.init_rng)
@@ -300,18 +298,20 @@ def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], f
     host_iter.close()
     del state
 
+    # The same run with the features on the device.
+    config.data.device_bank = "on"
     start = time.perf_counter()
-    bank = device_bank.build(videos, features, system.seq_len, mesh)
+    banked = training.build_run(config, data)
     build_s = time.perf_counter() - start
-    bank_step = bank.jit_step(step_fn, mesh)
-    index_iter = pipeline.train_dataset(videos, features, read_features=False, **common)
+    index_iter = banked.run.train_iter
     state = setup.init_fn(setup.init_rng)
-    seconds, waited, state = jax_loop(
-        bank_step, state, (sharding.to_global(bank.batch_keys(b), mesh) for b in index_iter), args)
+    seconds, waited, state = jax_loop(banked.run.train_step, state,
+                                      map(banked.run.to_batch, index_iter), args)
     results.append(dict(row="abaw_jax bank", seconds=seconds, waited=waited,
-                        note=f"bank {bank.nbytes / 2**20:.0f} MiB, built in {build_s:.1f} s"))
+                        note=f"bank {banked.bank.nbytes / 2**20:.0f} MiB, run with its bank "
+                             f"built in {build_s:.1f} s"))
     index_iter.close()
-    del state, bank
+    del state, banked
 
     resident = [model_batch(b) for b in kept]
     sync(resident)
@@ -443,8 +443,8 @@ def torch_models():
         def __init__(self, dim, m, num_outputs):
             super().__init__()
             self.mask_prob, self.activation = m.mask_prob, m.output_activation
-            self.proj = (nn.Linear(dim, m.d_model) if m.input_proj or dim != m.d_model
-                         else nn.Identity())
+            self.proj = (nn.Linear(dim, m.d_model)
+                         if m.input_proj == "always" or dim != m.d_model else nn.Identity())
             self.pos = Positions(m.d_model)
             self.encoder = encoder(m.d_model, m.num_heads, m.mlp_dim, m.num_layers, m.dropout)
             self.head = nn.Linear(m.d_model, num_outputs)
@@ -904,7 +904,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "parameters, compiled from shapes (auto: on except with --tiny)")
     parser.add_argument("--video", help="detect: clip (default ../shared/data/videos/fer_woman2.mp4)")
     parser.add_argument("--face-models", help="detect: folder of the BlazeFace .tflite files "
-                        "(default ../shared/data/models/mediapipe)")
+                        "for the LiteRT rows (default ../shared/data/models/mediapipe)")
     parser.add_argument("--data", default="/tmp/abaw_benchmark", help="store cache directory")
     parser.add_argument("--frames", type=int, default=0,
                         help="frames in the training rows' store (default 60,000 with --small, "
@@ -1049,7 +1049,7 @@ def main(argv: list[str] | None = None) -> None:
         emit(image_rows(work, args, flops))
     if "detect" in args.sections:
         bench_detect.print_rows(bench_detect.rows(args.video, args.face_models))
-        bench_detect.print_ckplus(bench_detect.ckplus_rows(args.face_models))
+        bench_detect.print_ckplus(bench_detect.ckplus_rows())
 
 
 if __name__ == "__main__":

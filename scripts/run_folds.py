@@ -34,7 +34,7 @@ def main() -> None:
                         help="config override, repeatable (e.g. total_steps=300)")
     args = parser.parse_args()
 
-    from abaw_jax import files, train
+    from abaw_jax import files, metrics, train
     scores = []
     for k in range(args.folds):
         config = load_config_arg(args.config)
@@ -42,8 +42,9 @@ def main() -> None:
             set_override(config, item)
         config.data.fold, config.data.num_folds = k, args.folds
         result = train.train_and_evaluate(config, pathlib.Path(args.workdir) / f"fold{k}")
-        scores.append(result["val/score"])
-        print(f"fold {k}: {result['val/score']:.4f}", flush=True)
+        score = result[f"val/{metrics.score_name(config.task)}"]
+        scores.append(score)
+        print(f"fold {k}: {score:.4f}", flush=True)
     summary = {"folds": scores, "mean": float(np.mean(scores)), "std": float(np.std(scores))}
     files.write_json(pathlib.Path(args.workdir) / "folds.json", summary)
     print(f"{args.folds} folds: {summary['mean']:.4f} +- {summary['std']:.4f}")

@@ -99,11 +99,35 @@ def timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
     return state
 
 
-# The fast tier (`-m "not slow"`) also leaves out these parity and end-to-end tests, each about
-# 4 s or more on 2 cores (mostly XLA compiles), and those that need the trained runs of
-# test_predict's fixture; CI runs everything. Of the parametrised tests in _FAST_PARAMS one case
-# stays in the fast tier.
+# The one place that marks tests slow. The fast tier (`-m "not slow"`) leaves out these parity
+# and end-to-end tests, each about 4 s or more on 2 cores (mostly XLA compiles), those that need
+# the trained runs of test_predict's fixture, and the files of _SLOW_FILES; CI runs everything.
+# Of the parametrised tests in _FAST_PARAMS only the listed cases stay in the fast tier.
+_SLOW_FILES = {
+    "tests/test_benchmark.py",   # about 40 s on 2 cores, most of it XLA compiles
+}
 _SLOW_TESTS = {
+    "tests/test_device_bank.py::test_training_losses_identical_with_bank_on_and_off",
+    "tests/test_extract.py::test_sigkill_subprocess_random_spec_two_devices_then_resume",
+    "tests/test_faces.py::test_every_ckplus_face_is_found",
+    "tests/test_faces.py::test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame",
+    "tests/test_faces.py::test_gaps_cut_from_a_real_track_are_bridged",
+    "tests/test_mtl_train.py::test_every_listed_frame_gets_one_prediction_in_order",
+    "tests/test_multiprocess.py::test_two_processes_train_like_one",
+    "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_one_step",
+    "tests/test_pretrain.py::test_mae_run_resumes_and_finetune_starts_from_it",
+    "tests/test_reliability.py::test_resume_is_bit_exact",
+    "tests/test_reliability.py::test_sigterm_saves_and_rerun_matches_uninterrupted",
+    "tests/test_reliability.py::test_interrupted_saves_are_ignored_and_removed",
+    "tests/test_reliability.py::test_resume_reevaluates_a_step_whose_best_state_was_kept",
+    "tests/test_reliability.py::test_checkpoint_moves_between_device_counts",
+    "tests/test_systems.py::test_paper_size_config_trains",
+    "tests/test_systems.py::test_fold_config_trains",
+    "tests/test_systems.py::test_ensemble_averages_members",
+    "tests/test_systems.py::test_ablation_script_writes_table",
+    "tests/test_tfds.py::test_ckplus_as_tfds_reads_back_and_trains_like_the_folder",
+    "tests/test_train.py::test_eight_devices_match_one",
+    "tests/test_usability.py::test_damaged_latest_checkpoint_resumes_from_previous",
     "tests/test_encoders.py::test_encoder_directory_round_trip",
     "tests/test_encoders.py::test_resnet_fn_resizes_to_the_requested_size",
     "tests/test_losses.py::test_cross_entropy_and_its_gradient_match_torch",
@@ -128,6 +152,7 @@ _SLOW_TESTS = {
     "tests/test_reliability.py::test_nan_step_is_not_offered_as_best",
     "tests/test_blazeface.py::test_detections_agree_with_an_independent_decoding",
     "tests/test_blazeface.py::test_raw_outputs_equal_the_litert_interpreter",
+    "tests/test_blazeface.py::test_shipped_weights_load_without_the_tflite_package_and_about_1_mb",
     "tests/test_config.py::test_cli_rejects_bad_value_and_type",
     "tests/test_encoders.py::test_load_encoder_and_feature_fn",
     "tests/test_faces.py::test_face_free_photographs_give_no_detection",
@@ -137,6 +162,9 @@ _SLOW_TESTS = {
     "tests/test_mae.py::test_patchify_roundtrip_and_random_noise_rng",
     "tests/test_mtl_train.py::test_one_mtl_run_fills_every_column_of_predict",
     "tests/test_predict.py::test_fer_video_to_csv_and_plot",
+    "tests/test_predict.py::test_fer_woman2_out_of_the_box",
+    "tests/test_predict.py::test_restore_takes_evaluates_checkpoint_and_feature_store",
+    "tests/test_predict.py::test_transformer_fed_features_of_its_own_width_restores",
     "tests/test_predict.py::test_no_face_frames_are_flagged_and_predicted",
     "tests/test_reliability.py::test_cli_bad_input_is_one_line_error",
     "tests/test_reliability.py::test_nan_gradient_with_finite_loss_stops",
@@ -159,6 +187,7 @@ _SLOW_TESTS = {
     "tests/test_weights.py::test_timm_vit_tiny_matches_timm_for_every_pool",
 }
 _FAST_PARAMS = {
+    "tests/test_blazeface.py::test_shipped_weights_are_those_of_the_tflite_files": ('short_range',),
     "tests/test_train.py::test_train_then_evaluate": ('VA',),
     "tests/test_mtl_train.py::test_mtl_trains_and_writes_checked_submissions": ('transformer',),
     "tests/test_systems.py::test_demo_variant_trains": ('va-transformer',),
@@ -169,5 +198,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         name, _, param = item.nodeid.partition("[")
         param = param.rstrip("]")
-        if name in _SLOW_TESTS or (name in _FAST_PARAMS and param not in _FAST_PARAMS[name]):
+        slow = (name in _SLOW_TESTS or name.partition("::")[0] in _SLOW_FILES
+                or (name in _FAST_PARAMS and param not in _FAST_PARAMS[name]))
+        if slow:
             item.add_marker(pytest.mark.slow)

@@ -18,7 +18,6 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow   # about 40 s on 2 cores, most of it XLA compiles
 
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "transformers"))
 JAX_ROWS = ([("-", "pipeline host windows"), ("-", "pipeline index only")]

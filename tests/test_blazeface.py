@@ -62,10 +62,11 @@ def _litert(path: pathlib.Path, image: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return regs, logits
 
 
+@pytest.mark.parametrize("source", ("tflite", "shipped"))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_raw_outputs_equal_the_litert_interpreter(variant, frames):
+def test_raw_outputs_equal_the_litert_interpreter(variant, source, frames):
     path = _model_path(variant)
-    model = bf.load(path)
+    model = bf.load(path if source == "tflite" else variant)
     size = model.variant.input_size
     images = np.asarray(bf.letterbox(jnp.asarray(frames), size))
     apply = jax.jit(model.module.apply)
@@ -80,6 +81,82 @@ def test_raw_outputs_equal_the_litert_interpreter(variant, frames):
                                    atol=1e-5 * np.abs(want_l).max() + 1e-4, err_msg=f"frame {i}")
         # Every test frame shows a face that the graph's threshold keeps (score >= 0.6).
         assert want_l.max() > math.log(0.6 / 0.4), f"frame {i}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shipped_weights_are_those_of_the_tflite_files(variant):
+    """The shipped float16 values are the .tflite file's, bit for bit (tolerance 0), so the
+    network's raw outputs are those of the .tflite loader exactly; the LiteRT comparison above
+    runs both sources."""
+    tflite_model = bf.load_tflite(_model_path(variant))
+    shipped = bf.load(variant)
+    assert shipped.variant == tflite_model.variant
+    assert shipped.path == str(bf.shipped_path(variant))
+    want = dict(jax.tree_util.tree_leaves_with_path(tflite_model.variables))
+    got = dict(jax.tree_util.tree_leaves_with_path(shipped.variables))
+    assert got.keys() == want.keys() and len(got) == (178 if variant == "full_range" else 74)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(got[key]), np.asarray(value), err_msg=str(key))
+
+
+def test_shipped_weights_load_without_the_tflite_package_and_about_1_mb():
+    """The default detector needs no file, variable or extra package: `tflite` is blocked."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['tflite'] = None\n"
+            "from abaw_jax.models import blazeface as bf\n"
+            "m = bf.load(); print(m.variant.name, m.path)\n")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                         env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["full_range", str(bf.shipped_path("full_range"))]
+    sizes = {v: bf.shipped_path(v).stat().st_size for v in bf.SHIPPED}
+    assert 0.9e6 < sizes["full_range"] < 1.1e6 and 0.15e6 < sizes["short_range"] < 0.25e6
+    notice = (bf.WEIGHTS_DIR / "NOTICE").read_text()
+    assert "Apache License, Version 2.0" in notice and "MediaPipe" in notice
+    assert (bf.WEIGHTS_DIR / "LICENSE-2.0.txt").read_text().count("Apache License") >= 2
+
+
+def test_shipped_files_are_package_data():
+    """pyproject's package-data patterns take every file of the weights folder (a wheel built
+    from the repository carries them)."""
+    import fnmatch
+    import tomllib
+    root = pathlib.Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["abaw_jax.models"]
+    here = sorted(p.relative_to(bf.WEIGHTS_DIR.parent).as_posix()
+                  for p in bf.WEIGHTS_DIR.iterdir())
+    assert len(here) == 4
+    assert all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in here), (here, patterns)
+
+
+def test_a_damaged_shipped_file_is_refused_by_its_digest(tmp_path, monkeypatch):
+    originals = {v: bf.shipped_path(v).read_bytes() for v in bf.SHIPPED}
+    for variant, (name, _) in bf.SHIPPED.items():
+        blob = bytearray(originals[variant])
+        blob[-3] ^= 0x01                      # one bit of the last bias
+        (tmp_path / name).write_bytes(bytes(blob))
+    monkeypatch.setattr(bf, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(bf.BlazeFaceError, match=r"full_range.abw: SHA-256 .* damaged"):
+        bf.load()
+    with pytest.raises(bf.BlazeFaceError, match=r"short_range.abw: SHA-256 .* damaged"):
+        bf.load(tmp_path / "face_detection_short_range.abw")
+    # Outside the shipped folder a weights file is read without a digest; a cut one is named.
+    other = tmp_path / "other.abw"
+    other.write_bytes(originals["short_range"][:5000])
+    with pytest.raises(bf.BlazeFaceError, match=rf"{other}: not a readable BlazeFace weights file"):
+        bf.load(other)
+    other.write_bytes(originals["short_range"])
+    assert bf.load(other).variant.name == "short_range"
+
+
+def test_conversion_script_reproduces_the_shipped_files():
+    _model_path("full_range"), _model_path("short_range")
+    from scripts import convert_blazeface
+    assert convert_blazeface.main(["--models", str(MODELS), "--check"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +282,7 @@ def test_bad_model_files_name_the_file(tmp_path):
     text.write_text("not a model at all")
     with pytest.raises(tflite_lib.TFLiteError, match=rf"{text}: not a TensorFlow Lite model"):
         bf.load(text)
-    with pytest.raises(tflite_lib.TFLiteError, match=r"missing.tflite: no such model file"):
+    with pytest.raises(bf.BlazeFaceError, match=r"missing.tflite: no such model file"):
         bf.load(tmp_path / "missing.tflite")
     real = _model_path("short_range").read_bytes()
     cut = tmp_path / "cut.tflite"

@@ -175,7 +175,6 @@ def train_losses(root, workdir, mode):
     return [(r["step"], r["train/loss"], r["train/grad_norm"]) for r in rows if "train/loss" in r]
 
 
-@pytest.mark.slow
 def test_training_losses_identical_with_bank_on_and_off(tiny_demo, tmp_path, monkeypatch):
     built = []
     real_build = device_bank.build

@@ -262,7 +262,6 @@ def test_sigterm_stops_cleanly_and_resumes(frames, encoder, reference, tmp_path,
     _assert_same_store(out, reference[0])
 
 
-@pytest.mark.slow
 def test_sigkill_subprocess_random_spec_two_devices_then_resume(frames, encoder, reference, tmp_path):
     # The command line with the config's random-init spec (the same seed-0 tiny ViT as the saved
     # encoder) on two CPU devices, killed once a video is committed, then resumed.
@@ -395,7 +394,7 @@ def test_config_errors_name_the_key(frames, key, value, match):
     c = tiny_config(frames, "vit:Ti/8")
     c[key] = value
     with pytest.raises(config_lib.ConfigError, match=match):
-        extract.validate(c)
+        config_lib.validate_extraction(c)
 
 
 def test_bad_frames_and_video_list(frames, encoder, tmp_path):

@@ -24,9 +24,8 @@ FACE_FREE = ("coffee", "chelsea", "rocket", "coins", "moon", "page", "text", "hu
 
 @pytest.fixture(scope="module")
 def detector(optimized_xla) -> faces_lib.BlazeFaceDetector:
-    if not FULL.is_file():
-        pytest.skip(f"BlazeFace model not found at {FULL}")
-    return faces_lib.BlazeFaceDetector(FULL, batch_size=8)
+    """predict's default: the full-range weights shipped with the package."""
+    return faces_lib.BlazeFaceDetector(batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,6 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 # Real faces found, none invented.
 
 
-@pytest.mark.slow
 def test_every_ckplus_face_is_found(detector):
     """CK+48 crops (48 px, brows to chin) at their size in a dark 192 x 144 scene: >= 99%."""
     if not CKPLUS.is_dir():
@@ -76,12 +74,53 @@ def test_face_free_photographs_give_no_detection(detector):
     assert all(len(f.scores) == 1 for f in people)
 
 
-@pytest.mark.slow
-def test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame(detector, woman):
-    found = detector.detect_batch(woman)
+@pytest.fixture(scope="module")
+def woman_faces(detector, woman) -> list[faces_lib.Faces]:
+    """The detections of every frame of fer_woman2.mp4."""
+    return detector.detect_batch(woman)
+
+
+def test_fer_woman2_has_one_track_and_a_face_in_almost_every_frame(woman_faces, woman):
+    found = woman_faces
     assert np.mean([len(f.scores) > 0 for f in found]) >= 0.98
     tracks = faces_lib.link_tracks(found, max_gap=15)
     assert len(tracks) == 1 and len(tracks[0].frames) >= 0.98 * len(woman)
+
+
+def test_gaps_cut_from_a_real_track_are_bridged(woman_faces):
+    """Detections removed from frames of fer_woman2's one track come back interpolated: the
+    bridged boxes and keypoints lie within 5% of the face's side of the removed ones; a gap
+    longer than the limit (0.5 s: 15 frames at 29.97 fps) stays empty; the table says which
+    frames were bridged."""
+    from abaw_jax.predict import table as table_lib
+    assert all(len(f.scores) == 1 for f in woman_faces)   # one face, found in every frame
+    bridged = [range(60, 62), range(150, 154), range(250, 258), range(330, 345)]
+    too_long = range(400, 416)                             # 16 frames > 15
+    cut = list(woman_faces)
+    for t in (t for g in (*bridged, too_long) for t in g):
+        cut[t] = faces_lib.Faces.empty()
+    face = faces_lib.faces_of_video(cut, (336, 596), 29.97)[0]   # predict's defaults
+    gap = np.array([t for g in bridged for t in g])
+    assert np.flatnonzero(face.interpolated).tolist() == gap.tolist()
+    assert not face.found[list(too_long)].any()
+    assert face.found.sum() == 464 - len(too_long)
+    want = np.stack([woman_faces[t].boxes[0] for t in gap]).astype(np.float64)
+    got = face.boxes[gap].astype(np.float64)
+    side = np.sqrt(want[:, 2] * want[:, 3])
+    centre_error = np.hypot(*(got[:, :2] + got[:, 2:] / 2 - want[:, :2] - want[:, 2:] / 2).T)
+    assert (centre_error / side).max() < 0.05
+    assert np.abs(np.sqrt(got[:, 2] * got[:, 3]) / side - 1).max() < 0.05
+    want_kp = np.stack([woman_faces[t].keypoints[0] for t in gap])
+    assert (np.linalg.norm(face.keypoints[gap] - want_kp, axis=-1).mean(-1) / side).max() < 0.05
+    # Where the head moves (frames 151-154) the interpolation beats holding the last box.
+    moving = np.isin(gap, list(bridged[1]))
+    held = woman_faces[149].boxes[0].astype(np.float64)
+    held_error = np.hypot(*(held[:2] + held[2:] / 2 - want[:, :2] - want[:, 2:] / 2).T)
+    assert held_error[moving].max() > 3 * centre_error[moving].max()
+    table = table_lib.build_table(464, 29.97, face, {})
+    assert np.flatnonzero(table["face_interpolated"]).tolist() == gap.tolist()
+    assert (table["face_score"][gap] == 0).all() and (table["face_found"][gap] == 1).all()
+    assert np.isfinite(table["x"][gap]).all() and np.isnan(table["x"][list(too_long)]).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,13 +251,15 @@ def test_written_crops_are_the_crops_predict_uses(detector, woman, tmp_path):
     assert np.abs(got.astype(int) - want).mean() < 1.5      # JPEG at quality 100
 
 
-def test_missing_model_and_bad_choices_are_named(tmp_path, monkeypatch):
+def test_model_defaults_to_the_shipped_weights_and_bad_choices_are_named(tmp_path, monkeypatch):
+    from abaw_jax.models import blazeface
     monkeypatch.delenv(faces_lib.MODEL_ENV, raising=False)
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="--face-model"):
-        faces_lib.find_model()
-    from abaw_jax.models import tflite
-    with pytest.raises(tflite.TFLiteError, match=str(tmp_path / "gone.tflite")):
+    assert faces_lib.find_model() == blazeface.shipped_path("full_range")
+    assert faces_lib.find_model("short_range") == blazeface.shipped_path("short_range")
+    monkeypatch.setenv(faces_lib.MODEL_ENV, "short_range")
+    assert faces_lib.find_model() == blazeface.shipped_path("short_range")
+    assert faces_lib.find_model(FULL) == FULL
+    with pytest.raises(blazeface.BlazeFaceError, match=rf"{tmp_path / 'gone.tflite'}: no such"):
         faces_lib.BlazeFaceDetector(tmp_path / "gone.tflite")
     with pytest.raises(ValueError, match="unknown track mode 'everyone'"):
         faces_lib.choose([], [], "everyone", (10, 10))

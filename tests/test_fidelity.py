@@ -260,13 +260,13 @@ def test_evaluate_reports_filtered_and_unfiltered_expr(tiny_demo, tmp_path):
     papers' validation protocol) is reported next to it; both recomputed here from the saved
     raw outputs with scipy's mode and scikit-learn's F1. `eval=tiled` evaluates too."""
     from sklearn.metrics import f1_score
-    from abaw_jax import runs, train
+    from abaw_jax import evaluation, train
     from abaw_jax.data import affwild2
     from conftest import tiny_config
     config = tiny_config("EXPR", tiny_demo, eval_mode_filter=8)
     config.data.eval_last = "truncated"
     train.train_and_evaluate(config, tmp_path)
-    result = runs.evaluate_run(config, tmp_path, splits=("val",))["val"]
+    result = evaluation.evaluate(config, tmp_path, splits=("val",))["val"]
     with np.load(tmp_path / "predictions" / "val" / "EXPR_outputs.npz") as z:
         outputs = {k: z[k] for k in z.files}
     videos = affwild2.load_split(tiny_demo, "EXPR", "val")
@@ -379,21 +379,21 @@ def test_mtl_defaults_are_abaw7s_and_abaw5_is_a_recipe():
 
 # ---------------------------------------------------------------------------------------------
 # Options no other test reached: class weights of system A's code, early stopping's min_delta,
-# model_init, the evaluate --ensemble command line.
+# init_from, the evaluate --ensemble command line.
 
-def test_inverse_frequency_class_weights_are_the_codes(tiny_demo):
-    """`loss.class_weights=inverse_frequency`: EXPR focal weighted by 1 - n_c / sum(n) over the
+def test_one_minus_frequency_class_weights_are_the_codes(tiny_demo):
+    """`loss.class_weights=one_minus_frequency`: EXPR focal weighted by 1 - n_c / sum(n) over the
     train split's valid frames; a float64 NumPy focal loss is the reference."""
     import jax.numpy as jnp
-    from abaw_jax import train
+    from abaw_jax import training
     from abaw_jax.data import affwild2
     from conftest import tiny_config
     videos = affwild2.load_split(tiny_demo, "EXPR", "train")
     labels = np.concatenate([v.labels for v in videos])
     valid = np.concatenate([v.valid for v in videos])
     config = tiny_config("EXPR", tiny_demo)
-    config.loss.class_weights = "inverse_frequency"
-    loss = train.task_loss(config, "EXPR", "focal", labels, valid)
+    config.loss.class_weights = "one_minus_frequency"
+    loss = training.task_loss(config, "EXPR", "focal", labels, valid)
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(len(labels), 8)) * 2
     counts = np.bincount(labels[valid].astype(int), minlength=8).astype(np.float64)
@@ -405,7 +405,7 @@ def test_inverse_frequency_class_weights_are_the_codes(tiny_demo):
     got = float(loss(jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(valid)))
     assert math.isclose(got, ref, rel_tol=1e-4)
     config.loss.class_weights = ""
-    plain = float(train.task_loss(config, "EXPR", "focal", labels, valid)(
+    plain = float(training.task_loss(config, "EXPR", "focal", labels, valid)(
         jnp.asarray(logits, jnp.float32), jnp.asarray(labels), jnp.asarray(valid)))
     assert not math.isclose(plain, ref, rel_tol=1e-3)
 
@@ -425,8 +425,8 @@ def test_early_stopping_min_delta_counts_small_gains_as_none(tmp_path):
 
 
 @pytest.mark.slow
-def test_model_init_starts_from_another_runs_params(tiny_demo, tmp_path):
-    """`model_init`: a run with a negligible lr started from another run's checkpoint keeps its
+def test_init_from_starts_from_another_runs_params(tiny_demo, tmp_path):
+    """`init_from`: a run with a negligible lr started from another run's checkpoint keeps its
     params."""
     import jax
     from abaw_jax import checkpoints, train
@@ -434,7 +434,7 @@ def test_model_init_starts_from_another_runs_params(tiny_demo, tmp_path):
     first = tiny_config("VA", tiny_demo, total_steps=3, eval_every=3, checkpoint_every=3)
     train.train_and_evaluate(first, tmp_path / "a")
     second = tiny_config("VA", tiny_demo, total_steps=3, eval_every=3, checkpoint_every=3,
-                         seed=7, model_init=str(tmp_path / "a"))
+                         seed=7, init_from=str(tmp_path / "a"))
     # An update of 1e-30 leaves float32 params of magnitude >= 1e-20 unchanged.
     second.optimizer.lr, second.optimizer.weight_decay = 1e-30, 0.0
     train.train_and_evaluate(second, tmp_path / "b")
@@ -443,8 +443,8 @@ def test_model_init_starts_from_another_runs_params(tiny_demo, tmp_path):
     assert len(leaves[0]) == len(leaves[1])
     for x, y in zip(*leaves):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    # Without model_init the seed-7 run starts elsewhere.
-    second.model_init = ""
+    # Without init_from the seed-7 run starts elsewhere.
+    second.init_from = ""
     train.train_and_evaluate(second, tmp_path / "c")
     other = jax.tree.leaves(checkpoints.restore_params(str(tmp_path / "c"), None)[1]["params"])
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves[0], other))
@@ -482,7 +482,7 @@ def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, t
     the best-arousal ones (checked against a prediction with each part's saved parameters)."""
     import json as json_lib
     from flax import serialization
-    from abaw_jax import models, runs, sharding, train
+    from abaw_jax import evaluation, models, runs, sharding, train
     from conftest import tiny_config
     config = tiny_config("VA", tiny_demo, total_steps=9, eval_every=3, checkpoint_every=3)
     config.best_per_output = True
@@ -496,7 +496,7 @@ def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, t
     for part in ("valence", "arousal"):
         key = next(k for k in evals[scores[part]["step"]] if k.startswith("val/") and part in k)
         assert scores[part]["score"] == pytest.approx(max(e[key] for e in evals.values()))
-    result = runs.evaluate_run(config, tmp_path, splits=("val",))["val"]
+    result = evaluation.evaluate(config, tmp_path, splits=("val",))["val"]
     with np.load(tmp_path / "predictions" / "val" / "VA_outputs.npz") as z:
         got = {k: z[k] for k in z.files}
     # The reference: each part's saved parameters, predicted on their own.
@@ -512,7 +512,7 @@ def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, t
                                   data.features, config, mesh)
         for v, o in zip(data.val, outs):
             np.testing.assert_allclose(got[v.name][:, col], o[:, col], rtol=1e-5, atol=1e-6)
-    assert result["score"] == pytest.approx(runs.score_split(
+    assert result["score"] == pytest.approx(evaluation.score_split(
         "VA", [got[v.name] for v in data.val], data.val)[0])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from abaw_jax import ensemble, losses, metrics, runs, submission, train
+from abaw_jax import ensemble, evaluation, losses, metrics, runs, submission, train
 from abaw_jax.data import mtl
 from conftest import load_config
 
@@ -31,17 +31,16 @@ def mtl_config(root, model: str, **overrides):
     return c
 
 
-@pytest.mark.parametrize("model", [pytest.param("fusion", marks=pytest.mark.slow), "transformer",
-                                   pytest.param("tcn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", ["fusion", "transformer", "tcn"])
 def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, capsys):
     config = mtl_config(tiny_demo, model)
     result = train.train_and_evaluate(config, tmp_path)
     parts = [result[f"val/{k}"] for k in ("valence_ccc", "arousal_ccc", "expr_f1", "au_f1")]
-    assert result["val/score"] == pytest.approx(metrics.mtl_combine(*parts))
+    assert result["val/p_mtl"] == pytest.approx(metrics.mtl_combine(*parts))
     line = next(l for l in capsys.readouterr().err.splitlines() if l.startswith("eval at step 6"))
     assert "P_MTL" in line and "valence CCC" in line and "EXPR F1" in line and "AU F1" in line
 
-    results = runs.evaluate_run(config, tmp_path)
+    results = evaluation.evaluate(config, tmp_path)
     val_rows = mtl.load_mtl_split(tiny_demo, "val")
     val_images = [(v.name, int(f)) for v in val_rows for f in v.frames]
     got = submission.check_mtl_submission(tmp_path / "predictions" / "val" / "MTL.txt", val_images)
@@ -57,7 +56,6 @@ def test_mtl_trains_and_writes_checked_submissions(tiny_demo, tmp_path, model, c
     submission.check_mtl_submission(tmp_path / "predictions" / "test" / "MTL.txt", test_images)
 
 
-@pytest.mark.slow
 def test_every_listed_frame_gets_one_prediction_in_order(tiny_demo, tmp_path):
     """Windows run over each video's annotated frames in order; the predictions of the sampled
     frames are those of the frames' own rows (checked against a direct model call)."""

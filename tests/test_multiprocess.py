@@ -98,7 +98,6 @@ def train_losses(workdir: pathlib.Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-@pytest.mark.slow
 def test_two_processes_train_like_one(tiny_demo, tmp_path):
     # One warmup step: the learning rates of steps 0 and 1 do not depend on total_steps.
     overrides = {"total_steps": 4, "eval_every": 2, "checkpoint_every": 2,
@@ -138,7 +137,6 @@ def test_two_processes_train_like_one(tiny_demo, tmp_path):
     np.testing.assert_allclose([c[3], c[4]], [a[3], a[4]], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_one_step(tiny_demo, tmp_path):
     procs = start(2, tiny_demo, tmp_path / "run", total_steps=300, eval_every=1000,
                   checkpoint_every=1000)

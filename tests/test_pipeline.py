@@ -197,9 +197,20 @@ def test_two_processes_reproduce_one(tmp_path):
 
 
 def test_jax_process_defaults(tmp_path):
+    """Without process arguments the pipelines read JAX's (one process here): the same batches,
+    key for key, as with process_index=0, process_count=1 given."""
+    import jax
+    assert (jax.process_index(), jax.process_count()) == (0, 1)
     videos, store = _make(tmp_path)
-    batch = next(train_dataset(videos, store, seq_len=L, batch_size=4, seed=0))
-    assert batch["features"].shape == (4, L, DIM)
+    default = train_dataset(videos, store, seq_len=L, batch_size=4, seed=0)
+    given = train_dataset(videos, store, seq_len=L, batch_size=4, seed=0, **ONE)
+    for _ in range(3):
+        batch = next(default)
+        assert batch["features"].shape == (4, L, DIM)
+        _same(batch, next(given))
+    for a, b in zip(eval_batches(videos, store, seq_len=L, batch_size=4),
+                    eval_batches(videos, store, seq_len=L, batch_size=4, **ONE), strict=True):
+        _same(a, b)
 
 
 def test_feature_sets(tmp_path):

@@ -39,9 +39,9 @@ def runs(tiny_demo, tmp_path_factory):
 
 
 def _detector():
-    """BlazeFace (predict's default) when its model file is here, else the Haar cascade."""
+    """predict's default: BlazeFace with the full-range weights shipped with the package."""
     from abaw_jax.data import faces
-    return faces.BlazeFaceDetector(FACE_MODEL) if FACE_MODEL.is_file() else faces.HaarDetector()
+    return faces.BlazeFaceDetector()
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +133,30 @@ def test_fer_video_to_csv_and_plot(runs, tmp_path):
     from PIL import Image
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 400
+
+
+def test_fer_woman2_out_of_the_box(runs, tmp_path, monkeypatch):
+    """No detector argument, no $ABAW_FACE_MODEL, no model file and no package beyond the
+    'video' extra (the tflite parser is made unimportable): a face in >= 98% of 464 frames."""
+    video = SHARED / "videos" / "fer_woman2.mp4"
+    if not video.is_file():
+        pytest.skip(f"test video not found at {video}")
+    import sys
+    from abaw_jax.data import faces
+    monkeypatch.delenv(faces.MODEL_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "tflite", None)
+    out = tmp_path / "woman.csv"
+    assert predict_lib.main(["--video", str(video), "--workdir", str(runs["VA"]), "--encoder",
+                             TINY_ENCODER, "--out", str(out), "--batch-size", "16"]) == 0
+    rows = _read_csv_plainly(out)
+    assert len(rows) == 464
+    found = np.array([int(r["face_found"]) for r in rows])
+    assert found.mean() >= 0.98
+    interpolated = np.array([int(r["face_interpolated"]) for r in rows])
+    scores = np.array([float(r["face_score"]) if r["face_score"] else 0.0 for r in rows])
+    # Detected frames have the detector's score; bridged ones are flagged and score 0.
+    assert ((scores >= 0.6) == (found.astype(bool) & ~interpolated.astype(bool))).all()
+    assert all(r["x"] and -1 <= float(r["valence"]) <= 1 for r, f in zip(rows, found) if f)
 
 
 def test_temporal_outputs_match_the_evaluation_path(predictor, tmp_path):
@@ -270,6 +294,39 @@ def test_crop_is_the_enlarged_square_with_black_padding():
 
 # ---------------------------------------------------------------------------------------------
 # Bad input.
+
+
+def test_restore_takes_evaluates_checkpoint_and_feature_store(runs, tmp_path):
+    """predict restores the step `evaluate` restores (committed steps only: a newer step whose
+    save was interrupted is skipped) and finds the store `runs.open_features` opens."""
+    import shutil
+    from abaw_jax import checkpoints, runs as runs_lib
+    wd = tmp_path / "run"
+    shutil.copytree(runs["VA"], wd)
+    for sub in ("best", "checkpoints"):
+        (wd / sub / "999" / "state").mkdir(parents=True)   # no commit marker: interrupted
+    for which in ("best", "latest"):
+        run = predict_lib.load_run(wd, which)
+        assert run.step == checkpoints.find_step(wd, which)[1] == 2
+    config = runs_lib.load_run_config(wd)
+    store = runs_lib.open_features(config, runs_lib.data_root(config, build=False))
+    assert run.store is not None and run.store.path == store.path
+    assert run.store_dtype == store.dtype and run.extractor == store.extractor
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 7 .* have \[2\]"):
+        predict_lib.load_run(wd, "7")
+
+
+def test_transformer_fed_features_of_its_own_width_restores(tiny_demo, tmp_path):
+    """System A at its published size takes 768-d features into a 768-d model: no input
+    projection, so no parameter tells the input width; the model's width does."""
+    from abaw_jax import train
+    config = tiny_config("VA", tiny_demo, total_steps=1, **{
+        "model.d_model": TINY_DIM, "optimizer.warmup_steps": 0, "eval_every": 1,
+        "checkpoint_every": 1, "log_every": 1})
+    train.train_and_evaluate(config, tmp_path / "run")
+    run = predict_lib.load_run(tmp_path / "run")
+    assert run.feature_dim == TINY_DIM and not any(
+        "input" in str(k).lower() for k in run.params["params"])
 
 
 def test_encoder_width_must_match_the_model(runs):

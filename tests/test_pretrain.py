@@ -184,24 +184,23 @@ def test_config_errors_name_the_key():
     config = _load_config("mae_face", "tiny")
     config.data.root = ""
     with pytest.raises(config_lib.ConfigError, match="config.data.root = ''"):
-        pretrain.validate(config)
+        config_lib.validate_image(config)
     config = _load_config("finetune_expr", "tiny")
     config.data.root = "x"
     config.optimizer.layer_decay = 1.5
     with pytest.raises(config_lib.ConfigError, match="config.optimizer.layer_decay = 1.5"):
-        pretrain.validate(config)
+        config_lib.validate_image(config)
     config = _load_config("mae_face", "tiny")
     config.data.root = "x"
     config.model.mask_ratio = 1.2
     with pytest.raises(config_lib.ConfigError, match="mask_ratio must be in"):
-        pretrain.validate(config)
+        config_lib.validate_image(config)
 
 
 # ---------------------------------------------------------------------------------------------
 # Runs.
 
 
-@pytest.mark.slow
 def test_mae_run_resumes_and_finetune_starts_from_it(tmp_path):
     from abaw_jax.models import encoders
     from abaw_jax.models import mae as mae_lib

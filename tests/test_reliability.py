@@ -4,6 +4,7 @@ steps, bad inputs at the command line, device-count changes and atomic output fi
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -16,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from abaw_jax import checkpoints, evaluate as evaluate_lib, files, loop, runs, sharding, train, writers
-from abaw_jax.data import affwild2, pipeline
+from abaw_jax import checkpoints, evaluation, files, loop, runs, sharding, train, training, writers
+from abaw_jax.data import affwild2
 from abaw_jax.data.features import FeatureStore
 from conftest import ROOT, tiny_config
 
@@ -56,10 +57,18 @@ def committed(directory: pathlib.Path) -> list[int]:
 BATCH = 32
 
 
-def test_epoch_is_a_few_steps(tiny_demo):
-    windows = pipeline.eval_windows(affwild2.load_split(tiny_demo, "VA", "train"), seq_len=16)
-    # The resume tests below cross epoch boundaries: 6 steps read more than two epochs.
-    assert 2 * len(windows) < 6 * BATCH
+def test_steps_per_epoch_counts_the_train_windows(tiny_demo):
+    """A run's epoch (`runs.steps_per_epoch`) is its train windows over the global batch,
+    checked against a count from the videos' lengths: a video of n frames has ceil(n / L)
+    non-overlapping windows of L, the last one ending at its last frame. On the tiny demo it is
+    one step, so the resume tests below (6 steps) cross epoch boundaries."""
+    config = tiny_config("VA", tiny_demo, batch_size=BATCH)
+    videos = affwild2.load_split(tiny_demo, "VA", "train")
+    windows = sum(math.ceil(v.num_frames / config.data.seq_len) for v in videos)
+    assert runs.steps_per_epoch(config, videos) == max(1, windows // BATCH)
+    assert 2 * runs.steps_per_epoch(config, videos) < 6
+    config.batch_size = 4
+    assert runs.steps_per_epoch(config, videos) == windows // 4 > 2
 
 
 class _SigtermAt(writers.MetricWriter):
@@ -73,7 +82,6 @@ class _SigtermAt(writers.MetricWriter):
             signal.raise_signal(signal.SIGTERM)
 
 
-@pytest.mark.slow
 def test_resume_is_bit_exact(tiny_demo, tmp_path, monkeypatch, capsys):
     # Checkpoints every step in the straight run: async saves overlap the donated updates.
     config = tiny_config("VA", tiny_demo, batch_size=BATCH, total_steps=6, log_every=1,
@@ -81,7 +89,7 @@ def test_resume_is_bit_exact(tiny_demo, tmp_path, monkeypatch, capsys):
     handler_before = signal.getsignal(signal.SIGTERM)
     train.train_and_evaluate(config, tmp_path / "straight")
 
-    monkeypatch.setattr(train.writers, "MetricWriter", type("W", (_SigtermAt,), {"at": 3}))
+    monkeypatch.setattr(writers, "MetricWriter", type("W", (_SigtermAt,), {"at": 3}))
     stopped = train.train_and_evaluate(config, tmp_path / "resumed")
     assert stopped == {}
     assert "Preempted: saved step 3" in capsys.readouterr().err
@@ -123,7 +131,6 @@ def cli_env() -> dict:
     return dict(env, JAX_PLATFORMS="cpu")
 
 
-@pytest.mark.slow
 def test_sigterm_saves_and_rerun_matches_uninterrupted(tiny_demo, tmp_path):
     steps = 80
     overrides = dict(total_steps=steps, log_every=1, eval_every=1000, checkpoint_every=1000)
@@ -163,7 +170,6 @@ def test_sigterm_saves_and_rerun_matches_uninterrupted(tiny_demo, tmp_path):
                        flat(restore_state(config, tmp_path / "straight")[1]))
 
 
-@pytest.mark.slow
 def test_interrupted_saves_are_ignored_and_removed(tiny_demo, tmp_path, capsys):
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3), tmp_path)
     ckpts, best = tmp_path / "checkpoints", tmp_path / "best"
@@ -196,7 +202,6 @@ def test_interrupted_saves_are_ignored_and_removed(tiny_demo, tmp_path, capsys):
     assert losses_by_step(tmp_path).keys() == {2, 3, 4, 6}
 
 
-@pytest.mark.slow
 def test_resume_reevaluates_a_step_whose_best_state_was_kept(tiny_demo, tmp_path):
     # Evaluated (and the best kept) at step 5, the checkpoint of step 5 lost: the resumed run
     # starts at 4 and evaluates step 5 again.
@@ -223,7 +228,7 @@ def _nan_grad_loss(real_make_loss):
 def test_nan_gradient_with_finite_loss_stops(tiny_demo, tmp_path, monkeypatch):
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=1)
     train.train_and_evaluate(tiny_config("VA", tiny_demo, total_steps=3, log_every=1), tmp_path)
-    monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
+    monkeypatch.setattr(training, "make_loss", _nan_grad_loss(training.make_loss))
     with pytest.raises(loop.NonFiniteLossError, match=r"grad_norm \(nan\) at step 4"):
         train.train_and_evaluate(config, tmp_path)
     assert committed(tmp_path / "checkpoints") == [3]
@@ -237,7 +242,7 @@ def test_nan_gradient_with_finite_loss_stops(tiny_demo, tmp_path, monkeypatch):
 
 def test_nan_step_is_not_offered_as_best(tiny_demo, tmp_path, monkeypatch):
     # Evaluation between logging points: the pending steps are checked before the state is kept.
-    monkeypatch.setattr(train, "make_loss", _nan_grad_loss(train.make_loss))
+    monkeypatch.setattr(training, "make_loss", _nan_grad_loss(training.make_loss))
     config = tiny_config("VA", tiny_demo, total_steps=6, log_every=5, eval_every=1,
                          checkpoint_every=5)
     with pytest.raises(loop.NonFiniteLossError, match="at step 1"):
@@ -347,7 +352,6 @@ def _run_on(devices: int, root, workdir, steps: int, dump: str = "") -> None:
     assert json.loads(r.stdout.strip().splitlines()[-1])["devices"] == devices
 
 
-@pytest.mark.slow
 def test_checkpoint_moves_between_device_counts(tiny_demo, tmp_path):
     w8, w4, w1 = tmp_path / "w8", tmp_path / "w4", tmp_path / "w1"
     _run_on(8, tiny_demo, w8, steps=3)
@@ -371,8 +375,8 @@ def test_checkpoint_moves_between_device_counts(tiny_demo, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
     # Evaluation on 1 device of a run trained on 8 then 4 devices.
-    results = evaluate_lib.evaluate(config, w4, splits=("val",))
-    best = max(r["val/score"] for r in read_metrics(w4) if "val/score" in r)
+    results = evaluation.evaluate(config, w4, splits=("val",))
+    best = max(r["val/va_ccc"] for r in read_metrics(w4) if "val/va_ccc" in r)
     assert results["val"]["score"] == pytest.approx(best, abs=1e-5)
 
 
@@ -393,7 +397,7 @@ def test_write_atomic_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
     path = tmp_path / "VA_outputs.npz"
-    runs.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
+    evaluation.save_outputs(path, ["a"], [np.ones((3, 2), np.float32)])
 
     real_savez = np.savez
 
@@ -403,7 +407,7 @@ def test_outputs_npz_is_replaced_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", savez_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        runs.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
+        evaluation.save_outputs(path, ["a", "b"], [np.zeros((3, 2)), np.zeros((4, 2))])
     monkeypatch.undo()
     with np.load(path) as saved:
         assert saved.files == ["a"] and np.array_equal(saved["a"], np.ones((3, 2)))

@@ -7,23 +7,22 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "abaw_jax"
 ENTRY_POINTS = {"abaw_jax.train", "abaw_jax.evaluate", "abaw_jax.extract", "abaw_jax.pretrain",
                 "abaw_jax.predict"}
 
 
-def _module_name(path: pathlib.Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
+def _module_name(root: pathlib.Path, path: pathlib.Path) -> str:
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def _modules() -> dict[str, pathlib.Path]:
-    found = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    found.update({f"scripts.{p.stem}": p for p in (ROOT / "scripts").glob("*.py")})
-    found.update({f"configs.{p.stem}": p for p in (ROOT / "configs").glob("*.py")})
+def _modules(root: pathlib.Path) -> dict[str, pathlib.Path]:
+    found = {_module_name(root, p): p for p in (root / "abaw_jax").rglob("*.py")}
+    found.update({f"scripts.{p.stem}": p for p in (root / "scripts").glob("*.py")})
+    found.update({f"configs.{p.stem}": p for p in (root / "configs").glob("*.py")})
     return found
 
 
@@ -43,19 +42,24 @@ def _imports(path: pathlib.Path, known: set[str]) -> list[tuple[str, list[str], 
     return [(m, n, line) for m, n, line in out if m.split(".")[0] in ("abaw_jax", "scripts")]
 
 
-def test_no_entry_point_imports_another():
-    modules = _modules()
+# The rules: each returns its violations in the tree at `root` (an empty list when it holds).
+
+
+def entry_point_imports(root: pathlib.Path) -> list[str]:
+    """Library modules, config files and entry points that import an entry point."""
+    modules = _modules(root)
     bad = []
     for name, path in modules.items():
         for target, _, line in _imports(path, set(modules)):
             if target in ENTRY_POINTS and target != name and (
                     name in ENTRY_POINTS or name.startswith(("abaw_jax.", "configs."))):
-                bad.append(f"{path.relative_to(ROOT)}:{line} imports {target}")
-    assert not bad, "\n".join(bad)
+                bad.append(f"{path.relative_to(root)}:{line} imports {target}")
+    return bad
 
 
-def test_no_private_names_across_modules():
-    modules = _modules()
+def private_name_uses(root: pathlib.Path) -> list[str]:
+    """Package modules that import or use another module's `_private` name."""
+    modules = _modules(root)
     bad = []
     for name, path in modules.items():
         if not name.startswith("abaw_jax"):
@@ -63,7 +67,7 @@ def test_no_private_names_across_modules():
         tree = ast.parse(path.read_text())
         aliases = {}
         for target, names, line in _imports(path, set(modules)):
-            bad += [f"{path.relative_to(ROOT)}:{line} imports {target}.{n}"
+            bad += [f"{path.relative_to(root)}:{line} imports {target}.{n}"
                     for n in names if n.startswith("_") and not n.startswith("__")]
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -74,13 +78,14 @@ def test_no_private_names_across_modules():
             if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
                     and node.value.id in aliases and node.attr.startswith("_")
                     and not node.attr.startswith("__")):
-                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} uses "
+                bad.append(f"{path.relative_to(root)}:{node.lineno} uses "
                            f"{aliases[node.value.id]}.{node.attr}")
-    assert not bad, "\n".join(bad)
+    return bad
 
 
-def test_no_import_cycles():
-    modules = _modules()
+def import_cycles(root: pathlib.Path) -> list[str]:
+    """Import cycles among the package, scripts and config files, as "a -> b -> a"."""
+    modules = _modules(root)
     graph = {name: sorted({t for t, _, _ in _imports(path, set(modules)) if t in modules and t != name
                            and not name.startswith(t + ".")})
              for name, path in modules.items()}
@@ -101,20 +106,68 @@ def test_no_import_cycles():
     for n in graph:
         if n not in state:
             visit(n, [n])
+    return cycles
+
+
+def test_no_entry_point_imports_another():
+    bad = entry_point_imports(ROOT)
+    assert not bad, "\n".join(bad)
+
+
+def test_no_private_names_across_modules():
+    bad = private_name_uses(ROOT)
+    assert not bad, "\n".join(bad)
+
+
+def test_no_import_cycles():
+    cycles = import_cycles(ROOT)
     assert not cycles, "\n".join(cycles)
 
 
-def test_walker_sees_a_violation(tmp_path):
-    """The checks above can fail: an entry point importing another is found."""
-    fake = tmp_path / "abaw_jax"
-    fake.mkdir()
-    (fake / "train.py").write_text("from abaw_jax import evaluate\n")
-    (fake / "evaluate.py").write_text("import abaw_jax.train\n")
-    modules = {"abaw_jax.train": fake / "train.py", "abaw_jax.evaluate": fake / "evaluate.py"}
-    hits = [t for t, _, _ in _imports(fake / "train.py", set(modules))]
-    assert hits == ["abaw_jax.evaluate"]
-    hits = [t for t, _, _ in _imports(fake / "evaluate.py", set(modules))]
-    assert hits == ["abaw_jax.train"]
+def _tree(root: pathlib.Path, files: dict[str, str]) -> pathlib.Path:
+    """A package tree at `root` holding `files` ({relative path: source})."""
+    for rel, text in {"abaw_jax/__init__.py": "", **files}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+def test_entry_point_rule_fails_on_a_library_module_importing_train(tmp_path):
+    root = _tree(tmp_path, {"abaw_jax/train.py": "", "abaw_jax/helpers.py": "x = 1\n",
+                            "abaw_jax/runs2.py": "from abaw_jax import train\n",
+                            "configs/va.py": "import abaw_jax.evaluate\n",
+                            "abaw_jax/evaluate.py": "from abaw_jax import helpers\n"})
+    assert sorted(entry_point_imports(root)) == ["abaw_jax/runs2.py:1 imports abaw_jax.train",
+                                                 "configs/va.py:1 imports abaw_jax.evaluate"]
+    # A script may drive an entry point; a library module importing a library module is fine.
+    (root / "scripts").mkdir()
+    (root / "scripts" / "run.py").write_text("from abaw_jax import train\n")
+    (root / "abaw_jax" / "runs2.py").write_text("from abaw_jax import helpers\n")
+    (root / "configs" / "va.py").write_text("")
+    assert entry_point_imports(root) == []
+
+
+def test_private_name_rule_fails_on_an_import_and_on_an_attribute(tmp_path):
+    root = _tree(tmp_path, {"abaw_jax/a.py": "def _hidden():\n    pass\n",
+                            "abaw_jax/b.py": "from abaw_jax.a import _hidden\n",
+                            "abaw_jax/c.py": "from abaw_jax import a\n\n\nx = a._hidden\n"})
+    assert sorted(private_name_uses(root)) == ["abaw_jax/b.py:1 imports abaw_jax.a._hidden",
+                                               "abaw_jax/c.py:4 uses abaw_jax.a._hidden"]
+    (root / "abaw_jax" / "c.py").write_text("from abaw_jax import a\n\n\nx = a.__name__\n")
+    (root / "abaw_jax" / "b.py").write_text("")
+    assert private_name_uses(root) == []
+
+
+def test_cycle_rule_fails_on_a_cycle_through_three_modules(tmp_path):
+    root = _tree(tmp_path, {"abaw_jax/a.py": "from abaw_jax import b\n",
+                            "abaw_jax/b.py": "import abaw_jax.c\n",
+                            "abaw_jax/c.py": "from abaw_jax.a import f\n"})
+    # One cycle, reported from whichever of its modules the walk met first.
+    (cycle,) = import_cycles(root)
+    names = cycle.split(" -> ")
+    assert names[0] == names[-1] and sorted(names[:-1]) == ["abaw_jax.a", "abaw_jax.b", "abaw_jax.c"]
+    (root / "abaw_jax" / "c.py").write_text("")
+    assert import_cycles(root) == []
 
 
 def test_kernels_follow_the_mesh_and_both_paths_support_jvp():

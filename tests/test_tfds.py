@@ -152,7 +152,6 @@ def test_folder_splits_label_names():
     assert custom == ("surprise", "class_1", "happy")
 
 
-@pytest.mark.slow
 @NEEDS_TENSORFLOW
 def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_compiles):
     if not CKPLUS.is_dir():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from abaw_jax import config as config_lib
-from abaw_jax import metrics, optim, runs, submission, train
+from abaw_jax import evaluation, metrics, optim, runs, submission, train
 from conftest import ROOT, load_config, tiny_config
 
 
@@ -94,7 +94,6 @@ def _truncate_a_data_file(step_dir: pathlib.Path) -> pathlib.Path:
     return victim
 
 
-@pytest.mark.slow
 def test_damaged_latest_checkpoint_resumes_from_previous(tiny_demo, tmp_path, capsys):
     config = tiny_config("VA", tiny_demo, total_steps=6, checkpoint_every=3, eval_every=3)
     train.train_and_evaluate(config, tmp_path)
@@ -118,11 +117,11 @@ def test_evaluate_with_another_tasks_config_names_the_workdirs_task(tiny_demo, t
                                          checkpoint_every=2), tmp_path)
     with pytest.raises(runs.RunError, match=r"holds a VA model; the config is for EXPR "
                                             r"\(use --config configs/va.py\)"):
-        runs.evaluate_run(tiny_config("EXPR", tiny_demo), tmp_path)
+        evaluation.evaluate(tiny_config("EXPR", tiny_demo), tmp_path)
     fusion = tiny_config("VA", tiny_demo)
     fusion.model = config_lib.load_config_file(ROOT / "configs" / "va.py", "model=fusion").model
     with pytest.raises(runs.RunError, match="holds a model=transformer run"):
-        runs.evaluate_run(fusion, tmp_path)
+        evaluation.evaluate(fusion, tmp_path)
 
 
 @pytest.mark.parametrize("module", ["abaw_jax.train", "abaw_jax.evaluate"])

@@ -168,13 +168,12 @@ def test_timm_vit_small_patch32_matches_timm(timm, torch, tmp_path):
 
 
 def test_timm_hub_folder_with_fc_norm_and_config(timm, torch, tmp_path):
-    from timm.models import _hub
 
     torch.manual_seed(2)
     model = timm.create_model(
         "vit_small_patch16_224", pretrained=False, img_size=48, global_pool="avg", depth=2,
         pretrained_cfg_overlay=dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.4))).eval()
-    _hub.save_for_hf(model, str(tmp_path / "hub"), safe_serialization=True)
+    timm.models.save_for_hf(model, str(tmp_path / "hub"), safe_serialization=True)
     x = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         ref = model.forward_head(model.forward_features(x), pre_logits=True).numpy()

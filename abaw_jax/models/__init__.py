@@ -17,14 +17,27 @@ from typing import Any
 import ml_collections
 
 
-def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, dtype):
-    """Returns the Flax module named by `model_config.name`."""
+# The temporal model families, by the name `config.model.name` gives them.
+MODEL_NAMES = ("transformer", "tcn", "fusion")
+
+
+def model_module(name: str):
+    """The module of the temporal model family `name` (the one decoder of model names)."""
+    if name not in MODEL_NAMES:
+        raise ValueError(f"model.name = {name!r}: unknown model; known: {', '.join(MODEL_NAMES)}")
     from abaw_jax.models import fusion, tcn, temporal
-    modules = {"transformer": temporal, "tcn": tcn, "fusion": fusion}
-    if model_config.name not in modules:
-        raise ValueError(f"model.name={model_config.name!r}: unknown model; known: "
-                         f"{', '.join(modules)}")
-    return modules[model_config.name].from_config(model_config, num_outputs, dtype)
+    return {"transformer": temporal, "tcn": tcn, "fusion": fusion}[name]
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+    """Every option of the model family `name` at its default, and its `name`."""
+    return model_module(name).default_config()
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_outputs: int, dtype):
+    """The Flax module named by `model_config.name`, its options checked (a bad one is a
+    ValueError naming `model.<key>`)."""
+    return model_module(model_config.name).from_config(model_config, num_outputs, dtype)
 
 
 def split_variables(variables: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:

@@ -1,7 +1,11 @@
 """MediaPipe's BlazeFace face detectors in Flax: network, anchors, decoding and weighted NMS.
 
-Two detectors, with the weights of MediaPipe's ``.tflite`` files (read by
-:mod:`abaw_jax.models.tflite`; users pass the path of the file):
+Two detectors, with the weights of MediaPipe's ``.tflite`` files (Apache-2.0). Both ship with
+the package, converted once by ``scripts/convert_blazeface.py`` into this project's weights
+format (float16 as in the ``.tflite`` files, 1.0 MB and 0.2 MB, in ``blazeface_weights/`` with
+MediaPipe's licence notice; each file's SHA-256 is checked at load): ``load()`` needs no file
+and no extra package. ``load(path)`` still reads a ``.tflite`` file (parsed by
+:mod:`abaw_jax.models.tflite`, which needs the ``tflite`` package).
 
 - ``full_range`` (``face_detection_full_range.tflite``): 192 x 192 input, a BlazeBlock backbone
   down to 6 x 6 with an FPN-like top-down path back to 48 x 48, one anchor per cell: 2,304.
@@ -50,8 +54,11 @@ function ``frames uint8 [B, H, W, 3] -> Detections`` with ``max_faces`` slots pe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
+import pathlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -355,17 +362,72 @@ class Model:
     path: str
 
 
-def load(path: str | os.PathLike, *, precision: Any = None) -> Model:
+def load(path: str | os.PathLike | None = None, *, precision: Any = None) -> Model:
+    """Loads a detector: the weights shipped with the package, or a file.
+
+    `path`: None for the shipped full-range weights; ``"full_range"`` or ``"short_range"`` for
+    either shipped variant; the path of a weights file of this project's format
+    (:func:`write_weights`); or the path of ``face_detection_full_range.tflite`` /
+    ``face_detection_short_range.tflite`` (needs the ``tflite`` package, see :func:`load_tflite`).
+    """
+    if path is None or str(path) in VARIANTS:
+        return _model(*read_weights(shipped_path(str(path or DEFAULT_VARIANT)),
+                                    digest=SHIPPED[str(path or DEFAULT_VARIANT)][1]),
+                      precision=precision)
+    path = pathlib.Path(path).expanduser()
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(WEIGHTS_MAGIC))
+    except FileNotFoundError:
+        raise BlazeFaceError(f"{path}: no such model file") from None
+    except OSError as e:
+        raise BlazeFaceError(f"{path}: cannot read the model file ({e.strerror})") from None
+    if head == WEIGHTS_MAGIC:
+        shipped = {shipped_path(v).resolve(): d for v, (_, d) in SHIPPED.items()}
+        return _model(*read_weights(path, digest=shipped.get(path.resolve())), precision=precision)
+    return load_tflite(path, precision=precision)
+
+
+def _model(variant: Variant, params: dict, path: str, *, precision: Any = None) -> Model:
+    module = BlazeFace(variant.name, precision=precision)
+    size = variant.input_size
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
+    want = {layer: {k: v.shape for k, v in leaves.items()}
+            for layer, leaves in shapes["params"].items()}
+    got = {layer: {k: v.shape for k, v in leaves.items()} for layer, leaves in params.items()}
+    if got != want:
+        missing = sorted(set(want) - set(got)) or sorted(
+            layer for layer in want if got.get(layer) != want[layer])
+        raise BlazeFaceError(f"{path}: the weights do not fit the {variant.name} network "
+                             f"(layers {missing[:3]} missing or of other shapes)")
+    variables = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), {"params": params})
+    return Model(module, variables, variant, variant_anchors(variant), str(path))
+
+
+def load_tflite(path: str | os.PathLike, *, precision: Any = None) -> Model:
     """Loads ``face_detection_full_range.tflite`` or ``face_detection_short_range.tflite``.
 
     The variant is told from the file's input and output shapes; every convolution of the Flax
     network must find its kernel and bias in the file under its Keras name with the right shape,
     and every convolution weight in the file must be used, or BlazeFaceError names the file.
+    Reading the flatbuffer needs the ``tflite`` package (``pip install 'abaw_jax[tflite]'``).
     """
+    variant, params = tflite_params(path)
+    return _model(variant, {k: {n: a.astype(np.float32) for n, a in v.items()}
+                            for k, v in params.items()}, str(path), precision=precision)
+
+
+def tflite_params(path: str | os.PathLike) -> tuple[Variant, dict[str, dict[str, np.ndarray]]]:
+    """The variant and the Flax parameters ``{layer: {"kernel", "bias"}}`` stored in a
+    ``.tflite`` file, in the file's own dtype (float16 for MediaPipe's files)."""
     graph = tflite_lib.read(path)
     variant = _variant_of(graph)
     consts = graph.constants()
-    module = BlazeFace(variant.name, precision=precision)
+    halves = {t.name: t.data for t in graph.tensors if t.data is not None}
+    for op in graph.operators:   # the float16 source of each dequantized tensor
+        if op.name == "DEQUANTIZE" and graph.tensors[op.inputs[0]].data is not None:
+            halves[graph.tensors[op.outputs[0]].name] = graph.tensors[op.inputs[0]].data
+    module = BlazeFace(variant.name)
     size = variant.input_size
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
     params: dict[str, dict[str, np.ndarray]] = {}
@@ -378,19 +440,19 @@ def load(path: str | os.PathLike, *, precision: Any = None) -> Model:
         if kname not in consts or bname not in consts:
             raise BlazeFaceError(f"{graph.path}: no weights for layer {layer!r} of the "
                                  f"{variant.name} network")
-        kernel = np.asarray(consts[kname], np.float32)
+        kernel = np.asarray(halves[kname])
         want = leaves["kernel"].shape
         if len(want) == 4 and want[2] == 1 and kernel.shape[0] == 1:
             kernel = kernel.reshape(want)                  # depthwise [1, H, W, C] -> [H, W, 1, C]
         else:
             kernel = kernel.transpose(1, 2, 3, 0)          # OHWI -> HWIO
-        bias = np.asarray(consts[bname], np.float32)
+        bias = np.asarray(halves[bname])
         if kernel.shape != want or bias.shape != leaves["bias"].shape:
             raise BlazeFaceError(
                 f"{graph.path}: layer {layer!r} has kernel {list(kernel.shape)} / bias "
                 f"{list(bias.shape)} in the file, the {variant.name} network needs "
                 f"{list(want)} / {list(leaves['bias'].shape)}")
-        params[layer] = {"kernel": kernel, "bias": bias}
+        params[layer] = {"kernel": np.ascontiguousarray(kernel), "bias": bias}
         used.add(layer)
     # The float16 source of a dequantized kernel is listed under the bare name too.
     unused = sorted(k for k in consts if k.endswith(("/Kernel_dequantize", "/Kernel"))
@@ -398,8 +460,103 @@ def load(path: str | os.PathLike, *, precision: Any = None) -> Model:
     if unused:
         raise BlazeFaceError(f"{graph.path}: weights {unused[:3]} have no place in the "
                              f"{variant.name} network; not a BlazeFace file this module knows")
-    variables = jax.tree.map(jnp.asarray, {"params": params})
-    return Model(module, variables, variant, variant_anchors(variant), str(path))
+    return variant, params
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped weights: this project's file format.
+#
+# A weights file is ``WEIGHTS_MAGIC``, the length of a JSON header (4 bytes, little-endian), the
+# header (UTF-8), then the arrays' bytes back to back, little-endian, C order. The header holds
+# the format version, the variant, the source file's name and SHA-256, and per array its name
+# ("<layer>/kernel" or "<layer>/bias"), dtype and shape, in the order of the data.
+# ``scripts/convert_blazeface.py`` writes the shipped files from MediaPipe's ``.tflite`` files;
+# the float16 values are those of the ``.tflite`` files, bit for bit.
+
+WEIGHTS_MAGIC = b"ABAWBF1\n"
+WEIGHTS_DIR = pathlib.Path(__file__).resolve().parent / "blazeface_weights"
+DEFAULT_VARIANT = "full_range"
+# {variant: (file in WEIGHTS_DIR, SHA-256 of the file)}, checked at every load.
+SHIPPED = {
+    "full_range": ("face_detection_full_range.abw",
+                   "2db866b9569f79af6c6dc7d536110ad7e0709174320d8e8fa66f3f59eaf88cca"),
+    "short_range": ("face_detection_short_range.abw",
+                    "df123b476a7951dc3cf39658519f0d0aeeb1b01b7feb172dbb1933f602de600a"),
+}
+
+
+def shipped_path(variant: str = DEFAULT_VARIANT) -> pathlib.Path:
+    """The file of a shipped variant ("full_range" or "short_range")."""
+    if variant not in SHIPPED:
+        raise BlazeFaceError(f"no shipped BlazeFace variant {variant!r}; choose "
+                             f"{' or '.join(SHIPPED)}")
+    return WEIGHTS_DIR / SHIPPED[variant][0]
+
+
+def write_weights(path: str | os.PathLike, variant: Variant,
+                  params: dict[str, dict[str, np.ndarray]], *, source: str = "",
+                  source_sha256: str = "") -> str:
+    """Writes parameters in this project's format (module section above); returns its SHA-256.
+
+    The bytes depend only on the arguments, so converting the same file twice gives the same
+    digest.
+    """
+    arrays = []
+    for layer in sorted(params):
+        for name in ("kernel", "bias"):
+            a = np.asarray(params[layer][name])
+            if a.dtype not in (np.float16, np.float32):
+                raise BlazeFaceError(f"{layer}/{name}: dtype {a.dtype}; float16 or float32 only")
+            arrays.append((f"{layer}/{name}", a.astype(a.dtype.newbyteorder("<"))))
+    header = {"format": 1, "variant": variant.name, "source": source,
+              "source_sha256": source_sha256,
+              "arrays": [{"name": n, "dtype": str(a.dtype.name), "shape": list(a.shape)}
+                         for n, a in arrays]}
+    head = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    blob = b"".join([WEIGHTS_MAGIC, len(head).to_bytes(4, "little"), head,
+                     *(np.ascontiguousarray(a).tobytes() for _, a in arrays)])
+    pathlib.Path(path).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_weights(path: str | os.PathLike, *, digest: str | None = None
+                 ) -> tuple[Variant, dict[str, dict[str, np.ndarray]], str]:
+    """(variant, parameters, path) of a file of this project's format; with `digest`, the
+    file's SHA-256 must equal it (a damaged or replaced file is a BlazeFaceError naming it)."""
+    path = pathlib.Path(path)
+    try:
+        blob = path.read_bytes()
+    except FileNotFoundError:
+        raise BlazeFaceError(f"{path}: no such weights file (a broken installation? reinstall "
+                             f"abaw_jax)") from None
+    if digest is not None and hashlib.sha256(blob).hexdigest() != digest:
+        raise BlazeFaceError(f"{path}: SHA-256 {hashlib.sha256(blob).hexdigest()[:16]}... is "
+                             f"not that of the shipped weights ({digest[:16]}...): the file is "
+                             f"damaged; reinstall abaw_jax")
+    try:
+        if blob[:len(WEIGHTS_MAGIC)] != WEIGHTS_MAGIC:
+            raise ValueError("no ABAWBF1 header")
+        start = len(WEIGHTS_MAGIC) + 4
+        size = int.from_bytes(blob[len(WEIGHTS_MAGIC):start], "little")
+        header = json.loads(blob[start:start + size])
+        variant = VARIANTS[header["variant"]]
+        offset = start + size
+        params: dict[str, dict[str, np.ndarray]] = {}
+        for item in header["arrays"]:
+            dtype = np.dtype(item["dtype"]).newbyteorder("<")
+            n = int(np.prod(item["shape"], dtype=np.int64)) * dtype.itemsize
+            if offset + n > len(blob):
+                raise ValueError("truncated")
+            a = np.frombuffer(blob, dtype, count=n // dtype.itemsize, offset=offset)
+            layer, _, name = item["name"].rpartition("/")
+            params.setdefault(layer, {})[name] = a.reshape(item["shape"]).astype(
+                dtype.newbyteorder("="))
+            offset += n
+        if offset != len(blob):
+            raise ValueError(f"{len(blob) - offset} bytes after the last array")
+    except (ValueError, KeyError, TypeError) as e:
+        raise BlazeFaceError(f"{path}: not a readable BlazeFace weights file ({e})") from None
+    return variant, params, str(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from ml_collections import config_dict
 
 from abaw_jax import checks
 from abaw_jax.models import layers
@@ -170,7 +169,8 @@ class MultiEncoderFusion(nn.Module):
         return self._heads(x, frame_mask, train=train)
 
     def _encoder(self) -> nn.Module:
-        return layers.Encoder(self.num_layers, self.num_heads, self.mlp_ratio * self.width,
+        return layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads,
+                              mlp_dim=self.mlp_ratio * self.width,
                               dropout=self.dropout, attention_dropout=self.attention_dropout,
                               norm=self.norm, activation=self.activation, dtype=self.dtype,
                               attention_impl=self.attention_impl, name="encoder")
@@ -215,6 +215,7 @@ class MultiEncoderFusion(nn.Module):
         if sum(groups) != self.num_outputs:
             raise ValueError(f"model.head_sizes = {tuple(self.head_sizes)}: the head sizes must "
                              f"add up to the {self.num_outputs} outputs")
+
         def head(size, name):
             if self.head_layers == 1:
                 return nn.Dense(size, dtype=jnp.float32, name=name)(x.astype(jnp.float32))
@@ -246,60 +247,27 @@ def default_config() -> ml_collections.ConfigDict:
     positions (Eq. 1), one Linear -> BatchNorm -> Linear head per output. EXPR's single 8-class
     head needs head_sizes=(8,). attention_dropout (a float placeholder left at None) means
     `dropout`."""
-    return ml_collections.ConfigDict({
-        "name": "fusion",
-        "feature_sets": ("vit", "openface"),
-        "d_affine": 256,
-        "input_dropout": 0.5,
-        "num_layers": 4,
-        "num_heads": 4,
-        "mlp_ratio": 2,
-        "dropout": 0.2,
-        "attention_dropout": config_dict.placeholder(float),
-        "norm": "post",
-        "activation": "relu",
-        "pe_after_concat": False,
-        "pe_dropped": False,
-        "heads": "per_output",
-        "head_sizes": (),
-        "head_norm": "batch",
-        "output_activation": "none",
-        "attend_absent": False,
-        "attention_impl": "default",
-        "fuse": "time",
-        "head_layers": 2,
-        "task_models": (),
-        "feature_noise": 0.0,
-    })
+    return layers.default_config(MultiEncoderFusion, "fusion")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: d_affine 8 per set, 1 encoder layer, 2 heads."""
     config = default_config()
-    config.d_affine = 8
-    config.num_layers = 1
-    config.num_heads = 2
+    config.update(dict(d_affine=8, num_layers=1, num_heads=2))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> MultiEncoderFusion:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
-
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key, or a bad value, is an error naming it.
-    """
-    kwargs = layers.module_kwargs(MultiEncoderFusion, model_cfg,
-                                  ("feature_sets", "head_sizes", "task_models"))
-    model = MultiEncoderFusion(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
-    _validate(model)
-    return model
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(MultiEncoderFusion, model_cfg, num_outputs, dtype, _validate,
+                              ("feature_sets", "head_sizes", "task_models"))
 
 
 def _validate(model: MultiEncoderFusion) -> None:
     """Rejects bad options at build time, naming the config key."""
     need = checks.checker(model, prefix="model.")
-
+    layers.check_common(need, model)
     sets = model.feature_sets
     need(len(sets) >= 1 and all(isinstance(s, str) and s for s in sets), "feature_sets",
          "must name at least one feature set")
@@ -310,21 +278,14 @@ def _validate(model: MultiEncoderFusion) -> None:
     need(model.width % 2 == 0, "d_affine", "d = d_affine * len(feature_sets) must be even")
     need(model.mlp_ratio >= 1, "mlp_ratio", "must be >= 1")
     need(0.0 <= model.input_dropout < 1.0, "input_dropout", "must be in [0, 1)")
-    need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
     need(model.head_norm in HEAD_NORMS, "head_norm", f"one of {HEAD_NORMS}")
     need(model.heads in HEADS, "heads", f"one of {HEADS}")
     need(all(int(k) >= 1 for k in model.head_sizes), "head_sizes", "sizes must be >= 1")
     need(model.heads == "shared" or sum(model.output_groups()) == model.num_outputs,
          "head_sizes", f"must add up to the {model.num_outputs} outputs")
-    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
-         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
-    need(model.output_activation in layers.OUTPUT_ACTIVATIONS, "output_activation",
-         f"one of {layers.OUTPUT_ACTIVATIONS}")
-    need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")
     need(model.fuse in FUSES, "fuse", f"one of {FUSES}")
     need(model.head_layers in (1, 2), "head_layers", "1 (one Dense) or 2 (Dense, norm, Dense)")
     need(all(int(k) >= 1 for k in model.task_models), "task_models", "sizes must be >= 1")
     need(not model.task_models or sum(model.task_models) == model.num_outputs, "task_models",
          f"must add up to the {model.num_outputs} outputs (or be empty: one model)")
     need(model.feature_noise >= 0.0, "feature_noise", "must be >= 0")
-    need(model.activation in layers.ACTIVATIONS, "activation", f"one of {layers.ACTIVATIONS}")

@@ -117,16 +117,8 @@ class MultiHeadSelfAttention(nn.Module):
                                    name="out")(y)
 
 
-class EncoderBlock(nn.Module):
-    """One Transformer encoder layer: self-attention and an MLP, each with a residual.
-
-    norm "post" (the original Transformer and PyTorch's default): x = LN(x + drop(f(x)));
-    norm "pre": x = x + drop(f(LN(x))). Dropout is applied in the four places
-    torch.nn.TransformerEncoderLayer applies it: the attention weights (`attention_dropout`,
-    None meaning `dropout`, torch's single rate), the attention output, after the MLP activation
-    and the MLP output. Training with attention dropout runs the einsum attention kernel; set
-    attention_dropout=0.0 to keep a fused kernel in training (the behaviour before the option).
-    """
+class BlockOptions(nn.Module):
+    """The options of a Transformer encoder layer, shared by `EncoderBlock` and `Encoder`."""
 
     num_heads: int
     mlp_dim: int
@@ -138,6 +130,22 @@ class EncoderBlock(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     attention_impl: str = "default"
+
+    def block_options(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(BlockOptions)
+                if f.name not in ("parent", "name")}
+
+
+class EncoderBlock(BlockOptions):
+    """One Transformer encoder layer: self-attention and an MLP, each with a residual.
+
+    norm "post" (the original Transformer and PyTorch's default): x = LN(x + drop(f(x)));
+    norm "pre": x = x + drop(f(LN(x))). Dropout is applied in the four places
+    torch.nn.TransformerEncoderLayer applies it: the attention weights (`attention_dropout`,
+    None meaning `dropout`, torch's single rate), the attention output, after the MLP activation
+    and the MLP output. Training with attention dropout runs the einsum attention kernel; set
+    attention_dropout=0.0 to keep a fused kernel in training.
+    """
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
@@ -172,33 +180,18 @@ class EncoderBlock(nn.Module):
         return layer_norm(name="norm_mlp")(x + drop(mlp(x)))
 
 
-class Encoder(nn.Module):
+class Encoder(BlockOptions):
     """A stack of `num_layers` EncoderBlocks; pre-norm stacks end with a final LayerNorm.
 
     `attention_dropout` None drops attention weights at `dropout` (see EncoderBlock)."""
 
-    num_layers: int
-    num_heads: int
-    mlp_dim: int
-    dropout: float = 0.0
-    attention_dropout: float | None = None
-    norm: str = "post"
-    activation: str = "relu"
-    layer_norm_eps: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    attention_impl: str = "default"
+    num_layers: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None, *,
                  train: bool = False) -> jax.Array:
         for i in range(self.num_layers):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, dropout=self.dropout,
-                             attention_dropout=self.attention_dropout, norm=self.norm,
-                             activation=self.activation, layer_norm_eps=self.layer_norm_eps,
-                             dtype=self.dtype, param_dtype=self.param_dtype,
-                             attention_impl=self.attention_impl, name=f"block_{i}")(
-                                 x, key_mask, train=train)
+            x = EncoderBlock(**self.block_options(), name=f"block_{i}")(x, key_mask, train=train)
         if self.norm == "pre":
             # The residual stream of a pre-norm stack is never normalised inside the blocks.
             x = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype,
@@ -279,6 +272,51 @@ class MaskedBatchNorm(nn.Module):
         return y * scale + bias
 
 
+def option_names(module_cls: type) -> list[str]:
+    """The options of a temporal model: its module's dataclass fields but `num_outputs` and
+    `dtype` (from the task and the device) and Flax's `parent` and `name`."""
+    return [f.name for f in dataclasses.fields(module_cls)
+            if f.name not in ("num_outputs", "dtype", "parent", "name")]
+
+
+def default_config(module_cls: type, family: str):
+    """`config.model` of a temporal model at its module's defaults, with `name` = `family`.
+
+    An option whose default is None (attention_dropout: "the dropout rate") is a float
+    placeholder, so that a config file or the command line can set a float there."""
+    import ml_collections
+    from ml_collections import config_dict
+    fields = {f.name: f for f in dataclasses.fields(module_cls)}
+    out: dict[str, Any] = {"name": family}
+    for name in option_names(module_cls):
+        default = fields[name].default
+        out[name] = config_dict.placeholder(float) if default is None else default
+    return ml_collections.ConfigDict(out)
+
+
+def check_common(need, model) -> None:
+    """The options every temporal model shares, checked with `need` (`checks.checker`)."""
+    need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
+    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
+         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
+    need(model.output_activation in OUTPUT_ACTIVATIONS, "output_activation",
+         f"one of {OUTPUT_ACTIVATIONS}")
+    need(model.norm in NORMS, "norm", f"one of {NORMS}")
+    need(model.activation in ACTIVATIONS, "activation", f"one of {ACTIVATIONS}")
+
+
+def from_config(module_cls: type, model_cfg: Any, num_outputs: int, dtype: Any, validate,
+                tuple_fields: tuple[str, ...] = ()):
+    """The temporal model `module_cls` of `config.model` (a ConfigDict or dict keyed by its
+    options). Missing keys take the module defaults; `name` (the model family chosen elsewhere)
+    is ignored; any other unknown key, or a value `validate(model)` rejects, is a ValueError
+    naming `model.<key>`."""
+    kwargs = module_kwargs(module_cls, model_cfg, tuple_fields)
+    model = module_cls(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
+    validate(model)
+    return model
+
+
 def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...] = ()) -> dict:
     """Constructor arguments of a temporal model from `config.model`.
 
@@ -286,8 +324,7 @@ def module_kwargs(module_cls: type, model_cfg: Any, tuple_fields: tuple[str, ...
     device, `name` names the model family); any other key is an error naming `model.<key>`.
     Sequence fields listed in `tuple_fields` are made tuples (JSON and ConfigDicts give lists).
     """
-    fields = [f.name for f in dataclasses.fields(module_cls)
-              if f.name not in ("num_outputs", "dtype", "parent", "name")]
+    fields = option_names(module_cls)
     kwargs = {}
     for key in model_cfg.keys():
         if key == "name":

@@ -15,9 +15,9 @@ nn.TransformerEncoderLayer stack with feed-forward 512 (dropout in its four plac
 weights included); a head Linear(512, 256) -> **BatchNorm1d** -> Linear. `use_tcn` and
 `use_transformer` switch off either part for the paper's ablations (table 5).
 
-Named variants: `causal=False` (centred convolutions), `pos_encoding="sinusoidal"` / "learned"
-(with `pos_dropout` for a dropout after it), `head_norm="layer"` / "none", `prelu_slopes=
-"channel"` (one slope per channel); these were this module's defaults before.
+Options besides the authors' model: `causal=False` (centred convolutions),
+`pos_encoding="sinusoidal"` / "learned" (with `pos_dropout` for a dropout after it),
+`head_norm="layer"` / "none", `prelu_slopes="channel"` (one slope per channel).
 
 BatchNorm head: statistics over the valid frames (`frame_mask`) of the batch only, running
 averages for inference (`layers.MaskedBatchNorm`). Such a model has a "batch_stats" collection:
@@ -53,7 +53,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
 from abaw_jax import checks
 from abaw_jax.models import layers
@@ -357,7 +356,8 @@ class TCNTransformer(nn.Module):
             if self.pos_encoding != "none" and self.pos_dropout:
                 x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
             encoded = layers.Encoder(
-                self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+                num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                dropout=self.dropout,
                 attention_dropout=self.attention_dropout, norm=self.norm,
                 activation=self.activation, dtype=self.dtype, attention_impl=self.attention_impl,
                 name="encoder")(x, key_mask, train=train)
@@ -383,69 +383,29 @@ def default_config() -> ml_collections.ConfigDict:
     dilations 1/2/4, shared-slope PReLU) -> 1x1 projection -> encoder d 512 x 8 without position
     encoding -> head Linear -> BatchNorm -> Linear. attention_dropout (a float placeholder left
     at None) means `dropout`."""
-    return ml_collections.ConfigDict({
-        "name": "tcn",
-        "channels": (768, 256, 128),
-        "kernel_size": 5,
-        "dilations": (1, 2, 4),
-        "weight_norm": True,
-        "tcn_activation": "prelu",
-        "prelu_slopes": "shared",
-        "causal": True,
-        "d_model": 512,
-        "num_layers": 8,
-        "num_heads": 4,
-        "mlp_dim": 512,
-        "dropout": 0.3,
-        "attention_dropout": config_dict.placeholder(float),
-        "norm": "post",
-        "activation": "relu",
-        "pos_encoding": "none",
-        "pos_dropout": 0.0,
-        "max_len": 1024,
-        "head_dim": 256,
-        "head_norm": "batch",
-        "head_sizes": (),
-        "output_activation": "none",
-        "use_tcn": True,
-        "use_transformer": True,
-        "attend_absent": False,
-        "attention_impl": "default",
-    })
+    return layers.default_config(TCNTransformer, "tcn")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: TCN [16, 8] with kernel 3, encoder d 16, 1 layer, 2 heads."""
     config = default_config()
-    config.channels = (16, 8)
-    config.kernel_size = 3
-    config.dilations = (1, 2)
-    config.d_model = 16
-    config.num_layers = 1
-    config.num_heads = 2
-    config.mlp_dim = 32
-    config.head_dim = 8
-    config.max_len = 64
+    config.update(dict(
+        channels=(16, 8), kernel_size=3, dilations=(1, 2), d_model=16, num_layers=1, num_heads=2,
+        mlp_dim=32, head_dim=8, max_len=64))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> TCNTransformer:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
-
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key, or a bad value, is an error naming it.
-    """
-    kwargs = layers.module_kwargs(TCNTransformer, model_cfg, ("channels", "dilations", "head_sizes"))
-    model = TCNTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
-    _validate(model)
-    return model
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(TCNTransformer, model_cfg, num_outputs, dtype, _validate,
+                              ("channels", "dilations", "head_sizes"))
 
 
 def _validate(model: TCNTransformer) -> None:
     """Rejects bad options at build time, naming the config key."""
     need = checks.checker(model, prefix="model.")
-
+    layers.check_common(need, model)
     need(len(model.channels) >= 1 and all(int(c) >= 1 for c in model.channels), "channels",
          "must list at least one positive channel count")
     need(model.kernel_size >= 1, "kernel_size", "must be >= 1")
@@ -456,17 +416,11 @@ def _validate(model: TCNTransformer) -> None:
     need(model.tcn_activation in TCN_ACTIVATIONS, "tcn_activation", f"one of {TCN_ACTIVATIONS}")
     need(model.prelu_slopes in PRELU_SLOPES, "prelu_slopes", f"one of {PRELU_SLOPES}")
     need(0.0 <= model.pos_dropout < 1.0, "pos_dropout", "must be in [0, 1)")
-    need(model.attention_dropout is None or 0.0 <= model.attention_dropout < 1.0,
-         "attention_dropout", "must be in [0, 1) (or None: the dropout rate)")
     need(model.d_model % model.num_heads == 0, "d_model",
          f"must be divisible by model.num_heads={model.num_heads}")
-    need(0.0 <= model.dropout < 1.0, "dropout", "must be in [0, 1)")
     need(model.head_norm in HEAD_NORMS, "head_norm", f"one of {HEAD_NORMS}")
     need(model.pos_encoding in POS_ENCODINGS, "pos_encoding", f"one of {POS_ENCODINGS}")
     need(not model.head_sizes or (all(int(k) >= 1 for k in model.head_sizes)
                                   and sum(int(k) for k in model.head_sizes) == model.num_outputs),
          "head_sizes", f"sizes >= 1 adding up to the {model.num_outputs} outputs (or empty)")
-    need(model.output_activation in layers.OUTPUT_ACTIVATIONS, "output_activation",
-         f"one of {layers.OUTPUT_ACTIVATIONS}")
-    need(model.norm in layers.NORMS, "norm", f"one of {layers.NORMS}")
-    need(model.activation in layers.ACTIVATIONS, "activation", f"one of {layers.ACTIVATIONS}")
+

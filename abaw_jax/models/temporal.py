@@ -10,9 +10,9 @@ per-frame FC head are the paper's (§3.2, §4.1, Fig. 1). Where the paper is sil
 code (msjae/ABAW, branch `old`, `transformer_model.py`) decides: d_model = the feature width 768
 with **no input projection** (the positions are added straight to the masked features),
 nn.TransformerEncoderLayer's feed-forward 2048, ReLU, post-norm and its four dropout places
-(attention weights included), and **no dropout after the position encoding**. `input_proj=True`
-and `pos_dropout` > 0 bring back the Dense projection and the dropout after the positions that
-earlier versions of this module had.
+(attention weights included), and **no dropout after the position encoding**.
+`input_proj="always"` and `pos_dropout` > 0 add a Dense projection of the features and a dropout
+after the positions.
 
 Frames without a face image (`present` False) and padding (`frame_mask` False) are excluded from
 the attention keys, so their placeholder features cannot leak into other frames; they still get
@@ -30,13 +30,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-from ml_collections import config_dict
 
+from abaw_jax import checks
 from abaw_jax.models import layers
 
 MASK_MODES = ("frame", "element")
 MASK_VALUES = ("zero", "token")
 POS_ENCODINGS = ("sinusoidal", "learned")
+INPUT_PROJ = ("auto", "always")
 
 
 class FeatureMasking(nn.Module):
@@ -77,10 +78,9 @@ class TemporalTransformer(nn.Module):
     output_activation "tanh" bounds outputs to [-1, 1] (VA); "none" returns logits (EXPR, AU).
     `max_len` bounds the window length for both position encodings.
 
-    input_proj: False (the authors' code) adds the positions to the features themselves, which
-    needs D == d_model. When D differs from d_model a Dense(d_model) projection ("input_proj")
-    is applied whatever the option says: there is no other way to reach the encoder's width.
-    True always projects (earlier versions of this module did).
+    input_proj: "auto" projects the features with a Dense(d_model) ("input_proj") only when
+    their width D differs from d_model; with D == d_model the positions are added to the
+    features themselves (the authors' code). "always" projects whatever the widths.
     pos_dropout: dropout rate after the position encoding; 0 (the authors' code has none).
     attention_dropout: dropout on the attention weights; None means `dropout`, as in torch's
     TransformerEncoderLayer (see `layers.EncoderBlock`).
@@ -94,7 +94,7 @@ class TemporalTransformer(nn.Module):
     dropout: float = 0.2
     attention_dropout: float | None = None
     pos_dropout: float = 0.0
-    input_proj: bool = False
+    input_proj: str = "auto"
     mask_prob: float = 0.2
     mask_mode: str = "frame"
     mask_value: str = "zero"
@@ -128,7 +128,7 @@ class TemporalTransformer(nn.Module):
 
         x = FeatureMasking(self.mask_prob, self.mask_mode, self.mask_value, name="masking")(
             jnp.asarray(features, jnp.float32), train=train)
-        if self.input_proj or features.shape[-1] != self.d_model:
+        if self.input_proj == "always" or features.shape[-1] != self.d_model:
             x = nn.Dense(self.d_model, dtype=self.dtype, name="input_proj")(x)
         x = x.astype(self.dtype)
         if self.pos_encoding == "sinusoidal":
@@ -137,7 +137,8 @@ class TemporalTransformer(nn.Module):
             x = layers.LearnedPositions(self.max_len, dtype=self.dtype, name="positions")(x)
         if self.pos_dropout:
             x = nn.Dropout(self.pos_dropout)(x, deterministic=not train)
-        x = layers.Encoder(self.num_layers, self.num_heads, self.mlp_dim, dropout=self.dropout,
+        x = layers.Encoder(num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                           dropout=self.dropout,
                            attention_dropout=self.attention_dropout, norm=self.norm, activation=self.activation, dtype=self.dtype,
                            attention_impl=self.attention_impl, name="encoder")(
                                x, key_mask, train=train)
@@ -151,45 +152,27 @@ def default_config() -> ml_collections.ConfigDict:
 
     attention_dropout is a float placeholder left at None: the weights are dropped at `dropout`
     (torch's TransformerEncoderLayer has one rate for all four places)."""
-    return ml_collections.ConfigDict({
-        "d_model": 768,
-        "num_layers": 6,
-        "num_heads": 8,
-        "mlp_dim": 2048,
-        "dropout": 0.2,
-        "attention_dropout": config_dict.placeholder(float),
-        "pos_dropout": 0.0,
-        "input_proj": False,
-        "mask_prob": 0.2,
-        "mask_mode": "frame",
-        "mask_value": "zero",
-        "pos_encoding": "sinusoidal",
-        "norm": "post",
-        "max_len": 1024,
-        "activation": "relu",
-        "attend_absent": False,
-        "output_activation": "none",
-        "attention_impl": "default",
-    })
+    return layers.default_config(TemporalTransformer, "transformer")
 
 
 def tiny_config() -> ml_collections.ConfigDict:
     """A tiny variant for tests: d_model 32, 2 layers, 2 heads, feed-forward 64."""
     config = default_config()
-    config.d_model = 32
-    config.num_layers = 2
-    config.num_heads = 2
-    config.mlp_dim = 64
-    config.max_len = 64
+    config.update(dict(d_model=32, num_layers=2, num_heads=2, mlp_dim=64, max_len=64))
     return config
 
 
 def from_config(model_cfg: Mapping[str, Any], num_outputs: int,
                 dtype: Any = jnp.float32) -> TemporalTransformer:
-    """Builds the module from a ConfigDict (or dict) whose keys are its field names.
+    """The module of `config.model`, its options checked (see `layers.from_config`)."""
+    return layers.from_config(TemporalTransformer, model_cfg, num_outputs, dtype, _validate)
 
-    Missing keys take the module defaults; `name` (the model family chosen elsewhere) is ignored;
-    any other unknown key is an error naming it.
-    """
-    kwargs = layers.module_kwargs(TemporalTransformer, model_cfg)
-    return TemporalTransformer(num_outputs=num_outputs, dtype=jnp.dtype(dtype), **kwargs)
+
+def _validate(model: TemporalTransformer) -> None:
+    """Rejects bad options at build time, naming the config key."""
+    need = checks.checker(model, prefix="model.")
+    layers.check_common(need, model)
+    need(model.input_proj in INPUT_PROJ, "input_proj", f"one of {INPUT_PROJ}")
+    need(0.0 <= model.mask_prob < 1.0, "mask_prob", "must be in [0, 1)")
+    need(model.num_heads >= 1 and model.d_model % model.num_heads == 0, "d_model",
+         f"must be divisible by model.num_heads={model.num_heads}")

@@ -83,12 +83,13 @@ class Graph:
         return out
 
 
-def _import_tflite():
+def _import_tflite(path: str | os.PathLike):
     try:
         import tflite
     except ImportError:
-        raise ImportError("reading .tflite files needs the 'tflite' package: "
-                          "pip install 'abaw_jax[video]'") from None
+        raise TFLiteError(f"{path}: reading .tflite files needs the 'tflite' package: pip install "
+                          f"'abaw_jax[tflite]' (the shipped BlazeFace weights need no package)"
+                          ) from None
     return tflite
 
 
@@ -124,8 +125,8 @@ def _options(tflite, name: str, op) -> dict:
 
 def read(path: str | os.PathLike) -> Graph:
     """Parses a ``.tflite`` file (first subgraph); raises TFLiteError naming the file."""
-    tflite = _import_tflite()
     path = pathlib.Path(path)
+    tflite = _import_tflite(path)
     try:
         buf = path.read_bytes()
     except FileNotFoundError:
