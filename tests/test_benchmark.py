@@ -76,7 +76,7 @@ def test_torch_rows_next_to_them(run):
     # The twins are the published defaults' architectures: the same parameters, one by one.
     params = {}
     for line in out.splitlines():
-        if (m := ROW.match(line)) and (p := re.search(r"params ([\d,]+)", line)):
+        if (m := ROW.match(line)) and (p := re.search(r"params (\d[\d,]*\d)", line)):
             params[(m[1], m[2])] = p[1]
     for system in ("A", "B", "C", "A-MTL", "B-MTL", "C-MTL"):
         assert params[(system, "torch eager t1")] == params[(system, "abaw_jax host")], system
