@@ -192,6 +192,24 @@ def find_step(workdir: str | pathlib.Path, which: str = "best") -> tuple[pathlib
     return directory, step
 
 
+class _ReadOnlyNotes(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read-only (asked for here: a restore
+    opens the checkpoints read-only on purpose), while the manager is being opened."""
+
+    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.EXPECTED)
+
+    def __enter__(self):
+        logging.getLogger("absl").addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("absl").removeFilter(self)
+        return False
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:
     """Restores a state from a workdir: `which` is "best", "latest" or a step number.
 
@@ -200,8 +218,9 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     """
     directory, step = find_step(workdir, which)
     items = ("state",) if directory.name == "best" else ("state", "data")
-    with ocp.CheckpointManager(directory, item_names=items,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with _ReadOnlyNotes(), ocp.CheckpointManager(
+            directory, item_names=items,
+            options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
     return step, restored.state

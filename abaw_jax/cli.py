@@ -68,10 +68,53 @@ def initialize_distributed() -> None:
     sharding.initialize_distributed(f.coordinator, f.num_processes, f.process_id)
 
 
-def run(main_fn: Callable, validate_fn: Callable = config_lib.validate) -> None:
-    """The absl entry of a config-driven command: flags, validation, one-line errors."""
+def _flag_value(argv: list[str], name: str) -> tuple[int, str | None]:
+    """(index, value) of `--name value` / `--name=value` in `argv`; (-1, None) when absent."""
+    for i, arg in enumerate(argv):
+        if arg in (f"--{name}", f"-{name}"):
+            return i, (argv[i + 1] if i + 1 < len(argv) else None)
+        for prefix in (f"--{name}=", f"-{name}="):
+            if arg.startswith(prefix):
+                return i, arg[len(prefix):]
+    return -1, None
+
+
+def saved_config_argv(argv: list[str], from_workdir: bool = False) -> list[str]:
+    """`argv` with `--config <file>.json` read as a saved run config (abaw_jax.saved_config),
+    and with `from_workdir`, a missing `--config` taken as `<workdir>/config.json`."""
+    from abaw_jax import saved_config
+    loader = str(pathlib.Path(saved_config.__file__).resolve())
+    i, value = _flag_value(argv, "config")
+    if i >= 0 and value and value.endswith(".json"):
+        argv = list(argv)
+        if argv[i].endswith("config"):
+            argv[i + 1] = f"{loader}:{value}"
+        else:
+            argv[i] = f"--config={loader}:{value}"
+        return argv
+    if i < 0 and from_workdir:
+        _, workdir = _flag_value(argv, "workdir")
+        if workdir:
+            return [argv[0], f"--config={loader}:{pathlib.Path(workdir) / 'config.json'}",
+                    *argv[1:]]
+    return list(argv)
+
+
+def run(main_fn: Callable, validate_fn: Callable = config_lib.validate, *,
+        config_from_workdir: bool = False) -> None:
+    """The absl entry of a config-driven command: flags, validation, one-line errors.
+
+    `--config` may name a saved `config.json`; with `config_from_workdir` it defaults to the
+    workdir's own `config.json`."""
     from absl import app, flags
     define_flags()
+    sys.argv = saved_config_argv(sys.argv, config_from_workdir)
+    _, spec = _flag_value(sys.argv, "config")
+    if spec and spec.endswith(".json"):
+        saved = pathlib.Path(spec.split(":", 1)[1]).expanduser()
+        if not saved.is_file():
+            sys.exit(f"error: {saved}: no such file (a training workdir holds the config.json "
+                     f"it was trained with; or pass --config)")
 
     def wrapped(argv):
         from absl import logging as absl_logging

@@ -433,7 +433,7 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
     # reverse, CutMix with probability `switch_prob` when both are on; 0 turns each off.
     c.augment = ml_collections.ConfigDict(dict(erase=0.0, mixup=0.0, cutmix=0.0, switch_prob=0.5))
     c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
-    c.num_classes = 8
+    c.num_classes = 8           # finetune: 0 takes the source's (8 on Aff-Wild2 frames)
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
     c.batch_size = 256
     c.total_steps = 10000
@@ -474,7 +474,8 @@ def validate_image(config: ml_collections.ConfigDict) -> None:
     need(config.compute_dtype in ("auto", "float32", "bfloat16", "float16"), "compute_dtype",
          "'auto', 'float32', 'bfloat16' or 'float16'")
     if config.mode == "finetune":
-        need(config.num_classes >= 2, "num_classes", "must be >= 2")
+        need(config.num_classes == 0 or config.num_classes >= 2, "num_classes",
+             "must be >= 2 (0: the source's own class count)")
         for key in ("erase", "switch_prob"):
             need(0.0 <= config.augment[key] <= 1.0, f"augment.{key}", "must be in [0, 1]")
         for key in ("mixup", "cutmix"):
@@ -503,7 +504,7 @@ def extraction_config() -> ml_collections.ConfigDict:
     c.encoder = ""          # weights path, encoder directory, or "vit:B/16"-style random init
     c.seed = 0              # random-init encoders only
     c.pool = "mean"         # ViT pooling: mean | gap | cls | "" (the checkpoint's own)
-    c.image_size = 224      # encoder input; 0: the encoder's own
+    c.image_size = 0        # encoder input; 0: the encoder's own
     c.decode_size = 0       # host decoding size; 0: image_size. Else the device resizes.
     c.batch_size = 256      # global, in frames
     c.dtype = "float16"     # store dtype

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -69,6 +70,16 @@ def make_sources(config: ml_collections.ConfigDict):
     train = image_sources.TfdsImages(d.tfds_name, d.train_split, d.root or None)
     val = image_sources.TfdsImages(d.tfds_name, d.val_split, d.root or None) if d.val_split else []
     return train, val
+
+
+def resolve_num_classes(config: ml_collections.ConfigDict, source) -> bool:
+    """`config.num_classes = 0` becomes the source's class count (8 on Aff-Wild2 frames); True
+    when it changed."""
+    if config.num_classes:
+        return False
+    config.num_classes = image_sources.num_classes(source)
+    print(f"{config.num_classes} classes (from the {config.data.source} source)", file=sys.stderr)
+    return True
 
 
 def normalize(images: jax.Array, mean, std, dtype) -> jax.Array:
@@ -352,6 +363,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> loop_
 
     # Input (its size decides the length of a run given in epochs).
     train_src, val_src = make_sources(config)
+    if config.mode == "finetune" and resolve_num_classes(config, train_src):
+        loop_lib.prepare_workdir(config, workdir)   # config.json with the resolved count
     plan = optim.resolve_steps(config, max(1, len(train_src) // config.batch_size))
 
     # Models and optimizer (the encoder to start from decides the fine-tuned architecture).

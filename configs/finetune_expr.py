@@ -13,6 +13,7 @@ CK+ (6 classes, subjects held out), from a CK+ MAE run:
   python -m abaw_jax.pretrain --config configs/finetune_expr.py:ckplus --workdir runs/ft_ckplus \
       --config.data.root=../shared/data/ckplus48 --config.init_from=runs/mae_ckplus
 The encoder's architecture comes from init_from; config.model sets pooling and regularisation.
+The class count is the source's (num_classes = 0): 8 on Aff-Wild2 frames, 6 on CK+'s folders.
 Variants after the colon: ckplus; tiny (tests); steps=N.
 """
 
@@ -27,7 +28,8 @@ def get_config(arg=None):
     config.model = vit.default_config()
     config.model.update(pool="gap", drop_path_rate=0.1)
     config.model.head_dropout = 0.0
-    config.num_classes = 8
+    # The classes of the source: Aff-Wild2's 8 expressions, a folder's class folders (CK+: 6).
+    config.num_classes = 0
     config.batch_size = 256
     config.total_steps, config.num_epochs = 0, 100.0
     config.optimizer.update(lr=1e-4, weight_decay=0.05, warmup_steps=0, warmup_epochs=5.0,
@@ -38,7 +40,6 @@ def get_config(arg=None):
     if v.ckplus or v.tiny:
         config.model.update(variant=None, width=192, depth=4, num_heads=3, mlp_dim=768, patch_size=6,
                             image_size=48)
-        config.num_classes = 6
         # Whole aligned faces and flips only: random resized crops (even 0.8 of the area) keep a
         # ViT trained from scratch on ~470 faces at chance level (see configs/mae_face.py).
         config.data.update(val_fraction=0.2, group_pattern=r"^(S\d+)_", mean=(0.5, 0.5, 0.5),

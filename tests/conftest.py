@@ -107,6 +107,14 @@ _SLOW_FILES = {
     "tests/test_benchmark.py",   # about 40 s on 2 cores, most of it XLA compiles
 }
 _SLOW_TESTS = {
+    "tests/test_reproduce.py::test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them",
+    "tests/test_reproduce.py::test_sigterm_mid_stage_then_rerun_gives_the_same_submission",
+    "tests/test_reproduce.py::test_system_b_tiny_from_mae_to_fold_ensemble",
+    "tests/test_reproduce.py::test_fold_ensemble_with_its_defaults_scores_members_and_prints_what_it_wrote",
+    "tests/test_reproduce.py::test_system_c_runs_when_the_demo_sets_stand_in",
+    "tests/test_reproduce.py::test_evaluate_takes_a_saved_config_json_and_names_a_missing_one",
+    "tests/test_reproduce.py::test_extraction_runs_at_the_encoders_own_size",
+    "tests/test_reproduce.py::test_scripts_take_config_overrides_like_every_command",
     "tests/test_device_bank.py::test_training_losses_identical_with_bank_on_and_off",
     "tests/test_extract.py::test_sigkill_subprocess_random_spec_two_devices_then_resume",
     "tests/test_faces.py::test_every_ckplus_face_is_found",
