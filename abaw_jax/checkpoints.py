@@ -296,6 +296,24 @@ def find_step(workdir: str | pathlib.Path, which: str = "best") -> tuple[pathlib
     return directory, step
 
 
+class _ReadOnlyNotes(logging.Filter):
+    """Drops orbax's warnings that a read-only manager is read-only (asked for here: a restore
+    opens the checkpoints read-only on purpose), while the manager is being opened."""
+
+    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in self.EXPECTED)
+
+    def __enter__(self):
+        logging.getLogger("absl").addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        logging.getLogger("absl").removeFilter(self)
+        return False
+
+
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:
     """Restores a state from a workdir: `which` is "best", "latest" or a step number.
 
@@ -304,8 +322,9 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     """
     directory, step = find_step(workdir, which)
     items = ("state", "digest") if directory.name == "best" else ("state", "data", "digest")
-    with ocp.CheckpointManager(directory, item_names=items,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with _ReadOnlyNotes(), ocp.CheckpointManager(
+            directory, item_names=items,
+            options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
         try:
             restored = restore_verified(mngr, step, abstract_state)
         except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types

@@ -1,8 +1,10 @@
 """Restores a trained model, scores it and writes ABAW submission files (the logic lives in
 `abaw_jax.evaluation`).
 
-  python -m abaw_jax.evaluate --config configs/va.py:demo --workdir runs/va_demo
+  python -m abaw_jax.evaluate --workdir runs/va_demo
 
+The run's own config (`<workdir>/config.json`, as train saved it) is used unless `--config`
+names another (a config file, or a saved config.json); `--config.key=value` overrides either.
 Predicts every frame of every video of the validation split (official metrics) and of the
 test-set video list when the dataset has one, with sliding windows whose overlaps are averaged.
 Writes to `<workdir>/predictions/<split>/`: `<TASK>.txt` (the submission format, one row per
@@ -16,7 +18,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from abaw_jax import cli, ensemble, evaluation, metrics
+from abaw_jax import cli, ensemble, evaluation
 
 
 def main(argv) -> None:
@@ -30,9 +32,7 @@ def main(argv) -> None:
         members = [f.workdir, *[w for w in f.ensemble.split(",") if w]]
         out = f.out or pathlib.Path(f.workdir) / "ensemble"
         for split, m in ensemble.ensemble(members, out, splits).items():
-            if "score" in m:
-                print(f"ensemble of {len(members)} on {split}: "
-                      f"{metrics.describe(m['task'], m['score'], m)}", file=sys.stderr)
+            ensemble.report(split, m)
         return
     evaluation.evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None,
                         allow_incomplete=f.allow_incomplete)
@@ -47,4 +47,4 @@ if __name__ == "__main__":
                         "average with --workdir, per frame; writes to <workdir>/ensemble")
     flags.DEFINE_boolean("allow_incomplete", False, "write the test submission even when test-list "
                          "videos have no features (without their rows)")
-    cli.run(main)
+    cli.run(main, config_from_workdir=True)

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from abaw_jax import files, metrics, models, runs, sharding, submission, workdirs
+from abaw_jax import best_parts, files, metrics, models, runs, sharding, submission, workdirs
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, mtl
 
@@ -99,6 +99,14 @@ def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Vide
     return metrics.task_score(task, out, labels, valid)
 
 
+def filter_scores(config, filtered: float, outputs: list[np.ndarray], videos) -> dict:
+    """Both EXPR scores of a mode-filtered evaluation, named: the filtered one (the headline,
+    system B's test-time protocol) and the unfiltered one (the protocol of the papers'
+    validation scores)."""
+    return {"mode_filter": int(config.eval_mode_filter), "filtered_score": float(filtered),
+            "unfiltered_score": float(score_split(config.task, outputs, videos)[0])}
+
+
 def split_metrics(task: str, decided: list[np.ndarray], videos: list[affwild2.Video]) -> dict:
     """The `metrics.json` entries of a scored split: the details, the score under its metric's
     name (`metrics.score_name`) and as "score"."""
@@ -167,6 +175,12 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
             continue
         outputs = runs.predict_split(predict, models.model_variables(state), inputs.videos,
                                      inputs.features, config, mesh)
+        if checkpoint == "best" and best_parts.enabled(config):
+            outputs = best_parts.compose(
+                workdir, config.task, state, variables=models.model_variables,
+                predict=lambda v: runs.predict_split(predict, v, inputs.videos, inputs.features,
+                                                     config, mesh),
+            ) or outputs
         workdirs.check_finite(outputs, [v.name for v in inputs.videos], split, inputs.features)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
@@ -175,13 +189,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         if split == "val":
             result.update(split_metrics(config.task, decided, inputs.videos))
             if decided is not outputs:
-                result["unsmoothed_score"] = score_split(config.task, outputs, inputs.videos)[0]
+                result.update(filter_scores(config, result["score"], outputs, inputs.videos))
         if is_main:
             write_split(split_dir, config.task, inputs, names, outputs, decided)
             if split == "val":
                 files.write_json(split_dir / "metrics.json", result)
                 print(f"{split}: {metrics.describe(config.task, result['score'], result)}",
                       file=sys.stderr)
+                if "unfiltered_score" in result:
+                    print(f"{split}: EXPR F1 mode-filtered over {result['mode_filter']} frames "
+                          f"{result['filtered_score']:.4f} (the score above), unfiltered "
+                          f"{result['unfiltered_score']:.4f} (the papers' validation protocol)",
+                          file=sys.stderr)
             print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
                   f"frames of {len(names)} videos)", file=sys.stderr)
         results[split] = result

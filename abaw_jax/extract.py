@@ -169,6 +169,20 @@ def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
+def annotated_frame_counts(frames: str | os.PathLike, report: bool = False) -> dict[str, int]:
+    """The frame counts of an Aff-Wild2 root's videos from its annotation files and test lists
+    (`affwild2.frame_counts`): frames after a video's last face image have no file, so its
+    highest image number can be short of the annotated length. {} for other folders."""
+    root = pathlib.Path(frames).expanduser()
+    if not (root / affwild2.FRAMES_DIR).is_dir():
+        return {}
+    counts = affwild2.frame_counts(root)
+    if counts and report:
+        print(f"Frame counts of {len(counts)} videos from the annotations of {root} "
+              f"(--config.frame_counts=CSV gives them instead)", file=sys.stderr, flush=True)
+    return counts
+
+
 def video_folders(frames: str | os.PathLike) -> pathlib.Path:
     """The folder whose sub-folders are the videos: ``<frames>/cropped_aligned`` or ``frames``."""
     root = pathlib.Path(frames).expanduser()
@@ -390,7 +404,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
                 f"config.videos: no frame folder in {folder_root} for {unknown[:5]}")
         names = sorted(set(wanted))
     mine = names[pid::nproc]
-    counts = read_frame_counts(config.frame_counts) if config.frame_counts else {}
+    counts = (read_frame_counts(config.frame_counts) if config.frame_counts
+              else annotated_frame_counts(config.frames, is_main))
 
     # Encoder and mesh.
     mesh = local_mesh(config.mesh_data)
@@ -407,6 +422,10 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
     if info["format"] == "random":
         log.warning("encoder %r has RANDOM weights (seed %d): for tests and benchmarks only",
                     config.encoder, config.seed)
+    if info.get("posemb_resized") and jax.process_index() == 0:
+        print(f"warning: config.image_size = {config.image_size} is not the encoder's own input "
+              f"size: its position embeddings were resized ({info['posemb_resized']}); "
+              f"--config.image_size=0 uses its own", file=sys.stderr, flush=True)
     if isinstance(module, vit_lib.ViT):
         model_hw, resize_to = vit_lib.image_hw(module.image_size), None
     else:
@@ -458,6 +477,8 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
             print(f"Extracting {len(plans)} video(s), {total} images, with {info['format']} "
                   f"{encoders.variant_name(module) or type(module).__name__} ({info['dim']}-d) "
                   f"on {mesh.devices.size} {sharding.platform(mesh)} device(s) into {workdir}",
+                  file=sys.stderr, flush=True)
+            print(f"Feature store: {workdir} (extractor {writer.meta.get('extractor')!r})",
                   file=sys.stderr, flush=True)
         if is_main and config.progress:
             from tqdm import tqdm

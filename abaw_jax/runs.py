@@ -106,12 +106,36 @@ def demo_sets(config: ml_collections.ConfigDict) -> dict[str, int]:
     return out
 
 
+def demo_feature_set(config: ml_collections.ConfigDict) -> str:
+    """The set a single-store run reads from the built-in demo dataset: `data.feature_set` when
+    the demo has it, else the demo's synthetic frame features (system B's "mae_ft" comes from
+    its encoder, which the demo does not have). A dataset root never gets this substitute."""
+    sets = demo_sets(config)
+    if config.data.feature_set in sets:
+        return config.data.feature_set
+    return next(n for n in sets if n != "openface") if len(sets) > 1 else next(iter(sets))
+
+
+def describe_features(features) -> list[str]:
+    """One line per feature store a run reads: its path, extractor and width."""
+    stores = (features.stores if isinstance(features, features_lib.FeatureSets)
+              else {"": features})
+    lines = []
+    for name, store in stores.items():
+        store = getattr(store, "store", store)
+        label = f" {name!r}" if name else ""
+        extractor = store.extractor or "extractor not recorded"
+        lines.append(f"Feature store{label}: {store.path} ({extractor}, {store.dim}-d)")
+    return lines
+
+
 def open_features(config: ml_collections.ConfigDict, root: pathlib.Path):
     """The feature store of the run, or the aligned feature sets a fusion model reads."""
     if config.model.name != "fusion":
         if config.data.features:
             return features_lib.FeatureStore(config.data.features)
-        return _store(root / "features" / config.data.feature_set, config.data.feature_set)
+        name = config.data.feature_set if config.data.root else demo_feature_set(config)
+        return _store(root / "features" / name, name)
     given = dict(item.split("=", 1) for item in config.data.features.split(",") if "=" in item)
     if config.data.features and not given:
         raise config_lib.ConfigError(
@@ -140,6 +164,12 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
             print(f"No dataset configured (config.data.root): using the built-in demo dataset at "
                   f"{root}", file=sys.stderr, flush=True)
     store = open_features(config, root)
+    if jax.process_index() == 0:
+        if not config.data.root and config.model.name != "fusion" and not config.data.features \
+                and demo_feature_set(config) != config.data.feature_set:
+            print(f"The demo dataset has no {config.data.feature_set!r} features: reading its "
+                  f"synthetic {demo_feature_set(config)!r} set instead", file=sys.stderr)
+        print("\n".join(describe_features(store)), file=sys.stderr, flush=True)
     if config.task == "MTL":
         # s-Aff-Wild2: each video is the sequence of its annotated frames (data/mtl.py).
         from abaw_jax.data import mtl
@@ -305,15 +335,16 @@ def restore(workdir: pathlib.Path, abstract_state, which: str = "best") -> tuple
 
 def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
     """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps
-    averaged; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
+    averaged in probability space, as ensembles average runs; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
     seq_len = config.data.seq_len
     bs = config.eval_batch_size or config.batch_size
     sharding.check_batch_size(bs, mesh, "eval_batch_size")
     if config.data.get("eval_readout", "average") == "last":
         return predict_split_causal(predict_fn, params, videos, store, config, mesh)
-    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task], task=config.task)
     batches = pipeline.eval_batches(
         videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
+        truncate_last=config.data.get("eval_last", "aligned") == "truncated",
         process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
         out = predict_fn(params, sharding.to_global(model_keys(batch), mesh))

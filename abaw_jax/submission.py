@@ -1,7 +1,7 @@
 """ABAW submission files: writing them, reading the forms seen in the wild, and checking them.
 
 One text file per challenge; header `image_location,<columns>`, then one row per frame:
-`<video>/00001.jpg,<values>` (REFERENCE.md). The multi-task (MTL) challenge has its own format,
+`<video>/00001.jpg,<values>` (the challenge's format). The multi-task (MTL) challenge has its own format,
 one row per image of its test list (the section at the end). The writer emits every frame of every video (frames
 without a face image included) and replaces the file atomically. The reader accepts a quoted
 class list in the header and files that skip frames.
@@ -168,7 +168,7 @@ def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str
 # --------------------------------------------------------------------------- multi-task challenge
 #
 # One file for the whole test set: header `image,valence,arousal,expression,aus`, then one row per
-# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (REFERENCE.md).
+# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (the challenge's format).
 
 MTL_HEADER = "image,valence,arousal,expression,aus"
 _MTL_FIELDS = 1 + 2 + 1 + len(AU_NAMES)
@@ -335,3 +335,159 @@ def score_mtl_submission(path: str | pathlib.Path, videos) -> dict[str, float]:
     got = check_mtl_submission(path, images)
     labels, valid = split_arrays(videos)
     return p_mtl(got.rows(images), labels, valid)
+
+
+# --------------------------------------------------------------------------- command line
+#
+#   python -m abaw_jax.submission check FILE --root DATA --task VA|EXPR|AU|MTL --split val|test
+#
+# Frame counts (and the MTL image lists) come from the dataset: the annotation files of the
+# validation split, the test-set video list with each video's highest frame image (or
+# --frame-counts, a `name,frames` CSV such as Aff-Wild2's counter_frame.csv).
+
+
+def expected_frames(root: str | pathlib.Path, task: str, split: str,
+                    frame_counts: dict[str, int] | None = None) -> dict[str, int]:
+    """{video: frames} a submission of `task` on `split` ("val" | "test") must cover."""
+    from abaw_jax.data import affwild2
+    if split == "val":
+        return {v.name: v.num_frames for v in affwild2.load_split(root, task, "val")}
+    if split == "test":
+        return {v.name: v.num_frames for v in affwild2.test_videos(root, task, frame_counts)}
+    raise SubmissionError(f"unknown split {split!r}; use 'val' or 'test'")
+
+
+def expected_images(root: str | pathlib.Path, split: str) -> list[tuple[str, int]]:
+    """The (video, frame) images an MTL submission on `split` must hold."""
+    from abaw_jax.data import mtl
+    if split == "val":
+        return [(v.name, int(f)) for v in mtl.load_mtl_split(root, "val") for f in v.frames]
+    if split == "test":
+        return mtl.load_mtl_test(root)
+    raise SubmissionError(f"unknown split {split!r}; use 'val' or 'test'")
+
+
+def _row_lines(path: pathlib.Path) -> tuple[dict[str, dict[int, int]], int]:
+    """{video: {frame: line}} of a file read_submission accepted, and its number of lines."""
+    lines: dict[str, dict[int, int]] = {}
+    n = 0
+    with open(path, newline="") as f:
+        for n, line in enumerate(f, start=1):
+            loc = line.split(",", 1)[0].strip()
+            video, _, image = loc.rpartition("/")
+            if n > 1 and video and image[:-4].isdigit():
+                lines.setdefault(video, {})[int(image[:-4])] = n
+    return lines, n
+
+
+def check_file(path: str | pathlib.Path, root: str | pathlib.Path, task: str, split: str,
+               frame_counts: dict[str, int] | None = None) -> list[str]:
+    """Checks a submission file against the dataset's `split`; returns warnings.
+
+    Raises SubmissionError `<file>:<line>: ...` at the first problem in file order (a missing
+    video is reported at the end of the file).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: no such file")
+    if task == "MTL":
+        check_mtl_submission(path, expected_images(root, split))
+        return []
+    if task not in COLUMNS:
+        raise SubmissionError(f"unknown task {task!r}; use VA, EXPR, AU or MTL")
+    expected = expected_frames(root, task, split, frame_counts)
+    got = read_submission(path, task)
+    lines, last = _row_lines(path)
+    problems: list[tuple[int, str]] = []
+    warnings = []
+    for video, n in expected.items():
+        frames = got.get(video)
+        if frames is None:
+            problems.append((last + 1, f"video {video} ({n} frames) of the {split} list has no row"))
+            continue
+        where = lines.get(video, {})
+        missing = sorted(set(range(1, n + 1)) - set(frames))
+        extra = sorted(set(frames) - set(range(1, n + 1)))
+        if missing:
+            problems.append((max(where.values(), default=last),
+                             f"video {video}: {len(missing)} of its {n} frames have no row, e.g. "
+                             f"frame {missing[0]}"))
+        if extra == [n + 1]:
+            warnings.append(f"{path}:{where.get(n + 1, 0)}: video {video}: one row past its {n} "
+                            f"frames")
+        elif extra:
+            problems.append((where.get(extra[0], 0),
+                             f"video {video}: frame {extra[0]} is beyond its {n} frames"))
+    for video in sorted(set(got) - set(expected), key=lambda v: min(lines.get(v, {0: 0}).values())):
+        problems.append((min(lines.get(video, {0: 0}).values()),
+                         f"video {video} is not in the {split} list of {task}"))
+    if problems:
+        line, message = min(problems)
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise SubmissionError(f"{path}:{line}: {message}{more}")
+    return warnings
+
+
+def read_frame_counts(path: str | pathlib.Path) -> dict[str, int]:
+    """{video: frames} of a `name,frames` CSV (a header line and `.mp4`-style suffixes allowed)."""
+    path = pathlib.Path(path)
+    counts: dict[str, int] = {}
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[1].strip().isdigit():
+                if lineno == 1:
+                    continue
+                raise SubmissionError(f"{path}:{lineno}: expected 'name,frames', got {row!r}")
+            name = row[0].strip()
+            stem, dot, suffix = name.rpartition(".")
+            counts[stem if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm")
+                   else name] = int(row[1])
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import shutil
+    import sys
+    p = argparse.ArgumentParser(prog="python -m abaw_jax.submission",
+                                description="Checks ABAW submission files against a dataset.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="check one submission file; exit status 1 on a problem",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("file", help="the submission file")
+    c.add_argument("--root", required=True, help="the Aff-Wild2 root (official layout)")
+    c.add_argument("--task", required=True, type=str.upper, choices=("VA", "EXPR", "AU", "MTL"))
+    c.add_argument("--split", default="test", choices=("val", "test"))
+    c.add_argument("--frame-counts", default="",
+                   help="CSV of name,frames for the test videos (default: each video's highest "
+                        "frame image under cropped_aligned/)")
+    c.add_argument("--copy-to", default="",
+                   help="after a successful check, copy the file here (atomically)")
+    args = p.parse_args(argv)
+    counts = None
+    try:
+        if args.frame_counts:
+            counts = read_frame_counts(args.frame_counts)
+        warnings = check_file(args.file, args.root, args.task, args.split, counts)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.copy_to:
+        dest = pathlib.Path(args.copy_to)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(args.file, tmp)
+        tmp.replace(dest)
+        print(f"{args.file}: OK; copied to {dest}", file=sys.stderr)
+    else:
+        print(f"{args.file}: OK ({args.task}, {args.split} split of {args.root})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

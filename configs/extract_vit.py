@@ -20,6 +20,9 @@ that system A's code used); `random` (random-init ViT-B/16, for benchmarks); `de
 random ViT on the demo dataset's 32 px JPEG frames, a laptop smoke test); `decode=N` (decode at N
 px on the host and resize on the device: `decode=112` for Aff-Wild2's 112 px crops moves the
 upsampling to the accelerator and sends 4x fewer bytes to it).
+Frames are encoded at the encoder's own image size (`image_size = 0`) unless
+`--config.image_size=N` asks for another; the store's meta.json records the size and the
+encoder's architecture.
 """
 
 from abaw_jax import config as config_lib
@@ -31,7 +34,9 @@ def get_config(arg=None):
     config = config_lib.extraction_config()
     config.encoder = ""
     config.pool = "gap"
-    config.image_size = 224
+    # The encoder's own input size (224 for ViT-B/16 weights, the fine-tuned encoder's for :mae);
+    # another size resizes its position embeddings, and the log and meta.json say so.
+    config.image_size = 0
     config.batch_size = 256
     config.dtype = "float16"
     if v.mae:

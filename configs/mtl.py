@@ -6,8 +6,7 @@ labels (`--config.loss.task_weights.VA=...` weighs them).
 
   python -m abaw_jax.train --config configs/mtl.py --workdir runs/mtl \
       --config.data.root=/data/affwild2
-  python -m abaw_jax.evaluate --config configs/mtl.py --workdir runs/mtl \
-      --config.data.root=/data/affwild2
+  python -m abaw_jax.evaluate --workdir runs/mtl
 Laptop run on the built-in demo data (its MTL split, in the official form):
   python -m abaw_jax.train --config configs/mtl.py:demo --workdir runs/mtl_demo
 Variants after the colon: demo; model=transformer (system A) or model=tcn (system B);

@@ -21,6 +21,8 @@ VARIANTS = dict(
     no_tcn=False,           # ablation (PB table 5): the Transformer on the features alone
     no_transformer=False,   # ablation: the TCN alone
     steps=0,                # N > 0: the run's length in steps
+    **config_lib.SHARED_VARIANTS,   # fold=K, folds=SCHEME (the code's: windows, kfold_shuffled,
+                                    # ungrouped), eval=tiled (the test code's windows)
 )
 
 
@@ -72,17 +74,19 @@ def get_config(task: str, variants: str | None = None):
         config.data.seq_len = v.seq_len
         config.data.train_stride = config.data.eval_stride = max(1, v.seq_len * 2 // 3)
     config.model.use_tcn, config.model.use_transformer = not v.no_tcn, not v.no_transformer
+    config_lib.apply_shared_variants(config, v)
     if v.steps:
         config.total_steps = v.steps
     return config
 
 
 def demo(config) -> None:
-    """Laptop scale: a small model and a short run on the demo data, a few minutes on 2 cores."""
+    """Laptop scale: a small model and a short run. The features stay "mae_ft": with a dataset
+    root the run reads `<root>/features/mae_ft` (the fine-tuned encoder's store); only the
+    built-in demo dataset (no root) lends its synthetic "vit" set, and the log says so."""
     m = config.model
     m.channels, m.kernel_size, m.dilations = (128, 64, 64), 5, (1, 2, 4)
     m.d_model, m.num_layers, m.num_heads, m.mlp_dim, m.head_dim = 64, 2, 4, 128, 32
     m.dropout = 0.1
-    config.data.feature_set = "vit"   # the demo dataset's features
     config.data.seq_len, config.data.train_stride, config.data.eval_stride = 150, 100, 100
     config_lib.demo_run(config)

@@ -1,13 +1,13 @@
 """Runs a named set of ablations and writes a markdown table and a bar chart.
 
   python scripts/ablations.py --set A --out runs/ablations_A          # demo data
-  python scripts/ablations.py --set B --out runs/ablations_B --override data.root=/data/affwild2
+  python scripts/ablations.py --set B --out runs/ablations_B --config.data.root=/data/affwild2
 
 Sets, in the shape of the seed papers' tables:
 - A: system A with and without random masking (table 5) and with sequence lengths 1 / 10 / 100 /
   200 (table 6), on VA, EXPR and AU.
 - B: system B, full / without TCN / without the Transformer encoder (table 5), on VA, EXPR, AU.
-  (`--override data.features=<store of the encoder before fine-tuning>` gives the "w/o
+  (`--config.data.features=<store of the encoder before fine-tuning>` gives the "w/o
   fine-tuning" row on real data.)
 - C: system C with each non-empty subset of its feature sets, on VA, EXPR and AU; with
   `--tasks mtl`, the rows of its table 1 on the multi-task challenge (EAC, POSTER, ResNet18,
@@ -16,7 +16,7 @@ Sets, in the shape of the seed papers' tables:
   demo is generated with these five feature sets (their dims as the paper's extractors').
 
   python scripts/ablations.py --set C --tasks mtl --out runs/table1            # demo data
-  python scripts/ablations.py --set C --tasks mtl --out runs/table1 --override data.root=/data/affwild2
+  python scripts/ablations.py --set C --tasks mtl --out runs/table1 --config.data.root=/data/affwild2
 
 With no data root the demo dataset (and the laptop-size variants) is used. Each run has its own
 workdir under --out, so an interrupted table resumes.
@@ -33,7 +33,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.common import load_config_arg, set_override  # noqa: E402
+from scripts.common import load_config_arg, parse_with_overrides, set_override  # noqa: E402
 
 # The columns of system C's table 1 and the metric keys they come from.
 MTL_COLUMNS = (("Valence CCC", "valence_ccc"), ("Arousal CCC", "arousal_ccc"),
@@ -74,16 +74,16 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tasks", default="va,expr,au")
     parser.add_argument("--feature-sets", default="vit,openface", help="system C's sets")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=0, help="shorten every run")
     parser.add_argument("--size", choices=("auto", "demo", "paper"), default="auto",
                         help="laptop-size demo variants or the papers' model sizes; auto: demo "
                              "sizes on the demo data, paper sizes with data.root set")
-    args = parser.parse_args()
+    parser.epilog = "Config overrides: --config.KEY=VALUE, repeatable (e.g. --config.data.root=DIR)"
+    args, overrides = parse_with_overrides(parser)
 
     from abaw_jax import files, metrics, train
     out = pathlib.Path(args.out)
-    has_root = any(o.startswith("data.root=") for o in args.override)
+    has_root = any(o.startswith("data.root=") for o in overrides)
     demo = args.size == "demo" or (args.size == "auto" and not has_root)
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - set(TASKS))
@@ -100,7 +100,7 @@ def main() -> None:
             config = load_config_arg(f"{ROOT / 'configs' / task}.py:{variant}")
             if mtl and args.set == "C" and demo and not has_root:
                 config.data.demo.sets = TABLE1_SETS
-            for item in args.override:
+            for item in overrides:
                 set_override(config, item)
             if args.steps:
                 config.total_steps = args.steps

@@ -17,6 +17,24 @@ def load_config_arg(spec: str) -> ml_collections.ConfigDict:
     return config_lib.load_config_file(path, arg or None)
 
 
+def parse_with_overrides(parser, argv: list[str] | None = None):
+    """`(args, overrides)`: the parser's arguments and every `--config.KEY=VALUE` (or
+    `--config.KEY VALUE`), the override syntax of the abaw_jax commands, as "KEY=VALUE" items."""
+    args, rest = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg.startswith("--config.") and "=" in arg:
+            overrides.append(arg[len("--config."):])
+        elif arg.startswith("--config.") and i + 1 < len(rest):
+            overrides.append(f"{arg[len('--config.'):]}={rest[i + 1]}")
+            i += 1
+        else:
+            parser.error(f"unrecognized argument {arg!r} (config overrides are --config.KEY=VALUE)")
+        i += 1
+    return args, overrides
+
+
 def set_override(config: ml_collections.ConfigDict, item: str) -> None:
     """Applies `a.b=value` (value parsed as a Python literal when it is one) to `config`."""
     key, sep, raw = item.partition("=")

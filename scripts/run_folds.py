@@ -1,7 +1,7 @@
 """Trains every fold of a config and reports the mean and spread of the validation score.
 
   python scripts/run_folds.py --config configs/va.py:model=tcn,demo --workdir runs/va_folds \
-      [--folds 5] [--set data.root=/data/affwild2 --set total_steps=1000]
+      [--folds 5] [--config.data.root=/data/affwild2 --config.total_steps=1000]
 
 Fold 0 is the official split; fold k >= 1 validates on part k of Train_Set + Validation_Set cut
 into `--folds - 1` video-disjoint parts (system B's five folds, abaw_jax.data.folds;
@@ -22,7 +22,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.common import load_config_arg, set_override  # noqa: E402
+from scripts.common import load_config_arg, parse_with_overrides, set_override  # noqa: E402
 
 
 def main() -> None:
@@ -30,15 +30,14 @@ def main() -> None:
     parser.add_argument("--config", required=True, help="config file with optional :variants")
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, repeatable (e.g. total_steps=300)")
-    args = parser.parse_args()
+    parser.epilog = "Config overrides: --config.KEY=VALUE, repeatable (e.g. --config.total_steps=300)"
+    args, overrides = parse_with_overrides(parser)
 
     from abaw_jax import files, metrics, train
     scores = []
     for k in range(args.folds):
         config = load_config_arg(args.config)
-        for item in args.set:
+        for item in overrides:
             set_override(config, item)
         config.data.fold, config.data.num_folds = k, args.folds
         result = train.train_and_evaluate(config, pathlib.Path(args.workdir) / f"fold{k}")

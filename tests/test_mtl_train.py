@@ -23,6 +23,7 @@ def mtl_config(root, model: str, **overrides):
     """`configs/mtl.py:demo,model=<model>` with a tiny model and a 6-step run on `root`."""
     c = load_config("mtl", f"demo,model={model}")
     c.data.root, c.data.seq_len, c.data.num_threads = str(root), 16, 1
+    c.data.feature_set = "vit"   # the tiny demo's frame features stand in for every system's
     c.data.train_stride = c.data.eval_stride = 0
     c.model.update(TINY_MODELS[model])
     c.batch_size, c.total_steps, c.optimizer.warmup_steps = 8, 6, 2

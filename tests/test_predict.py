@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -409,3 +410,31 @@ def test_read_csv_names_the_line(tmp_path):
     path.write_text("frame,valence\n")
     with pytest.raises(predict_lib.PredictError, match=rf"{path}: line 1: header"):
         predict_lib.read_csv(path)
+
+
+@pytest.mark.slow
+def test_timings_flag_prints_each_stage(runs, tmp_path, capsys):
+    """`predict --timings`: a row per stage with seconds and frames/s over the clip's frames,
+    the total their sum, and the one-time compilation apart."""
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, set(range(5, 25)), n=30)
+    start = time.perf_counter()
+    rc = predict_lib.main(["--video", str(clip), "--workdir", str(runs["VA"]), "--encoder",
+                           TINY_ENCODER, "--out", str(tmp_path / "clip.csv"), "--batch-size", "8",
+                           "--detector", "haar", "--timings"])
+    wall = time.perf_counter() - start
+    assert rc == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split() == ["stage", "seconds", "frames/s"])
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]]
+            for line in lines[at + 1:at + 2 + len(predict_lib.STAGES)]}
+    assert list(rows) == [*predict_lib.STAGES, "total"]
+    for stage, (seconds, rate) in rows.items():
+        # frames/s is 30 over the unrounded seconds; the table rounds seconds to 0.01.
+        assert seconds >= 0 and (seconds < 0.01 or
+                                 30 / (seconds + 0.005) <= rate * 1.001 and
+                                 rate <= 30 / (seconds - 0.005) * 1.001), stage
+    assert rows["total"][0] == pytest.approx(sum(rows[s][0] for s in predict_lib.STAGES), abs=0.02)
+    assert 0 < rows["total"][0] <= wall
+    assert rows["decode"][0] > 0 and rows["detect"][0] > 0
+    assert lines[at + 2 + len(predict_lib.STAGES)].endswith("30 frames)")

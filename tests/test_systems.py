@@ -14,6 +14,7 @@ MODELS = ["transformer", "tcn", "fusion"]
 
 def short(config, root, **extra):
     config.data.root = str(root)
+    config.data.feature_set = "vit"   # a dataset root names its store: the tiny demo's frame features
     config.data.num_threads = 1
     config.batch_size = 8
     config.total_steps = 2
@@ -175,9 +176,9 @@ def test_ablation_script_writes_table(tiny_demo, tmp_path):
     from conftest import ROOT
     r = subprocess.run(
         [sys.executable, "scripts/ablations.py", "--set", "B", "--out", str(tmp_path),
-         "--tasks", "va", "--steps", "2", "--size", "demo", "--override", f"data.root={tiny_demo}",
-         "--override", "batch_size=8", "--override", "data.seq_len=32",
-         "--override", "data.train_stride=0", "--override", "data.eval_stride=0"],
+         "--tasks", "va", "--steps", "2", "--size", "demo", f"--config.data.root={tiny_demo}",
+         "--config.data.feature_set=vit", "--config.batch_size=8", "--config.data.seq_len=32",
+         "--config.data.train_stride=0", "--config.data.eval_stride=0"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     table = (tmp_path / "table.md").read_text()

@@ -508,3 +508,59 @@ def test_videos(root: str | os.PathLike, task: str, frame_counts: Mapping[str, i
 # module imports them by name.
 test_videos.__test__ = False
 test_list_path.__test__ = False
+
+
+def frame_counts(root: str | os.PathLike) -> dict[str, int]:
+    """{video: frames} of every video of the root: the longest annotation file of the video over
+    the challenges and splits, else (test videos) its highest frame image."""
+    root = pathlib.Path(root)
+    counts: dict[str, int] = {}
+    for task in TASKS:
+        for split in ("train", "val"):
+            try:
+                videos = load_split(root, task, split)
+            except (FileNotFoundError, LayoutError):
+                continue
+            for v in videos:
+                counts[v.name] = max(counts.get(v.name, 0), v.num_frames)
+        try:
+            names = read_test_list(test_list_path(root, task))
+        except (FileNotFoundError, LayoutError):
+            continue
+        for name in names:
+            numbers = _frame_numbers(root, name)
+            if name not in counts and numbers is not None and len(numbers):
+                counts[name] = int(numbers[-1])
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m abaw_jax.data.affwild2 frame-counts --root DATA --out counts.csv"""
+    import argparse
+    import sys
+    p = argparse.ArgumentParser(prog="python -m abaw_jax.data.affwild2",
+                                description="Aff-Wild2 layout tools.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("frame-counts", help="write name,frames of every video (the annotation "
+                       "lengths; test videos: the highest frame image), for extract's "
+                       "--config.frame_counts")
+    c.add_argument("--root", required=True)
+    c.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        counts = frame_counts(args.root)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not counts:
+        print(f"error: {args.root}: no annotated or listed video", file=sys.stderr)
+        return 1
+    from abaw_jax import files
+    files.write_atomic(pathlib.Path(args.out), "name_video,total_frame\n" + "".join(
+        f"{name},{n}\n" for name, n in sorted(counts.items())))
+    print(f"wrote {args.out} ({len(counts)} videos)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

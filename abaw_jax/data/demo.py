@@ -732,16 +732,18 @@ def ensure_demo(cache_dir: str | os.PathLike | None = None, **kwargs) -> pathlib
 
 def main(argv: list[str] | None = None) -> None:
     """Command line: python -m abaw_jax.data.demo --out DIR [--videos N] [--seed S] ..."""
-    p = argparse.ArgumentParser(prog="python -m abaw_jax.data.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m abaw_jax.data.demo", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="new or empty output folder")
     p.add_argument("--videos", type=int, default=40, help="number of source videos")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of every random stream")
     p.add_argument("--length-scale", type=float, default=0.1,
                    help="1.0 gives the real lengths (2.6M frames at 548 videos)")
     p.add_argument("--jpeg", action="store_true", help="also draw cropped_aligned/ face images")
-    p.add_argument("--jpeg-size", type=int, default=112)
+    p.add_argument("--jpeg-size", type=int, default=112, help="side of the face images, px")
     p.add_argument("--dim", type=int, default=768, help="dim of the 'vit' feature set")
-    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    p.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="dtype of the feature stores")
     args = p.parse_args(argv)
     out = build_demo(args.out, num_videos=args.videos, seed=args.seed, length_scale=args.length_scale,
                      feature_sets={"vit": args.dim, "openface": OPENFACE_DIM}, jpeg=args.jpeg,

@@ -170,6 +170,11 @@ def _fsync(f) -> None:
     getattr(os, "fdatasync", os.fsync)(f.fileno())
 
 
+# What to do when a store was written with other settings than a writer's.
+_MISMATCH_HINT = ("; to keep it, rerun with the settings it was written with (its meta.json "
+                  "'params'); to replace it, delete {path} or write to another folder")
+
+
 class FeatureStoreWriter:
     """Appends videos to a store, as one of possibly many processes; resumable.
 
@@ -249,11 +254,12 @@ class FeatureStoreWriter:
             if meta[key] != mine:
                 raise StoreError(
                     f"{meta_path}: store has {key} {meta[key]!r}, writer was opened with {mine!r}"
+                    f"{_MISMATCH_HINT.format(path=self.path)}"
                 )
         if self.extractor and meta.get("extractor") and meta["extractor"] != self.extractor:
             raise StoreError(
                 f"{meta_path}: store has extractor {meta['extractor']!r}, "
-                f"writer was opened with {self.extractor!r}"
+                f"writer was opened with {self.extractor!r}{_MISMATCH_HINT.format(path=self.path)}"
             )
         self.meta = meta
 

@@ -352,9 +352,22 @@ def eval_batches(
         yield {"image": images, "label": labels, "mask": mask}
 
 
+def num_classes(source) -> int:
+    """The classes a source's labels index: Aff-Wild2's 8 expressions for its frames, the class
+    folders (or the mapping's highest index + 1) for a folder, the label feature's classes (else
+    the highest label + 1) for TFDS."""
+    if isinstance(source, AffWild2Frames):
+        return len(affwild2.EXPR_CLASSES)
+    labels = np.asarray(source.labels)
+    top = int(labels.max()) + 1 if labels.size else 0
+    declared = len(getattr(source, "classes", ()) or ()) or int(getattr(source, "num_classes", 0) or 0)
+    return max(declared, top)
+
+
 def class_counts(source: FileImages, num_classes: int) -> np.ndarray:
     """Images per class ``[num_classes]`` (for class weights)."""
     if len(source.labels) and (source.labels.min() < 0 or source.labels.max() >= num_classes):
         raise ImageSourceError(
-            f"labels span [{source.labels.min()}, {source.labels.max()}], outside [0, {num_classes})")
+            f"labels span [{source.labels.min()}, {source.labels.max()}], outside [0, {num_classes}) "
+            f"of config.num_classes = {num_classes} (0 takes the source's own class count)")
     return np.bincount(source.labels, minlength=num_classes)

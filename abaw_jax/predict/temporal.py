@@ -168,13 +168,15 @@ class Compiled:
 
 def run_temporal(run: Run, features: np.ndarray, present: np.ndarray, *, batch_size: int = 32,
                  compiled: Compiled | None = None) -> np.ndarray:
-    """Raw per-frame outputs ``[T, C]`` of one run: sliding windows, overlaps averaged."""
+    """Raw per-frame outputs ``[T, C]`` of one run: sliding windows, overlaps averaged (in
+    probability space, as `evaluate` and ensembles do)."""
     t = len(present)
     seq_len = run.seq_len
-    starts = pipeline.window_starts(t, seq_len, run.stride)
+    starts = pipeline.window_starts(t, seq_len, run.stride,
+                                    run.config.data.get("eval_last", "aligned") == "truncated")
     bs = bucket(len(starts), batch_size)
     compiled = compiled or Compiled(runs.make_predict(run.model), "temporal", {})
-    assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task])
+    assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task], task=run.task)
     feats = round_to_store(features, run.store_dtype)
     for i in range(0, len(starts), bs):
         chunk = starts[i:i + bs]
