@@ -380,7 +380,8 @@ def test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback(tiny
     args = cli("abaw_jax.train", tiny_demo, tmp_path / "run", config="va.py:nosuch")
     line = one_error_line(run_cli(args))
     assert line.startswith(f"error: --config={ROOT / 'configs' / 'va.py'}:nosuch: unknown config "
-                           f"variant 'nosuch' in 'nosuch'; known: demo, mask, "), line
+                           f"variant 'nosuch' in 'nosuch'; known: demo, "), line
+    assert " mask, " in line and " windows" in line   # the list of the system file's variants
     r = run_cli([*args, "--debug"])
     assert r.returncode != 0 and "Traceback" in r.stderr
 
