@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pathlib
 import time
@@ -81,10 +82,10 @@ def _reference_outputs(run: predict_lib.Run, features: np.ndarray, present: np.n
     from abaw_jax import runs, sharding
     from abaw_jax.data import features as features_lib
     t = len(present)
-    with features_lib.FeatureStoreWriter(tmp_path / f"store_{run.task}", dim=features.shape[1],
-                                         dtype="float16") as w:
+    path = tmp_path / f"store_{run.task}_{run.config.data.get('eval_readout', 'average')}"
+    with features_lib.FeatureStoreWriter(path, dim=features.shape[1], dtype="float16") as w:
         w.write("clip", features, present)
-    store = features_lib.FeatureStore(tmp_path / f"store_{run.task}")
+    store = features_lib.FeatureStore(path)
     shape = (t, 2) if run.task == "VA" else (t,)
     video = affwild2.Video("clip", t, np.zeros(shape, np.float32), np.zeros(shape, bool), present)
     mesh = sharding.make_mesh(1)
@@ -169,6 +170,15 @@ def test_temporal_outputs_match_the_evaluation_path(predictor, tmp_path):
         got = predict_lib.run_temporal(run, features, present, batch_size=4)
         want = _reference_outputs(run, features, present, tmp_path)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # System A's default readout: each frame from the window ending at it.
+        config = run.config.copy_and_resolve_references()
+        config.data.eval_readout = "last"
+        causal = dataclasses.replace(run, config=config)
+        got = predict_lib.run_temporal(causal, features, present, batch_size=4)
+        want = _reference_outputs(causal, features, present, tmp_path)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(got, predict_lib.run_temporal(run, features, present, batch_size=4),
+                               atol=1e-4), "the readouts should differ"
 
 
 def test_no_face_frames_are_flagged_and_predicted(predictor, tmp_path):

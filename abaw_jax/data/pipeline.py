@@ -58,6 +58,15 @@ def window_starts(num_frames: int, seq_len: int, stride: int,
     return starts
 
 
+def causal_windows(num_frames: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, read) per frame t of one video: the window of `seq_len` frames that ends at t and
+    t's position in it. The first `seq_len - 1` frames read the window starting at 0, whose
+    frames after t the caller hides (no future frame is seen)."""
+    frame = np.arange(num_frames, dtype=np.int64)
+    start = np.maximum(frame - seq_len + 1, 0)
+    return start, frame - start
+
+
 def _check_window_args(seq_len: int, stride: int | None) -> int:
     if not isinstance(seq_len, (int, np.integer)) or seq_len <= 0:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
