@@ -17,6 +17,7 @@ import pathlib
 import numpy as np
 
 from abaw_jax import files
+from abaw_jax.data import affwild2
 from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES, format_annotation
 from abaw_jax.data.mtl import image_name, parse_image_name, split_arrays
 from abaw_jax.metrics import p_mtl
@@ -349,7 +350,6 @@ def score_mtl_submission(path: str | pathlib.Path, videos) -> dict[str, float]:
 def expected_frames(root: str | pathlib.Path, task: str, split: str,
                     frame_counts: dict[str, int] | None = None) -> dict[str, int]:
     """{video: frames} a submission of `task` on `split` ("val" | "test") must cover."""
-    from abaw_jax.data import affwild2
     if split == "val":
         return {v.name: v.num_frames for v in affwild2.load_split(root, task, "val")}
     if split == "test":
@@ -428,25 +428,6 @@ def check_file(path: str | pathlib.Path, root: str | pathlib.Path, task: str, sp
     return warnings
 
 
-def read_frame_counts(path: str | pathlib.Path) -> dict[str, int]:
-    """{video: frames} of a `name,frames` CSV (a header line and `.mp4`-style suffixes allowed)."""
-    path = pathlib.Path(path)
-    counts: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2 or not row[1].strip().isdigit():
-                if lineno == 1:
-                    continue
-                raise SubmissionError(f"{path}:{lineno}: expected 'name,frames', got {row!r}")
-            name = row[0].strip()
-            stem, dot, suffix = name.rpartition(".")
-            counts[stem if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm")
-                   else name] = int(row[1])
-    return counts
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import shutil
@@ -470,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = None
     try:
         if args.frame_counts:
-            counts = read_frame_counts(args.frame_counts)
+            counts = affwild2.read_frame_counts(args.frame_counts)
         warnings = check_file(args.file, args.root, args.task, args.split, counts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
