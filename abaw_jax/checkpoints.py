@@ -8,6 +8,12 @@ and renames it when complete. `cleanup_tmp_directories` removes temporary direct
 save left behind, and `RunCheckpoints` also removes step directories without the commit file
 (a save killed in orbax's commit-file mode, or a partial copy), so an interrupted save never
 looks like a checkpoint.
+
+Each checkpoint also holds a content digest of every array of its state (`abaw_jax.digests`,
+item `digest`), computed on the device when it is saved and checked when it is restored: a
+checkpoint whose bytes changed afterwards is reported and set aside like an unreadable one. A
+save that fails for want of space or permission stops the run with one line naming the path,
+the free space and the last intact step.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from abaw_jax import digests, workdirs
 
 COMMIT_FILE = "commit_success.txt"
 DAMAGED_PREFIX = "damaged-"
@@ -47,6 +55,30 @@ def _set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException) 
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices(f"abaw_jax.checkpoints.set_aside.{step}")
     manager.reload()
+
+
+class _DiskErrorFilter(logging.Filter):
+    """Drops orbax's log records of a failed write for want of space or permission (hundreds
+    of lines of TensorStore context per array): RunCheckpoints reports it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and workdirs.is_disk_error(
+                record.exc_info[1]):
+            return False
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        return not any(s in text for s in ("RESOURCE_EXHAUSTED", "No space left",
+                                           "Read-only file system"))
+
+
+def _quiet_disk_errors() -> None:
+    # orbax logs through absl.logging; its unawaited write tasks through asyncio at exit.
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DiskErrorFilter) for f in logger.filters):
+            logger.addFilter(_DiskErrorFilter())
 
 
 def complete_steps(directory: str | pathlib.Path) -> list[int]:
@@ -79,6 +111,7 @@ class RunCheckpoints:
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int = 2, async_save: bool = True):
         workdir = pathlib.Path(workdir).absolute()
+        _quiet_disk_errors()
         if jax.process_index() == 0:
             for sub in ("checkpoints", "best"):
                 discard_incomplete(workdir / sub)
@@ -97,7 +130,7 @@ class RunCheckpoints:
                 enable_async_checkpointing=async_save,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix="abaw_jax_latest")),
-            item_names=("state", "data"))
+            item_names=("state", "data", "digest"))
         self.best = ocp.CheckpointManager(
             workdir / "best",
             options=ocp.CheckpointManagerOptions(
@@ -105,14 +138,38 @@ class RunCheckpoints:
                 cleanup_tmp_directories=True, enable_async_checkpointing=async_save,
                 multiprocessing_options=ocp.options.MultiprocessingOptions(
                     barrier_sync_key_prefix="abaw_jax_best")),
-            item_names=("state",))
+            item_names=("state", "digest"))
+        self.directory = workdir / "checkpoints"
+        self.abstract_state: Any = None   # the restore target, once restore_latest has run
+
+    def _saving(self, manager: ocp.CheckpointManager, state: Any, save: Any) -> None:
+        """Runs `save()` (an orbax save of `state` by `manager`): first the space check, then any
+        failure of this or the previous asynchronous save as one line (workdirs)."""
+        directory = pathlib.Path(manager.directory)
+        need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+        try:
+            free = shutil.disk_usage(directory).free
+        except OSError:
+            free = None
+        last = self._last_committed()
+        if free is not None and free < need:
+            raise CheckpointError(workdirs.disk_full_message(
+                directory, OSError(28, f"No space left: {need} bytes needed"), last))
+        try:
+            manager.check_for_errors()
+            save()
+        except Exception as e:  # noqa: BLE001 - orbax wraps the OS error in its own types
+            if workdirs.is_disk_error(e):
+                raise CheckpointError(workdirs.disk_full_message(directory, e, last)) from None
+            raise
 
     def save(self, step: int, state: Any, data_iter: Any, *, force: bool = False) -> None:
         """Saves the train state and the data iterator position at `step`."""
-        self.best.wait_until_finished()   # one save in flight at a time (see __init__)
-        self.latest.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
-            force=force)
+        self._wait(self.best)   # one save in flight at a time (see __init__)
+        record = digests.digest(state)
+        self._saving(self.latest, state, lambda: self.latest.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter),
+            digest=ocp.args.JsonSave(record)), force=force))
 
     def save_best(self, step: int, state: Any, score: float) -> None:
         """Offers `state` as the best one; orbax keeps it only if `score` beats the kept one.
@@ -123,9 +180,11 @@ class RunCheckpoints:
         """
         if step in self.best.all_steps():
             return
-        self.latest.wait_until_finished()
-        self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
-                       metrics={"score": float(score)}, force=True)
+        self._wait(self.latest)
+        record = digests.digest(state)
+        self._saving(self.best, state, lambda: self.best.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), digest=ocp.args.JsonSave(record)),
+            metrics={"score": float(score)}, force=True))
 
     def latest_step(self) -> int | None:
         return self.latest.latest_step()
@@ -141,13 +200,18 @@ class RunCheckpoints:
         batches and keeps its rows), so a run saved by N processes resumes on M: a process
         without its own file takes process 0's.
         """
+        self.abstract_state = abstract_state
         damaged = []
         for step in reversed(self.latest.all_steps()):
             try:
-                restored = self.latest.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state)))
+                restored = restore_verified(self.latest, step, abstract_state)
                 iterator_state = _iterator_state(self.latest.directory / str(step) / "data")
             except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+                if is_mismatch(e):   # intact bytes of another model: not damaged, not renamed
+                    raise CheckpointError(
+                        f"{self.latest.directory / str(step)} holds a state of another model "
+                        f"({' '.join(str(e).split())[:160]}); use the config it was trained with "
+                        f"or another --workdir") from None
                 damaged.append(step)
                 _set_aside(self.latest, step, e)
                 continue
@@ -161,13 +225,53 @@ class RunCheckpoints:
                 f"aside as damaged-<step>); remove the workdir to start afresh")
         return None
 
+    def intact_step(self) -> int | None:
+        """The newest checkpoint whose bytes still match their digest (damaged ones are set
+        aside); None when there is none or no restore target is known. Reads the checkpoints:
+        for error messages, not for every step."""
+        if self.abstract_state is None:
+            return self.latest.latest_step()
+        self.latest.reload()
+        for step in reversed(self.latest.all_steps()):
+            try:
+                restore_verified(self.latest, step, self.abstract_state)
+            except Exception as e:  # noqa: BLE001
+                _set_aside(self.latest, step, e)
+                continue
+            return step
+        return None
+
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self._wait(self.latest)
+        self._wait(self.best)
+
+    def _wait(self, manager: ocp.CheckpointManager) -> None:
+        """Waits for `manager`'s save in flight; a failed write is one line (workdirs)."""
+        try:
+            manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 - orbax wraps the OS error in its own types
+            if workdirs.is_disk_error(e):
+                raise CheckpointError(workdirs.disk_full_message(
+                    manager.directory, e, self._last_committed())) from None
+            raise
+
+    def _last_committed(self) -> int | None:
+        steps = complete_steps(self.directory)
+        return steps[-1] if steps else None
 
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def intact_note(ckpt: RunCheckpoints) -> str:
+    """"the last intact checkpoint is step N in <dir>" after its digest was checked again (a
+    damaged newer one is set aside first), for the message of a run that stops."""
+    step = ckpt.intact_step()
+    if step is None:
+        return (f"no intact checkpoint in {ckpt.directory}: a re-run starts from step 0")
+    return (f"the last intact checkpoint is step {step} in {ckpt.directory} (content digest "
+            f"checked); a re-run resumes there")
 
 
 def find_step(workdir: str | pathlib.Path, which: str = "best") -> tuple[pathlib.Path, int]:
@@ -217,13 +321,69 @@ def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str 
     device count restores on any other.
     """
     directory, step = find_step(workdir, which)
-    items = ("state",) if directory.name == "best" else ("state", "data")
+    items = ("state", "digest") if directory.name == "best" else ("state", "data", "digest")
     with _ReadOnlyNotes(), ocp.CheckpointManager(
             directory, item_names=items,
             options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+        try:
+            restored = restore_verified(mngr, step, abstract_state)
+        except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+            if is_mismatch(e):
+                raise
+            damage = f"{directory / str(step)} is damaged ({_reason(e)})"
+            if which != "best":
+                raise CheckpointError(damage) from None
+            return _latest_instead(directory.parent, abstract_state, damage)
     return step, restored.state
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def _latest_instead(workdir: pathlib.Path, abstract_state: Any, damage: str) -> tuple[int, Any]:
+    """The newest intact state of `workdir/checkpoints`, for a damaged best checkpoint (read
+    only: nothing is renamed); says which step is used."""
+    directory = workdir / "checkpoints"
+    steps = complete_steps(directory)
+    with ocp.CheckpointManager(directory, item_names=("state", "data", "digest"),
+                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+        for step in reversed(steps):
+            try:
+                restored = restore_verified(mngr, step, abstract_state)
+            except Exception as e:  # noqa: BLE001
+                if is_mismatch(e):
+                    raise
+                print(f"Checkpoint {directory / str(step)} is damaged too ({_reason(e)})",
+                      file=sys.stderr, flush=True)
+                continue
+            print(f"The best checkpoint {damage}; using the latest intact checkpoint instead: "
+                  f"step {step} of {directory}", file=sys.stderr, flush=True)
+            return step, restored.state
+    raise CheckpointError(f"{damage}, and {directory} holds no intact checkpoint "
+                          f"(steps {steps}); train again in a new workdir")
+
+
+def is_mismatch(error: BaseException) -> bool:
+    """An orbax restore that failed because the target has other arrays or shapes than the
+    checkpoint (another config's model), as opposed to unreadable or altered bytes."""
+    text = str(error)
+    return isinstance(error, ValueError) and not isinstance(error, digests.DigestMismatch) and (
+        "tree structures do not match" in text or "is not compatible with the stored shape" in text)
+
+
+def restore_verified(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """The orbax restore of `step`'s state, checked against the digest saved with it (raises
+    digests.DigestMismatch); checkpoints written without a digest restore unchecked."""
+    has_digest = (pathlib.Path(manager.directory) / str(step) / "digest").is_dir()
+    args = dict(state=ocp.args.StandardRestore(abstract_state))
+    if has_digest:
+        args["digest"] = ocp.args.JsonRestore()
+    restored = manager.restore(step, args=ocp.args.Composite(**args))
+    if has_digest:
+        digests.verify(restored.state, restored.digest)
+    return restored
 
 
 def _iterator_state(directory: Any) -> dict:

@@ -1,8 +1,10 @@
 """The command line shared by every config-driven entry point (train, evaluate, extract, pretrain).
 
 `run(main_fn, validate_fn)` defines --config (an ml_collections config file with `:variants`),
---workdir and the multi-process flags, validates the config before anything touches a device,
-and prints the project's input errors as one `error:` line instead of a traceback.
+--workdir, --print_config and the multi-process flags, validates the config before anything
+touches a device, and prints the project's input errors as one `error:` line instead of a
+traceback. `--print_config` prints the resolved, validated config as JSON and exits (no
+--workdir needed).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import sys
 from collections.abc import Callable
 
 from abaw_jax import config as config_lib
+from abaw_jax import input_errors
+from abaw_jax import workdirs
 from abaw_jax.loop import NonFiniteLossError
 
 
 def define_flags() -> None:
-    """--config, --workdir, --coordinator, --num_processes, --process_id."""
+    """--config, --workdir, --print_config, --coordinator, --num_processes, --process_id."""
     from absl import flags
     from ml_collections import config_flags
     config_flags.DEFINE_config_file("config", None, "config file (with :variants)", lock_config=True)
@@ -25,7 +29,19 @@ def define_flags() -> None:
                         "launched by hand (SLURM, Open MPI and TPU pods are detected)")
     flags.DEFINE_integer("num_processes", 0, "number of processes (with --coordinator)")
     flags.DEFINE_integer("process_id", -1, "this process's index (with --coordinator)")
-    flags.mark_flags_as_required(["config", "workdir"])
+    flags.DEFINE_boolean("debug", False, "show the traceback of an input error too")
+    flags.DEFINE_bool("print_config", False, "print the resolved config as JSON and exit "
+                      "(before any device work; --workdir not needed)")
+    flags.mark_flags_as_required(["config"])
+    flags.register_multi_flags_validator(
+        ["workdir", "print_config"], lambda f: f["workdir"] is not None or f["print_config"],
+        message="--workdir is required (except with --print_config)")
+
+
+def config_json(config) -> str:
+    """The config as indented JSON, keys in the config's own order (tuples become lists)."""
+    import json
+    return json.dumps(config.to_dict(), indent=2, default=str)
 
 
 def is_input_error(e: BaseException) -> bool:
@@ -109,12 +125,18 @@ def run(main_fn: Callable, validate_fn: Callable = config_lib.validate, *,
             # Library INFO lines (every orbax save) drown the progress line; -v 0 brings them back.
             absl_logging.set_verbosity(absl_logging.WARNING)
         try:
+            if flags.FLAGS.print_config:
+                validate_fn(flags.FLAGS.config)
+                print(config_json(flags.FLAGS.config))
+                return
             check_workdir(flags.FLAGS.workdir)
-            validate_fn(flags.FLAGS.config)
+            out = flags.FLAGS["out"].value if "out" in flags.FLAGS else ""   # evaluate --out
+            workdirs.check_writable(out or flags.FLAGS.workdir, "--out" if out else "--workdir")
+            validate_fn(input_errors.config_flag())
             main_fn(argv)
         except Exception as e:
-            if not is_input_error(e):
-                raise   # a bug: keep the traceback
+            if not is_input_error(e) or flags.FLAGS.debug:
+                raise   # a bug (or --debug): keep the traceback
             sys.exit(f"error: {e}")
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=input_errors.parse_flags)   # bad flags: one line too

@@ -144,10 +144,14 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # "average": overlapping window outputs averaged; "last": frame t from the window ending at
     # t, read at its last position (causal; seq_len x the evaluation cost; system A's code).
     c.data.eval_readout = "average"
+    # The last evaluation window of a video: "aligned" ends at the video's last frame (every
+    # window full); "truncated" starts at the next multiple of eval_stride and stops at the end
+    # (system B's test code, with eval_stride = seq_len: the variant `eval=tiled`).
+    c.data.eval_last = "aligned"
     # Folds (system B's table 1, data/folds.py): 0 (or -1) trains on Train_Set and validates on
     # Validation_Set; k in [1, num_folds) validates on part k of Train_Set + Validation_Set split
-    # into num_folds - 1 parts, video-disjoint by source video ("grouped") or as the authors'
-    # code did ("ungrouped").
+    # into num_folds - 1 parts, video-disjoint by source video ("grouped"), or as the authors'
+    # code did ("ungrouped", "kfold_shuffled", "windows": see data/folds.py).
     c.data.fold = 0
     c.data.num_folds = 5
     c.data.fold_scheme = "grouped"
@@ -192,6 +196,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
     cadence_fields(c, eval_every=500)
+    # VA and MTL: also keep the best parameters of each output (valence, arousal; the multi-task
+    # model's four tasks) by its own metric, and let `evaluate` read each output from its own
+    # best parameters (abaw_jax/best_parts.py; system C's code).
+    c.best_per_output = False
     # EXPR at `evaluate`: each frame's class becomes the most frequent class of the frames within
     # eval_mode_filter // 2 of it (0: off; system B's code uses 40). Training's evaluations and
     # the saved raw outputs are not smoothed.
@@ -235,12 +243,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
         need(get(config, key) <= config.data.seq_len, key, "must be <= data.seq_len (0: equal)")
     need(config.data.eval_readout in ("average", "last"), "data.eval_readout",
          "'average' or 'last'")
+    need(config.data.eval_last in ("aligned", "truncated"), "data.eval_last",
+         "'aligned' or 'truncated'")
     need(config.data.num_folds >= 3, "data.num_folds", "must be >= 3 (the official split and at "
          "least two parts)")
     need(config.data.fold == -1 or 0 <= config.data.fold < config.data.num_folds, "data.fold",
          f"0 (official split) or in [1, data.num_folds={config.data.num_folds})")
-    need(config.data.fold_scheme in ("grouped", "ungrouped"), "data.fold_scheme",
-         "'grouped' or 'ungrouped'")
+    _check_folds(need, config)
     optim.check(need, config)
     need(config.early_stopping_patience >= 0, "early_stopping_patience", "must be >= 0 (0: off)")
     need(config.evals_per_epoch >= 0, "evals_per_epoch", "must be >= 0 (0: use eval_every)")
@@ -266,6 +275,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     need(config.data.num_threads >= 1, "data.num_threads", "must be >= 1")
     need(config.data.device_bank in ("auto", "on", "off"), "data.device_bank",
          "'auto', 'on' or 'off'")
+
+
+def _check_folds(need, config: ml_collections.ConfigDict) -> None:
+    from abaw_jax.data import folds
+    need(config.data.fold_scheme in folds.SCHEMES, "data.fold_scheme", f"one of {folds.SCHEMES}")
+    if config.data.fold_scheme == "windows" and config.data.fold > 0:
+        need(config.data.fold in folds.WINDOW_FOLDS, "data.fold",
+             f"scheme 'windows' has folds {sorted(folds.WINDOW_FOLDS)}")
+        window, stride = folds.WINDOW_FOLDS[config.data.fold]
+        need((config.data.seq_len, config.data.train_stride) == (window, stride), "data.seq_len",
+             f"fold {config.data.fold} of scheme 'windows' trains windows of {window} at stride "
+             f"{stride} (the variant folds=windows,fold={config.data.fold} sets them)")
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:
@@ -325,6 +346,56 @@ def system_config(task: str, arg: str | None, default_model: str,
         raise ConfigError(f"{e} (model={model}: {SYSTEM_FILES[model]})") from None
 
 
+# Variants every system file accepts (`configs/expr.py:model=tcn,folds=windows,fold=2`):
+# fold=K, folds=SCHEME (data/folds.py) and eval=tiled.
+SHARED_VARIANTS = dict(fold=-1, folds="", eval="")
+
+
+def apply_shared_variants(config: ml_collections.ConfigDict, v: ml_collections.ConfigDict) -> None:
+    """Applies the `SHARED_VARIANTS` found in the decoded variants `v`."""
+    if v.folds or v.fold >= 0:
+        set_fold(config, v.fold, v.folds)
+    if v.eval:
+        set_eval(config, v.eval)
+
+
+def set_eval(config: ml_collections.ConfigDict, how: str) -> None:
+    """The variant `eval=tiled`: evaluation windows side by side (stride = window), the last
+    one truncated (system B's test code)."""
+    if how != "tiled":
+        raise ConfigError(f"variant eval={how!r}: known: tiled")
+    config.data.eval_stride, config.data.eval_last = 0, "truncated"
+
+
+def set_fold(config: ml_collections.ConfigDict, fold: int, scheme: str) -> None:
+    """The variants `fold=K` and `folds=SCHEME` (data/folds.py); scheme "windows" also sets the
+    fold's window and stride (system B's released EXPR configs)."""
+    from abaw_jax.data import folds
+    if scheme:
+        if scheme not in folds.SCHEMES:
+            raise ConfigError(f"variant folds={scheme!r}: known: {', '.join(folds.SCHEMES)}")
+        config.data.fold_scheme = scheme
+    if fold >= 0:
+        config.data.fold = fold
+    if config.data.fold_scheme == "windows" and config.data.fold in folds.WINDOW_FOLDS:
+        window, stride = folds.WINDOW_FOLDS[config.data.fold]
+        config.data.seq_len, config.data.train_stride = window, stride
+        config.data.eval_stride = stride
+
+
+def set_windows(config: ml_collections.ConfigDict, windows: str) -> None:
+    """The variant `windows=` (system A): "causal" is system A's code (a window ending at every frame,
+    stride 1, each frame predicted from the window that ends at it, read at its last position;
+    A's default), "chunks" non-overlapping windows averaged (A's `:demo`)."""
+    if windows == "causal":
+        config.data.train_stride, config.data.eval_readout = 1, "last"
+    elif windows == "chunks":
+        config.data.train_stride = config.data.eval_stride = 0
+        config.data.eval_readout = "average"
+    else:
+        raise ConfigError(f"variant windows={windows!r}: known: causal, chunks")
+
+
 # ---------------------------------------------------------------------------------------------
 # Image models (pretrain).
 
@@ -358,6 +429,10 @@ def image_base_config(mode: str) -> ml_collections.ConfigDict:
         hflip=True,
         num_threads=2,
     ))
+    # finetune, on the device after normalisation: random erasing with probability `erase` per
+    # image, then Mixup (alpha `mixup`) or CutMix (alpha `cutmix`) of the batch with its
+    # reverse, CutMix with probability `switch_prob` when both are on; 0 turns each off.
+    c.augment = ml_collections.ConfigDict(dict(erase=0.0, mixup=0.0, cutmix=0.0, switch_prob=0.5))
     c.init_from = ""            # finetune: MAE / fine-tuning workdir, encoder dir or ViT weights
     c.num_classes = 8           # finetune: 0 takes the source's (8 on Aff-Wild2 frames)
     c.loss = ml_collections.ConfigDict(dict(label_smoothing=0.1, class_weights=""))
@@ -405,6 +480,10 @@ def validate_image(config: ml_collections.ConfigDict) -> None:
     if config.mode == "finetune":
         need(config.num_classes == 0 or config.num_classes >= 2, "num_classes",
              "must be >= 2 (0: the source's own class count)")
+        for key in ("erase", "switch_prob"):
+            need(0.0 <= config.augment[key] <= 1.0, f"augment.{key}", "must be in [0, 1]")
+        for key in ("mixup", "cutmix"):
+            need(config.augment[key] >= 0.0, f"augment.{key}", "must be >= 0 (0: off)")
         need(0.0 <= config.loss.label_smoothing < 1.0, "loss.label_smoothing", "must be in [0, 1)")
         need(config.loss.class_weights in ("", "balanced"), "loss.class_weights", "'' or 'balanced'")
     from abaw_jax.models import classifier

@@ -1,10 +1,11 @@
 """Ensembles of several runs (folds or systems) by averaging their per-frame outputs.
 
 Each workdir's `evaluate` writes raw per-frame outputs (`predictions/<split>/<TASK>_outputs.npz`).
-The ensemble averages them in probability space (EXPR softmax, AU sigmoid; VA as is), scores the
-average on the validation split and writes the submission files like `evaluate` does. Members
-whose validation videos differ (the folds of one system) are scored on the validation split one
-by one, each on its own videos; their test-split outputs are still averaged.
+The ensemble averages them in probability space (EXPR softmax, AU sigmoid; VA as is), as the
+overlapping windows of one run are averaged (`pipeline.Assembler`), scores the average on the
+validation split and writes the submission files like `evaluate` does. Members whose
+validation videos differ (the folds of one system) are scored on the validation split one by
+one, each on its own videos; their test-split outputs are still averaged.
 """
 
 from __future__ import annotations
@@ -15,44 +16,17 @@ import sys
 import numpy as np
 
 from abaw_jax import evaluation, files, runs
+from abaw_jax.data import pipeline
 
 
 class EnsembleError(ValueError):
     """Members that cannot be averaged (the message names the workdirs)."""
 
 
-def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
-    """Raw outputs -> the space in which members are averaged (per task's columns for "MTL")."""
-    x = np.asarray(outputs, np.float64)
-    if task == "MTL":
-        return _per_task(to_probabilities, x)
-    if task == "EXPR":
-        e = np.exp(x - x.max(-1, keepdims=True))
-        return e / e.sum(-1, keepdims=True)
-    if task == "AU":
-        return 1.0 / (1.0 + np.exp(-x))
-    return x
-
-
-def _per_task(fn, x: np.ndarray) -> np.ndarray:
-    """`fn` applied to each task's columns of packed multi-task outputs."""
-    from abaw_jax.data import mtl
-    out = np.empty_like(x)
-    for task, cols in mtl.OUTPUT_COLUMNS.items():
-        out[..., cols] = fn(task, x[..., cols])
-    return out
-
-
-def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
-    """Averaged probabilities -> raw-output form (log-probabilities / logits) for scoring."""
-    if task == "MTL":
-        return _per_task(from_probabilities, np.asarray(probs, np.float64))
-    p = np.clip(probs, 1e-7, 1 - 1e-7) if task != "VA" else probs
-    if task == "EXPR":
-        return np.log(p)
-    if task == "AU":
-        return np.log(p) - np.log1p(-p)
-    return p
+# The space in which outputs are averaged, shared with the overlapping windows of one run
+# (data/pipeline.py), so that an ensemble of runs and the windows of one run agree.
+to_probabilities = pipeline.to_probabilities
+from_probabilities = pipeline.from_probabilities
 
 
 def member_outputs(workdir: pathlib.Path, task: str, split: str) -> dict[str, np.ndarray]:

@@ -34,7 +34,8 @@ def main(argv) -> None:
         for split, m in ensemble.ensemble(members, out, splits).items():
             ensemble.report(split, m)
         return
-    evaluation.evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None)
+    evaluation.evaluate(f.config, f.workdir, checkpoint=f.checkpoint, splits=splits, out_dir=f.out or None,
+                        allow_incomplete=f.allow_incomplete)
 
 
 if __name__ == "__main__":
@@ -44,4 +45,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", "", "output directory (default <workdir>/predictions)")
     flags.DEFINE_string("ensemble", "", "comma-separated further workdirs (folds or systems) to "
                         "average with --workdir, per frame; writes to <workdir>/ensemble")
+    flags.DEFINE_boolean("allow_incomplete", False, "write the test submission even when test-list "
+                         "videos have no features (without their rows)")
     cli.run(main, config_from_workdir=True)

@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from abaw_jax import files, metrics, models, runs, sharding, submission
+from abaw_jax import best_parts, files, metrics, models, runs, sharding, submission, workdirs
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, mtl
 
@@ -35,26 +35,19 @@ class SplitInputs:
 
 
 def split_inputs(config: ml_collections.ConfigDict, data: runs.Data, split: str,
-                 is_main: bool = True) -> SplitInputs | None:
+                 is_main: bool = True, allow_incomplete: bool = False) -> SplitInputs | None:
     """The inputs of `split` ("val" or "test"); None (with a note) when the dataset lists no
-    test videos or images."""
+    test videos or images. A listed test video without features is an error unless
+    `allow_incomplete` (`workdirs.test_split`)."""
     if split not in ("val", "test"):
         raise config_lib.ConfigError(f"unknown split {split!r}; use 'val' and/or 'test'")
     if config.task == "MTL":
         return _mtl_inputs(data, split, is_main)
     if split == "val":
         return SplitInputs(data.val, data.features)
-    try:
-        # Frame counts from the feature store, which covers frames past the last face.
-        videos = affwild2.test_videos(
-            data.root, config.task,
-            frame_counts={v: data.features.num_frames(v) for v in data.features.videos})
-    except FileNotFoundError as e:
-        if is_main:
-            print(f"No test-set video list for {config.task}: skipping the test split ({e})",
-                  file=sys.stderr)
-        return None
-    return SplitInputs(videos, data.features)
+    videos = workdirs.test_split(data, config.task, allow_incomplete=allow_incomplete,
+                                 is_main=is_main)
+    return None if videos is None else SplitInputs(videos, data.features)
 
 
 def _mtl_inputs(data: runs.Data, split: str, is_main: bool) -> SplitInputs | None:
@@ -106,6 +99,14 @@ def score_split(task: str, outputs: list[np.ndarray], videos: list[affwild2.Vide
     return metrics.task_score(task, out, labels, valid)
 
 
+def filter_scores(config, filtered: float, outputs: list[np.ndarray], videos) -> dict:
+    """Both EXPR scores of a mode-filtered evaluation, named: the filtered one (the headline,
+    system B's test-time protocol) and the unfiltered one (the protocol of the papers'
+    validation scores)."""
+    return {"mode_filter": int(config.eval_mode_filter), "filtered_score": float(filtered),
+            "unfiltered_score": float(score_split(config.task, outputs, videos)[0])}
+
+
 def split_metrics(task: str, decided: list[np.ndarray], videos: list[affwild2.Video]) -> dict:
     """The `metrics.json` entries of a scored split: the details, the score under its metric's
     name (`metrics.score_name`) and as "score"."""
@@ -144,14 +145,19 @@ def write_split(split_dir: pathlib.Path, task: str, inputs: SplitInputs, names: 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
              checkpoint: str = "best", splits: tuple[str, ...] = ("val", "test"),
-             out_dir: str | pathlib.Path | None = None) -> dict:
+             out_dir: str | pathlib.Path | None = None, allow_incomplete: bool = False) -> dict:
     """Scores `splits` with the checkpoint `checkpoint` of `workdir`; returns metrics by split
-    and writes each split's files to `<out_dir>/<split>/` (default `<workdir>/predictions`)."""
+    and writes each split's files to `<out_dir>/<split>/` (default `<workdir>/predictions`).
+    Nothing invalid is written: non-finite predictions stop the command naming the video, split
+    and store (`workdirs.check_finite`), each submission file passes the checker before it
+    takes its place (`submission.write_checked`), and a test-list video without features is an
+    error unless `allow_incomplete`."""
     config_lib.validate(config)
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
         raise FileNotFoundError(f"--workdir {workdir}: no such run directory")
     out_dir = pathlib.Path(out_dir) if out_dir else workdir / "predictions"
+    workdirs.check_writable(out_dir, "--out" if out_dir != workdir / "predictions" else "--workdir")
     mesh = sharding.make_mesh(config.mesh_data)
     runs.check_workdir_matches(config, workdir)
     data = runs.resolve_data(config)
@@ -164,11 +170,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
 
     results = {}
     for split in splits:
-        inputs = split_inputs(config, data, split, is_main)
+        inputs = split_inputs(config, data, split, is_main, allow_incomplete)
         if inputs is None:
             continue
         outputs = runs.predict_split(predict, models.model_variables(state), inputs.videos,
                                      inputs.features, config, mesh)
+        if checkpoint == "best" and best_parts.enabled(config):
+            outputs = best_parts.compose(
+                workdir, config.task, state, variables=models.model_variables,
+                predict=lambda v: runs.predict_split(predict, v, inputs.videos, inputs.features,
+                                                     config, mesh),
+            ) or outputs
+        workdirs.check_finite(outputs, [v.name for v in inputs.videos], split, inputs.features)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
         names = [v.name for v in inputs.videos]
@@ -176,13 +189,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
         if split == "val":
             result.update(split_metrics(config.task, decided, inputs.videos))
             if decided is not outputs:
-                result["unsmoothed_score"] = score_split(config.task, outputs, inputs.videos)[0]
+                result.update(filter_scores(config, result["score"], outputs, inputs.videos))
         if is_main:
             write_split(split_dir, config.task, inputs, names, outputs, decided)
             if split == "val":
                 files.write_json(split_dir / "metrics.json", result)
                 print(f"{split}: {metrics.describe(config.task, result['score'], result)}",
                       file=sys.stderr)
+                if "unfiltered_score" in result:
+                    print(f"{split}: EXPR F1 mode-filtered over {result['mode_filter']} frames "
+                          f"{result['filtered_score']:.4f} (the score above), unfiltered "
+                          f"{result['unfiltered_score']:.4f} (the papers' validation protocol)",
+                          file=sys.stderr)
             print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
                   f"frames of {len(names)} videos)", file=sys.stderr)
         results[split] = result

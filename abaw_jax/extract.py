@@ -40,7 +40,6 @@ format is described in ``abaw_jax.models.encoders``; MAE pretraining and fine-tu
 from __future__ import annotations
 
 import concurrent.futures
-import csv
 import dataclasses
 import functools
 import logging
@@ -134,39 +133,6 @@ def plan_video(folder: str | os.PathLike, num_frames: int | None = None) -> Fram
                     "the frame count %d", folder, len(names), num_frames)
     return FramePlan(folder.name, len(names), np.arange(len(names), dtype=np.int64),
                      [str(folder / n) for n in names], False, [])
-
-
-def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
-    """``{video: frames}`` from a CSV of ``name,frames`` rows (a header line is optional).
-
-    Names keep no video-file suffix (``1-30-1280x720.mp4`` -> ``1-30-1280x720``), as in
-    Aff-Wild2's ``counter_frame.csv``.
-    """
-    path = pathlib.Path(path)
-    counts: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2:
-                raise ExtractError(f"{path}: line {lineno}: expected 'name,frames', got {row!r}")
-            name, value = row[0].strip(), row[1].strip()
-            try:
-                frames = int(value)
-            except ValueError:
-                if lineno == 1:
-                    continue  # the header
-                raise ExtractError(
-                    f"{path}: line {lineno}: frame count {value!r} is not an integer") from None
-            if frames < 1:
-                raise ExtractError(f"{path}: line {lineno}: frame count {frames} must be >= 1")
-            stem, dot, suffix = name.rpartition(".")
-            if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm"):
-                name = stem
-            if name in counts:
-                raise ExtractError(f"{path}: line {lineno}: video {name!r} listed twice")
-            counts[name] = frames
-    return counts
 
 
 def annotated_frame_counts(frames: str | os.PathLike, report: bool = False) -> dict[str, int]:
@@ -404,7 +370,7 @@ def extract(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> di
                 f"config.videos: no frame folder in {folder_root} for {unknown[:5]}")
         names = sorted(set(wanted))
     mine = names[pid::nproc]
-    counts = (read_frame_counts(config.frame_counts) if config.frame_counts
+    counts = (affwild2.read_frame_counts(config.frame_counts) if config.frame_counts
               else annotated_frame_counts(config.frames, is_main))
 
     # Encoder and mesh.

@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -30,6 +31,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        # mkstemp creates the file 0600; the finished file gets a plain open()'s mode.
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -38,6 +41,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask: read from /proc on Linux; elsewhere by setting it and putting it
+    back, under a lock (other threads creating files meanwhile would get 0o077)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> pathlib.Path:

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from abaw_jax import checkpoints, files, writers
+from abaw_jax import checkpoints, files, workdirs, writers
 
 EARLY_STOPPING_FILE = "early_stopping.json"
 
@@ -130,8 +130,8 @@ class Loop:
                     self.ckpt.wait()
                     what = " and ".join(f"{k} ({m[k]})" for k in bad)
                     raise NonFiniteLossError(
-                        f"non-finite training {what} at step {s}; the last good checkpoint in "
-                        f"{self.workdir / 'checkpoints'} is intact{self.nonfinite_hint()}")
+                        f"non-finite training {what} at step {s}; "
+                        f"{checkpoints.intact_note(self.ckpt)}{self.nonfinite_hint()}")
             last = pending[-1][0]
             # Losses are averaged over the logging interval; the schedule and counters are current.
             mean = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
@@ -241,6 +241,8 @@ def start(workdir: pathlib.Path, abstract_state: Any, init_fn: Callable[[], Any]
             print(f"Resuming from step {step} in {workdir}", file=sys.stderr, flush=True)
     else:
         state = init_fn()
+    if jax.process_index() == 0:   # steps logged after the checkpoint are logged again
+        workdirs.drop_metrics_after(workdir, int(state["step"]))
     return ckpt, state, int(state["step"])
 
 
@@ -275,12 +277,9 @@ class Run:
 
 
 def prepare_workdir(config, workdir: str | pathlib.Path) -> pathlib.Path:
-    """Creates `workdir` and writes the run's config.json there (process 0)."""
-    workdir = pathlib.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        files.write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
-    return workdir
+    """Creates `workdir` and writes the run's config.json there (process 0), once the workdir
+    is known to be writable and to hold this run or none (`workdirs.claim`)."""
+    return workdirs.claim(config, workdir, is_main=jax.process_index() == 0)
 
 
 def execute(run: Run, config, workdir: pathlib.Path) -> LoopResult:

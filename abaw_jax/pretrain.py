@@ -168,24 +168,90 @@ def classification_loss(logits, labels, weights, label_smoothing: float) -> jax.
     return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1e-9)
 
 
+def random_erase(rng: jax.Array, images: jax.Array, prob: float,
+                 area: tuple[float, float] = (0.02, 1 / 3),
+                 aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> jax.Array:
+    """Random erasing (Zhong et al. 2020) of normalised images [B, H, W, C]: with probability
+    `prob` per image, a rectangle of `area` of the image and log-uniform `aspect` (clipped to
+    the image) is replaced by N(0, 1) noise per pixel, as the MAE fine-tuning recipe's timm
+    RandomErasing (mode "pixel") does (one attempt where timm makes up to ten)."""
+    b, h, w, _ = images.shape
+    k_on, k_area, k_ar, k_y, k_x, k_fill = jax.random.split(rng, 6)
+    on = jax.random.uniform(k_on, (b,)) < prob
+    target = jax.random.uniform(k_area, (b,), minval=area[0], maxval=area[1]) * h * w
+    ar = jnp.exp(jax.random.uniform(k_ar, (b,), minval=np.log(aspect[0]),
+                                    maxval=np.log(aspect[1])))
+    eh = jnp.clip(jnp.round(jnp.sqrt(target * ar)), 1, h).astype(jnp.int32)
+    ew = jnp.clip(jnp.round(jnp.sqrt(target / ar)), 1, w).astype(jnp.int32)
+    y0 = (jax.random.uniform(k_y, (b,)) * (h - eh + 1)).astype(jnp.int32)
+    x0 = (jax.random.uniform(k_x, (b,)) * (w - ew + 1)).astype(jnp.int32)
+    rows, cols = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+    box = ((rows >= y0[:, None, None]) & (rows < (y0 + eh)[:, None, None])
+           & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None]) & on[:, None, None])
+    noise = jax.random.normal(k_fill, images.shape, images.dtype)
+    return jnp.where(box[..., None], noise, images)
+
+
+def mix_batch(rng: jax.Array, images: jax.Array, mixup: float, cutmix: float,
+              switch_prob: float = 0.5) -> tuple[jax.Array, jax.Array]:
+    """Mixup (Zhang et al. 2018) or CutMix (Yun et al. 2019) of a batch with its reverse, as the
+    MAE fine-tuning recipe's timm Mixup (mode "batch", prob 1): CutMix with probability
+    `switch_prob` when both are on, lam ~ Beta(alpha, alpha); CutMix pastes a box of about
+    1 - lam of the image and corrects lam to the pasted share. Returns (images, lam): the
+    targets are lam y + (1 - lam) y[::-1]."""
+    b, h, w, _ = images.shape
+    k_switch, k_lam_m, k_lam_c, k_y, k_x = jax.random.split(rng, 5)
+    use_cut = (jax.random.uniform(k_switch) < switch_prob) if mixup and cutmix else bool(cutmix)
+    lam_mix = jax.random.beta(k_lam_m, mixup, mixup) if mixup else jnp.float32(1.0)
+    lam_cut = jax.random.beta(k_lam_c, cutmix, cutmix) if cutmix else jnp.float32(1.0)
+    flipped = images[::-1]
+    mixed = (lam_mix * images + (1 - lam_mix) * flipped).astype(images.dtype)
+    ratio = jnp.sqrt(1.0 - lam_cut)
+    ch, cw = (h * ratio).astype(jnp.int32), (w * ratio).astype(jnp.int32)
+    cy = (jax.random.uniform(k_y) * h).astype(jnp.int32)
+    cx = (jax.random.uniform(k_x) * w).astype(jnp.int32)
+    y0, y1 = jnp.clip(cy - ch // 2, 0, h), jnp.clip(cy + ch // 2, 0, h)
+    x0, x1 = jnp.clip(cx - cw // 2, 0, w), jnp.clip(cx + cw // 2, 0, w)
+    rows, cols = jnp.arange(h)[:, None], jnp.arange(w)[None, :]
+    box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
+    cut = jnp.where(box[None, :, :, None], flipped, images)
+    lam_box = 1.0 - ((y1 - y0) * (x1 - x0)) / (h * w)
+    return (jnp.where(use_cut, cut, mixed),
+            jnp.where(use_cut, lam_box, lam_mix).astype(jnp.float32))
+
+
 def make_image_step(config, model, tx, schedule, rng, weights=None) -> Callable:
     """The pure update of an image model ``(state, batch) -> (state, metrics)``."""
     mean, std = tuple(config.data.mean), tuple(config.data.std)
     dtype = jnp.dtype(getattr(model, "dtype", None) or getattr(model.encoder, "dtype"))
+    aug = config.get("augment", {}) if config.mode == "finetune" else {}
+    erase, mixup, cutmix = (float(aug.get(k, 0.0)) for k in ("erase", "mixup", "cutmix"))
 
     def train_step(state, batch):
         step_rng = jax.random.fold_in(rng, state["step"])
         mask_rng, dropout_rng = jax.random.split(step_rng)
+        erase_rng, mix_rng = jax.random.split(jax.random.fold_in(step_rng, 1))
         images = normalize(batch["image"], mean, std, dtype)
+        labels, lam = batch["label"], None
+        if erase:
+            images = random_erase(erase_rng, images, erase)
+        if mixup or cutmix:
+            images, lam = mix_batch(mix_rng, images, mixup, cutmix,
+                                    float(aug.get("switch_prob", 0.5)))
 
         def compute_loss(params):
             rngs = {"masking": mask_rng, "dropout": dropout_rng}
             if config.mode == "mae":
                 return model.apply({"params": params}, images, train=True, rngs=rngs).loss, {}
             logits = model.apply({"params": params}, images, train=True, rngs=rngs)
-            loss = classification_loss(logits, batch["label"], jnp.asarray(weights),
-                                       config.loss.label_smoothing)
-            return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+            w = jnp.asarray(weights)
+            smoothing = config.loss.label_smoothing
+            loss = classification_loss(logits, labels, w, smoothing)
+            if lam is not None:
+                # Cross-entropy is linear in the targets: the mixed targets' loss.
+                loss = lam * loss + (1 - lam) * classification_loss(logits, labels[::-1], w,
+                                                                     smoothing)
+            return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
         (loss, extra), grads = jax.value_and_grad(compute_loss, has_aux=True)(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])

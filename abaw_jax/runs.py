@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from abaw_jax import checkpoints, optim, sharding
+from abaw_jax import checkpoints, optim, sharding, workdirs
 from abaw_jax import config as config_lib
 from abaw_jax.data import affwild2, features as features_lib, pipeline
 from abaw_jax.rngs import make_rngs
@@ -189,7 +189,8 @@ def resolve_data(config: ml_collections.ConfigDict) -> Data:
         if missing:
             raise features_lib.StoreError(
                 f"features at {config.data.features or root / 'features'} lack {len(missing)} "
-                f"{split} videos of {config.task}, e.g. {missing[:3]}")
+                f"{split} videos of {config.task}, e.g. {missing[:3]}"
+                f"{workdirs.index_note(store)}")
     return Data(root=root, train=train, val=val, features=store)
 
 
@@ -334,15 +335,17 @@ def restore(workdir: pathlib.Path, abstract_state, which: str = "best") -> tuple
 
 def predict_split(predict_fn, params, videos, store, config, mesh) -> list[np.ndarray]:
     """Per-frame outputs [T, C] for every frame of every video (sliding windows, overlaps
-    averaged; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
+    averaged in probability space, as ensembles average runs; `data.eval_readout="last"`: causal windows, see `predict_split_causal`)."""
     seq_len = config.data.seq_len
     bs = config.eval_batch_size or config.batch_size
     sharding.check_batch_size(bs, mesh, "eval_batch_size")
     if config.data.get("eval_readout", "average") == "last":
         return predict_split_causal(predict_fn, params, videos, store, config, mesh)
-    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task],
+                                   task=config.task)
     batches = pipeline.eval_batches(
         videos, store, seq_len=seq_len, stride=config.data.eval_stride or seq_len, batch_size=bs,
+        truncate_last=config.data.get("eval_last", "aligned") == "truncated",
         process_index=jax.process_index(), process_count=jax.process_count())
     for batch in batches:
         out = predict_fn(params, sharding.to_global(model_keys(batch), mesh))
@@ -368,32 +371,45 @@ def predict_split_causal(predict_fn, params, videos, store, config, mesh) -> lis
     One window per frame, so `seq_len` times the windows of non-overlapping evaluation. Frames
     before `seq_len - 1` use the window starting at 0 with the frames after t masked out (the
     authors' code repeats the first frame instead; here the missing past is simply absent).
+    Global batch g holds the windows of frames [g * b, (g + 1) * b) of the split; with several
+    processes each loads its rows of it and the outputs are gathered, as in `predict_split`.
     """
-    if jax.process_count() > 1:
-        raise config_lib.ConfigError("config.data.eval_readout = 'last' runs on one process")
     seq_len = config.data.seq_len
     bs = config.eval_batch_size or config.batch_size
+    count, index = jax.process_count(), jax.process_index()
+    local = bs // count
     reader = pipeline.WindowReader(videos, store, seq_len)
+    parts = [pipeline.causal_windows(int(n), seq_len) for n in reader.lengths]
     video_index = np.concatenate([np.full(n, i, np.int64) for i, n in enumerate(reader.lengths)])
-    frame = np.concatenate([np.arange(n, dtype=np.int64) for n in reader.lengths])
-    start = np.maximum(frame - seq_len + 1, 0)
-    read = frame - start
-    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task])
+    start = np.concatenate([p[0] for p in parts])
+    read = np.concatenate([p[1] for p in parts])
+    assembler = pipeline.Assembler(videos, affwild2.NUM_OUTPUTS[config.task],
+                                   task=config.task)
     positions = np.arange(seq_len)
-    for k in range(0, len(frame), bs):
-        windows = np.stack([video_index[k:k + bs], start[k:k + bs]], axis=1)
-        n = len(windows)
-        batch = reader.load(windows, rows=bs)
-        seen = np.zeros((bs, seq_len), bool)
-        seen[:n] = positions[None, :] <= read[k:k + n, None]
+    total = len(start)
+    for k in range(0, total, bs):
+        lo = min(k + index * local, total)
+        ids = np.arange(lo, min(lo + local, k + bs, total))
+        n = len(ids)
+        batch = reader.load(np.stack([video_index[ids], start[ids]], axis=1), rows=local)
+        seen = np.zeros((local, seq_len), bool)
+        seen[:n] = positions[None, :] <= read[ids, None]
         batch["frame_mask"] &= seen
         batch["present"] &= seen
         for key in batch:
             if key == "features" or key.startswith("features/"):
                 batch[key][~seen] = 0.0
-        out = np.asarray(predict_fn(params, sharding.to_global(model_keys(batch), mesh)),
-                         np.float32)
-        readout = np.zeros((n, seq_len), bool)
-        readout[np.arange(n), read[k:k + n]] = True
-        assembler.add(out[:n], batch["video"][:n], batch["start"][:n], readout)
+        out = predict_fn(params, sharding.to_global(model_keys(batch), mesh))
+        rows = np.full(local, -1, np.int64)
+        rows[:n] = ids
+        if count > 1:
+            from jax.experimental import multihost_utils
+            gathered = multihost_utils.process_allgather({"out": out, "rows": rows}, tiled=True)
+            out, rows = gathered["out"], gathered["rows"]
+        out, rows = np.asarray(out, np.float32), np.asarray(rows)
+        keep = rows >= 0
+        rows = rows[keep]
+        readout = np.zeros((len(rows), seq_len), bool)
+        readout[np.arange(len(rows)), read[rows]] = True
+        assembler.add(out[keep], video_index[rows], start[rows], readout)
     return assembler.result()

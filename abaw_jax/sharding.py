@@ -65,11 +65,15 @@ def to_global(batch: dict, mesh: Mesh) -> dict:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+class BatchSizeError(ValueError):
+    """A batch size that does not split over the devices and processes (names the key)."""
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
     """The global batch must split evenly over devices and processes."""
     n = mesh.devices.size
     if batch_size % n or batch_size % jax.process_count():
-        raise ValueError(f"config.{what}={batch_size} must be divisible by the {n} devices of the "
+        raise BatchSizeError(f"config.{what}={batch_size} must be divisible by the {n} devices of the "
                          f"mesh and the {jax.process_count()} processes")
 
 

@@ -1,7 +1,7 @@
 """ABAW submission files: writing them, reading the forms seen in the wild, and checking them.
 
 One text file per challenge; header `image_location,<columns>`, then one row per frame:
-`<video>/00001.jpg,<values>` (REFERENCE.md). The multi-task (MTL) challenge has its own format,
+`<video>/00001.jpg,<values>` (the challenge's format). The multi-task (MTL) challenge has its own format,
 one row per image of its test list (the section at the end). The writer emits every frame of every video (frames
 without a face image included) and replaces the file atomically. The reader accepts a quoted
 class list in the header and files that skip frames.
@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import pathlib
 
 import numpy as np
 
 from abaw_jax import files
+from abaw_jax.data import affwild2
 from abaw_jax.data.affwild2 import AU_NAMES, EXPR_CLASSES, format_annotation
 from abaw_jax.data.mtl import image_name, parse_image_name, split_arrays
 from abaw_jax.metrics import p_mtl
@@ -46,6 +48,10 @@ def write_submission(path: str | pathlib.Path, task: str, videos: list[str],
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["image_location," + ",".join(COLUMNS[task])]
     for name, out in zip(videos, outputs, strict=True):
+        finite = np.isfinite(np.reshape(out, (len(out), -1))).all(axis=1)
+        if not finite.all():
+            raise SubmissionError(f"{path}: outputs of video {name!r} hold NaN/inf (frame index "
+                                  f"{int(np.argmin(finite))}); the file was not written")
         values = decisions(task, out)
         for t, row in enumerate(values):
             loc = f"{name}/{t + 1:05d}.jpg"
@@ -55,8 +61,26 @@ def write_submission(path: str | pathlib.Path, task: str, videos: list[str],
                 lines.append(f"{loc},{int(row)}")
             else:
                 lines.append(loc + "," + ",".join(str(int(v)) for v in row))
-    files.write_atomic(path, "\n".join(lines) + "\n")
+    counts = {name: len(out) for name, out in zip(videos, outputs)}
+    write_checked(path, "\n".join(lines) + "\n", lambda p: check_submission(p, task, counts))
     return path
+
+
+def write_checked(path: pathlib.Path, text: str, check) -> None:
+    """Writes `text` beside `path`, runs `check` (the checker) on that file, and only then
+    renames it to `path`: a file that fails its check never takes the place of the last one."""
+    unchecked = path.with_name(f".{path.name}.unchecked")
+    files.write_atomic(unchecked, text)
+    try:
+        check(unchecked)
+    except SubmissionError as e:
+        unchecked.unlink(missing_ok=True)
+        raise SubmissionError(f"{str(e).replace(str(unchecked), str(path))} (the file was not "
+                              f"written)") from None
+    except BaseException:
+        unchecked.unlink(missing_ok=True)
+        raise
+    os.replace(unchecked, path)
 
 
 def read_submission(path: str | pathlib.Path, task: str) -> dict[str, dict[int, np.ndarray]]:
@@ -145,7 +169,7 @@ def check_submission(path: str | pathlib.Path, task: str, frame_counts: dict[str
 # --------------------------------------------------------------------------- multi-task challenge
 #
 # One file for the whole test set: header `image,valence,arousal,expression,aus`, then one row per
-# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (REFERENCE.md).
+# listed image, `<video>/<NNNNN>.jpg,<v>,<a>,<class 0..7>,<12 AU 0/1>` (the challenge's format).
 
 MTL_HEADER = "image,valence,arousal,expression,aus"
 _MTL_FIELDS = 1 + 2 + 1 + len(AU_NAMES)
@@ -215,7 +239,7 @@ def write_mtl_submission(path: str | pathlib.Path, images: list[tuple[str, int]]
         raise ValueError(f"{path}: an image is listed twice")
     texts = zip(*(_value_texts(task, values[task]) for task in ("VA", "EXPR", "AU")))
     lines = [MTL_HEADER] + [f"{image_name(v, f)},{a},{e},{u}" for (v, f), (a, e, u) in zip(images, texts)]
-    files.write_atomic(path, "\n".join(lines) + "\n")
+    write_checked(path, "\n".join(lines) + "\n", lambda p: check_mtl_submission(p, images))
     return path
 
 
@@ -326,7 +350,6 @@ def score_mtl_submission(path: str | pathlib.Path, videos) -> dict[str, float]:
 def expected_frames(root: str | pathlib.Path, task: str, split: str,
                     frame_counts: dict[str, int] | None = None) -> dict[str, int]:
     """{video: frames} a submission of `task` on `split` ("val" | "test") must cover."""
-    from abaw_jax.data import affwild2
     if split == "val":
         return {v.name: v.num_frames for v in affwild2.load_split(root, task, "val")}
     if split == "test":
@@ -405,25 +428,6 @@ def check_file(path: str | pathlib.Path, root: str | pathlib.Path, task: str, sp
     return warnings
 
 
-def read_frame_counts(path: str | pathlib.Path) -> dict[str, int]:
-    """{video: frames} of a `name,frames` CSV (a header line and `.mp4`-style suffixes allowed)."""
-    path = pathlib.Path(path)
-    counts: dict[str, int] = {}
-    with open(path, newline="") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) < 2 or not row[1].strip().isdigit():
-                if lineno == 1:
-                    continue
-                raise SubmissionError(f"{path}:{lineno}: expected 'name,frames', got {row!r}")
-            name = row[0].strip()
-            stem, dot, suffix = name.rpartition(".")
-            counts[stem if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm")
-                   else name] = int(row[1])
-    return counts
-
-
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import shutil
@@ -447,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = None
     try:
         if args.frame_counts:
-            counts = read_frame_counts(args.frame_counts)
+            counts = affwild2.read_frame_counts(args.frame_counts)
         warnings = check_file(args.file, args.root, args.task, args.split, counts)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

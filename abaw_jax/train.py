@@ -13,7 +13,7 @@ import pathlib
 
 import ml_collections
 
-from abaw_jax import cli, loop, optim, training
+from abaw_jax import best_parts, cli, loop, optim, training
 from abaw_jax import config as config_lib
 
 
@@ -23,7 +23,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir = loop.prepare_workdir(config, workdir)
     built = training.build_run(config)
     optim.report(built.run.plan)
-    return loop.execute(built.run, config, workdir).last_eval
+    run = best_parts.tracking(built.run, workdir, config)
+    return loop.execute(run, config, workdir).last_eval
 
 
 def main(argv) -> None:

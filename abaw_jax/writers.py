@@ -19,12 +19,19 @@ class MetricWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self._tb = None
+        # (step, keys) of the rows already in the file: a finished run that is run again
+        # evaluates its last step again, and that row is not logged twice.
+        self._logged = logged_rows(self.path) if self.enabled else set()
         if self.enabled:   # only process 0 writes events
             self._tb = _summary_writer()(str(pathlib.Path(workdir) / "tensorboard"))
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
         if not self.enabled:
             return
+        key = (int(step), tuple(sorted(scalars)))
+        if key in self._logged:
+            return
+        self._logged.add(key)
         row = {"step": int(step)}
         row.update({k: _jsonable(v) for k, v in scalars.items()})
         with open(self.path, "a") as f:
@@ -37,6 +44,19 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def logged_rows(path: pathlib.Path) -> set[tuple[int, tuple[str, ...]]]:
+    """(step, sorted keys) of every row of a metrics.jsonl (unreadable lines are skipped)."""
+    out = set()
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                out.add((int(row.pop("step")), tuple(sorted(row))))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+    return out
 
 
 def _summary_writer():

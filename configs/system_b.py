@@ -21,6 +21,8 @@ VARIANTS = dict(
     no_tcn=False,           # ablation (PB table 5): the Transformer on the features alone
     no_transformer=False,   # ablation: the TCN alone
     steps=0,                # N > 0: the run's length in steps
+    **config_lib.SHARED_VARIANTS,   # fold=K, folds=SCHEME (the code's: windows, kfold_shuffled,
+                                    # ungrouped), eval=tiled (the test code's windows)
 )
 
 
@@ -72,6 +74,7 @@ def get_config(task: str, variants: str | None = None):
         config.data.seq_len = v.seq_len
         config.data.train_stride = config.data.eval_stride = max(1, v.seq_len * 2 // 3)
     config.model.use_tcn, config.model.use_transformer = not v.no_tcn, not v.no_transformer
+    config_lib.apply_shared_variants(config, v)
     if v.steps:
         config.total_steps = v.steps
     return config

@@ -1,12 +1,20 @@
 """Throughput of abaw_jax next to PyTorch references of the same models, in one run, one table.
 
 For each seed system (A: masked Transformer, B: TCN + Transformer, C: feature fusion) it trains
-the abaw_jax model for a few steps with the features read by the host pipeline and with the
-on-device feature bank, and, on the same batch shape, the same model written in PyTorch the way
-the seeds' authors wrote theirs (torch.nn.TransformerEncoder with post-norm layers; Conv1d TCN
-with weight_norm; per-set Linear + TransformerEncoder), in eager mode and under torch.compile.
-These train EXPR (8 classes) on a random float16 store with the real Aff-Wild2 video lengths
-scaled to --frames. It also times the input pipeline alone on a store of Aff-Wild2's full size
+the abaw_jax model with its published defaults (configs/system_*.py, only the sizes reduced by
+--small / --tiny) for a few steps with the features read by the host pipeline and with the
+on-device feature bank, and, on the same batch shape, its PyTorch twin written the way the
+seeds' authors wrote theirs, in eager mode and under torch.compile: A without an input
+projection (its width is the features') and with attention dropout (torch's encoder layer), no
+dropout after the positions; B's causal weight-normalised TCN with one PReLU slope, no
+positions, the Linear -> masked BatchNorm -> Linear head; C's per-set affine maps with per-set
+positions after the dropout and one masked-BatchNorm head per output group. The section MTL
+does the same for each system's multi-task model (A and B with 22 outputs, B one head per task;
+C's ABAW7 setting: four static set-token models trained together). These train EXPR (8
+classes) or the multi-task loss on a random float16 store with the real Aff-Wild2 video lengths
+scaled to --frames; C reads its two sets ("vit" and "openface") in place of ResNet-18, POSTER2
+and FAU. A "paper-size step" row per system states the XLA FLOPs and the parameters of its
+train step at the papers' sizes (and C's own feature sets), compiled from shapes, not run. It also times the input pipeline alone on a store of Aff-Wild2's full size
 (--pipeline-frames), the frame encoder's feature extraction (abaw_jax's extraction function
 against timm's ViT) and MAE pretraining steps (abaw_jax's MAE against Hugging Face's
 ViTMAEForPreTraining). Stores are built once and cached in --data.
@@ -16,7 +24,7 @@ ViTMAEForPreTraining). Stores are built once and cached in --data.
     python scripts/benchmark.py --small --systems A,extract  # some sections only
     python scripts/benchmark.py --systems detect             # face detection (bench_detect.py)
 
-Sections (--systems): pipeline; A, B, C (training steps); extract: ViT-B/16 at 224 px (batch
+Sections (--systems): pipeline; A, B, C, MTL (training steps); extract: ViT-B/16 at 224 px (batch
 256; --small: batch 8); MAE: ViT-B/16 at 224 px with the 8 x 512 decoder (batch 256; --small:
 48 px, patch 6, 4 x 192 encoder, 2 x 128 decoder, batch 64). --tiny shrinks every section to a
 few seconds for the tests (its numbers mean nothing).
@@ -74,6 +82,7 @@ from scripts.bench_pipeline import (  # noqa: E402
 from scripts.common import xla_flops  # noqa: E402
 
 NUM_CLASSES = 8
+NUM_OUTPUTS = {"EXPR": NUM_CLASSES, "MTL": 22}
 SETS_C = {"vit": 768, "openface": 17}
 
 
@@ -85,31 +94,40 @@ class System:
     seq_len: int
     batch_size: int
     overrides: dict
+    task: str = "EXPR"
 
 
 def systems(size: str) -> list[System]:
     """The papers' sizes ("full"), a reduced set that trains a few steps a second on a laptop CPU
     ("small"), or the smallest models that still run every code path ("tiny", for tests)."""
     if size == "tiny":
-        return [
-            System("A", "transformer", 16, 4, dict(d_model=16, num_layers=1, num_heads=2,
-                                                   mlp_dim=32)),
-            System("B", "tcn", 16, 4, dict(channels=(16, 16), dilations=(1, 2), d_model=16,
-                                           num_layers=1, num_heads=2, mlp_dim=32, head_dim=8)),
-            System("C", "fusion", 16, 4, dict(d_affine=8, num_layers=1, num_heads=2)),
-        ]
+        a = dict(d_model=16, num_layers=1, num_heads=2, mlp_dim=32)
+        b = dict(channels=(16, 16), dilations=(1, 2), d_model=16, num_layers=1, num_heads=2,
+                 mlp_dim=32, head_dim=8)
+        c = dict(d_affine=8, num_layers=1, num_heads=2)
+        return [System("A", "transformer", 16, 4, a), System("B", "tcn", 16, 4, b),
+                System("C", "fusion", 16, 4, c),
+                System("A-MTL", "transformer", 16, 4, a, "MTL"),
+                System("B-MTL", "tcn", 16, 4, b, "MTL"),
+                System("C-MTL", "fusion", 1, 32, c, "MTL")]
     if size == "small":
-        return [
-            System("A", "transformer", 100, 16, dict(d_model=128, num_layers=2, num_heads=4,
-                                                     mlp_dim=256)),
-            System("B", "tcn", 150, 8, dict(channels=(128, 64, 64), d_model=64, num_layers=2,
-                                            num_heads=4, mlp_dim=128, head_dim=32)),
-            System("C", "fusion", 128, 8, dict(d_affine=32, num_layers=2, num_heads=4)),
-        ]
+        # A at its own width (768 = the features, no input projection), fewer layers.
+        a = dict(num_layers=2, mlp_dim=1024)
+        b = dict(channels=(128, 64, 64), d_model=64, num_layers=2, num_heads=4, mlp_dim=128,
+                 head_dim=32)
+        return [System("A", "transformer", 100, 8, a),
+                System("B", "tcn", 150, 8, b),
+                System("C", "fusion", 128, 8, dict(d_affine=32, num_layers=2, num_heads=4)),
+                System("A-MTL", "transformer", 100, 8, a, "MTL"),
+                System("B-MTL", "tcn", 150, 8, b, "MTL"),
+                System("C-MTL", "fusion", 1, 512, dict(d_affine=64, num_layers=2), "MTL")]
     return [
         System("A", "transformer", 100, 512, {}),
         System("B", "tcn", 300, 32, {}),
         System("C", "fusion", 256, 32, {}),
+        System("A-MTL", "transformer", 100, 512, {}, "MTL"),
+        System("B-MTL", "tcn", 300, 32, {}, "MTL"),
+        System("C-MTL", "fusion", 1, 512, {}, "MTL"),
     ]
 
 
@@ -142,31 +160,38 @@ def image_workloads(size: str) -> list[Images]:
 
 
 def make_config(system: System, attention_impl: str = "default", rng_impl: str = "rbg"):
-    """The system's config (paper hyperparameters, EXPR) with the benchmark's sizes."""
+    """The system's published defaults (its config file, for EXPR or the multi-task challenge)
+    with the benchmark's sizes. Only the feature sets differ for C: the benchmark store's two
+    ("vit" 768-d and "openface" 17-d) stand in for ResNet-18, POSTER2 and FAU."""
     system_file = ROOT / "configs" / config_lib.SYSTEM_FILES[system.model]
-    config = config_lib.load_module(system_file).get_config("EXPR")
+    config = config_lib.load_module(system_file).get_config(system.task)
     config.model.attention_impl = attention_impl
     config.rng_impl = rng_impl
     config.data.seq_len = system.seq_len
     config.batch_size = system.batch_size
     config.total_steps = 10_000
     config.data.train_stride = config.data.eval_stride = 0   # the benchmark's windows do not overlap
-    # The PyTorch twins below implement one architecture per system; the abaw_jax side is set to
-    # the same one (so the rows compare like with like), which differs from the systems'
-    # defaults in a few places: A projects its input and drops after the positions; B is
-    # non-causal with sinusoidal positions, per-channel PReLU and a LayerNorm head; C has one
-    # shared LayerNorm head, the benchmark store's two sets and positions before its dropout.
-    twin = {"transformer": dict(input_proj="always", pos_dropout=config.model.get("dropout", 0.0)),
-            "tcn": dict(causal=False, pos_encoding="sinusoidal", pos_dropout=0.3,
-                        prelu_slopes="channel", head_norm="layer"),
-            "fusion": dict(heads="shared", head_norm="layer", pe_dropped=True, head_sizes=(),
-                           feature_sets=("vit", "openface"))}[system.model]
-    for key, value in {**twin, **system.overrides}.items():
+    if system.model == "fusion":
+        config.model.feature_sets = tuple(SETS_C)
+    for key, value in system.overrides.items():
         config.model[key] = value
-    if system.model == "tcn":
-        config.model.pos_dropout = config.model.dropout
     config_lib.validate(config)
     return config
+
+
+def mtl_videos(videos, seed: int) -> list:
+    """The benchmark's videos with multi-task labels (data/mtl.LABEL_COLUMNS: VA, the class,
+    12 AUs), some of each missing."""
+    from scripts.bench_pipeline import BenchVideo
+    rng = np.random.default_rng(seed)
+    out = []
+    for v in videos:
+        t = v.num_frames
+        labels = np.concatenate([rng.uniform(-1, 1, (t, 2)), v.labels[:, None],
+                                 (rng.random((t, 12)) < 0.3)], axis=1).astype(np.float32)
+        valid = np.repeat(rng.random((t, 3)) > 0.2, [2, 1, 12], axis=1)
+        out.append(BenchVideo(v.name, t, np.where(valid, labels, 0.0), valid, v.present))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +229,46 @@ def jax_loop(step, state, batches, args) -> tuple[float, float, Any]:
 def step_flops(jitted, state, batch) -> float:
     """XLA's FLOP count of one compiled train step (forward, backward, optimizer)."""
     return xla_flops(jitted.lower(state, batch).compile())
+
+
+# Feature widths of the systems' own inputs, for the paper-size steps: A's ViT-B/16 and B's
+# fine-tuned MAE ViT-B/16 (768); C's ResNet-18, POSTER2 and FAU.
+PAPER_DIMS = {"vit": 768, "mae_ft": 768, "resnet18": 512, "poster2": 768, "fau": 17}
+
+
+def paper_size_row(system: System, videos, mesh) -> dict:
+    """The system's train step at the papers' sizes, compiled (not run) from shapes alone:
+    XLA's FLOP count and the parameter count, so that the table states them on any machine."""
+    config = make_config(system)
+    if system.model == "fusion":
+        config.model.feature_sets = ("resnet18", "poster2", "fau")
+        dims = {name: PAPER_DIMS[name] for name in config.model.feature_sets}
+    else:
+        dims = PAPER_DIMS[config.data.feature_set]
+    setup = runs.setup_model(config, dims, mesh)
+    step_fn = training.make_temporal_step(setup.model, setup.tx,
+                                          training.make_loss(config, videos), setup.schedule,
+                                          setup.train_rng)
+    repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    jitted = sharding.jit(step_fn, mesh, in_shardings=(repl, rows), out_shardings=(repl, repl))
+    b, l = system.batch_size, system.seq_len
+    shape = lambda *s, dtype=np.float32: jax.ShapeDtypeStruct(s, dtype)  # noqa: E731
+    batch = {"present": shape(b, l, dtype=bool), "frame_mask": shape(b, l, dtype=bool)}
+    if isinstance(dims, dict):
+        batch.update({f"features/{k}": shape(b, l, d) for k, d in dims.items()})
+    else:
+        batch["features"] = shape(b, l, dims)
+    if config.task == "MTL":
+        batch.update(labels=shape(b, l, 15), valid=shape(b, l, 15, dtype=bool))
+    else:
+        batch.update(labels=shape(b, l, dtype=np.int32), valid=shape(b, l, dtype=bool))
+    start = time.perf_counter()
+    flops = step_flops(jitted, setup.abstract_state, batch)
+    params = sum(x.size for x in jax.tree.leaves(setup.abstract_state["params"]))
+    return dict(row="paper-size step", seconds=None,
+                note=f"params {params:,}, {flops / 1e9:,.1f} GFLOP/step (XLA), "
+                     f"{flops / (b * l) / 1e6:,.1f} MFLOP/frame; batch {b} x {l} frames; "
+                     f"compiled in {time.perf_counter() - start:.0f} s")
 
 
 def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], float, list]:
@@ -289,28 +354,34 @@ def run_jax(system: System, videos, features, args, mesh) -> tuple[list[dict], f
 
 
 def torch_models():
-    """Builds the three PyTorch reference model classes (torch imported only when needed)."""
+    """The PyTorch twins of the systems' published defaults (torch imported only when needed),
+    written the way the authors' public code writes them; each takes the abaw_jax model config
+    and the number of outputs (8 EXPR logits, or the multi-task model's 22 columns)."""
     import torch
     from torch import nn
     from torch.nn.utils.parametrizations import weight_norm
+
+    def positions(length: int, d: int) -> torch.Tensor:
+        pos = torch.arange(length, dtype=torch.float32)[:, None]
+        div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(1e4) / d))
+        pe = torch.zeros(length, d)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        return pe
 
     class Positions(nn.Module):
         """Sinusoidal positional encoding added to [B, L, d] (batch first)."""
 
         def __init__(self, d: int, max_len: int = 1024):
             super().__init__()
-            pos = torch.arange(max_len, dtype=torch.float32)[:, None]
-            div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(1e4) / d))
-            pe = torch.zeros(max_len, d)
-            pe[:, 0::2] = torch.sin(pos * div)
-            pe[:, 1::2] = torch.cos(pos * div)
-            self.register_buffer("pe", pe)
+            self.register_buffer("pe", positions(max_len, d))
 
         def forward(self, x):
             return x + self.pe[: x.shape[1]]
 
     def encoder(d, heads, ff, layers, dropout):
-        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout, batch_first=True)  # post-norm
+        # Post-norm; torch drops the attention weights at the same rate (attention dropout).
+        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout, batch_first=True)
         return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def padding_mask(present, frame_mask):
@@ -318,56 +389,109 @@ def torch_models():
         # A window with no allowed key attends to all (a softmax over nothing is NaN).
         return ~(keys | ~keys.any(dim=1, keepdim=True))
 
-    class SystemA(nn.Module):
-        """Frame masking -> Linear -> PE -> post-norm TransformerEncoder -> Linear."""
+    class MaskedBatchNorm(nn.Module):
+        """BatchNorm1d over the real frames of a batch only (padding does not move it)."""
 
-        def __init__(self, dim, m):
+        def __init__(self, c, momentum=0.1, eps=1e-5):
             super().__init__()
-            self.mask_prob = m.mask_prob
-            self.proj = nn.Linear(dim, m.d_model)
+            self.weight, self.bias = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+            self.register_buffer("mean", torch.zeros(c))
+            self.register_buffer("var", torch.ones(c))
+            self.momentum, self.eps = momentum, eps
+
+        def forward(self, x, mask):
+            if self.training:
+                w = mask[..., None].to(x.dtype)
+                n = w.sum().clamp(min=1.0)
+                mean = (x * w).sum((0, 1)) / n
+                var = ((x - mean) ** 2 * w).sum((0, 1)) / n
+                with torch.no_grad():
+                    self.mean.lerp_(mean, self.momentum)
+                    self.var.lerp_(var * n / (n - 1).clamp(min=1.0), self.momentum)
+            else:
+                mean, var = self.mean, self.var
+            return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+
+    class Head(nn.Module):
+        """Linear -> masked BatchNorm -> Linear (systems B and C), or one Linear."""
+
+        def __init__(self, d, hidden, out, layers=2):
+            super().__init__()
+            self.layers = layers
+            if layers == 1:
+                self.out = nn.Linear(d, out)
+            else:
+                self.hidden, self.norm = nn.Linear(d, hidden), MaskedBatchNorm(hidden)
+                self.out = nn.Linear(hidden, out)
+
+        def forward(self, x, mask):
+            if self.layers == 1:
+                return self.out(x)
+            return self.out(self.norm(self.hidden(x), mask))
+
+    def activate(out, how):
+        if how == "tanh":
+            return torch.tanh(out)
+        if how == "tanh_va":
+            return torch.cat([torch.tanh(out[..., :2]), out[..., 2:]], dim=-1)
+        return out
+
+    class SystemA(nn.Module):
+        """Frame masking -> (Linear only if the widths differ) -> PE -> post-norm
+        TransformerEncoder with attention dropout -> Linear."""
+
+        def __init__(self, dim, m, num_outputs):
+            super().__init__()
+            self.mask_prob, self.activation = m.mask_prob, m.output_activation
+            self.proj = (nn.Linear(dim, m.d_model)
+                         if m.input_proj == "always" or dim != m.d_model else nn.Identity())
             self.pos = Positions(m.d_model)
-            self.drop = nn.Dropout(m.dropout)
             self.encoder = encoder(m.d_model, m.num_heads, m.mlp_dim, m.num_layers, m.dropout)
-            self.head = nn.Linear(m.d_model, NUM_CLASSES)
+            self.head = nn.Linear(m.d_model, num_outputs)
 
         def forward(self, x, present, frame_mask):
             if self.training and self.mask_prob:
                 x = x * (torch.rand(x.shape[:2] + (1,), device=x.device) >= self.mask_prob)
-            h = self.drop(self.pos(self.proj(x)))
-            return self.head(self.encoder(h, src_key_padding_mask=padding_mask(present, frame_mask)))
+            h = self.pos(self.proj(x))   # no dropout after the positions (A's code)
+            h = self.encoder(h, src_key_padding_mask=padding_mask(present, frame_mask))
+            return activate(self.head(h), self.activation)
 
     class TemporalBlock(nn.Module):
-        """Bai et al.'s residual block with weight-normalised dilated Conv1d and PReLU."""
+        """Bai et al.'s residual block: weight-normalised causal dilated Conv1d (left padding,
+        the code's Chomp1d), one shared PReLU slope, dropout; N(0, .01) residual projection."""
 
         def __init__(self, cin, cout, k, d, dropout):
             super().__init__()
-            pad = d * (k - 1) // 2
-            self.conv1 = weight_norm(nn.Conv1d(cin, cout, k, padding=pad, dilation=d))
-            self.conv2 = weight_norm(nn.Conv1d(cout, cout, k, padding=pad, dilation=d))
-            self.act1, self.act2, self.act = nn.PReLU(cout), nn.PReLU(cout), nn.PReLU(cout)
+            self.pad = d * (k - 1)
+            self.conv1 = weight_norm(nn.Conv1d(cin, cout, k, dilation=d))
+            self.conv2 = weight_norm(nn.Conv1d(cout, cout, k, dilation=d))
+            self.act1, self.act2, self.act = nn.PReLU(), nn.PReLU(), nn.PReLU()
             self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
             self.down = nn.Conv1d(cin, cout, 1) if cin != cout else None
+            if self.down is not None:
+                nn.init.normal_(self.down.weight, 0.0, 0.01)
 
         def forward(self, x, keep):
-            h = self.drop1(self.act1(self.conv1(x * keep)))
-            h = self.drop2(self.act2(self.conv2(h * keep)))
+            pad = lambda t: nn.functional.pad(t * keep, (self.pad, 0))  # noqa: E731
+            h = self.drop1(self.act1(self.conv1(pad(x))))
+            h = self.drop2(self.act2(self.conv2(pad(h))))
             return self.act(h + (x if self.down is None else self.down(x)))
 
     class SystemB(nn.Module):
-        """TCN -> 1x1 Conv1d -> PE -> post-norm TransformerEncoder -> Linear, LayerNorm, Linear."""
+        """Causal TCN -> 1x1 Conv1d -> post-norm TransformerEncoder (no positions) -> Linear,
+        masked BatchNorm, Linear (one such head per task for the multi-task model)."""
 
-        def __init__(self, dim, m):
+        def __init__(self, dim, m, num_outputs):
             super().__init__()
             chans = [dim, *m.channels]
             dil = block_dilations(m.dilations, len(m.channels))
             self.tcn = nn.ModuleList(TemporalBlock(chans[i], chans[i + 1], m.kernel_size, dil[i],
                                                    m.dropout) for i in range(len(dil)))
             self.proj = nn.Conv1d(chans[-1], m.d_model, 1)
-            self.pos = Positions(m.d_model)
-            self.drop = nn.Dropout(m.dropout)
             self.encoder = encoder(m.d_model, m.num_heads, m.mlp_dim, m.num_layers, m.dropout)
-            self.head = nn.Sequential(nn.Linear(m.d_model, m.head_dim), nn.LayerNorm(m.head_dim),
-                                      nn.Linear(m.head_dim, NUM_CLASSES))
+            sizes = tuple(m.head_sizes) or (num_outputs,)
+            self.heads = nn.ModuleList(Head(m.d_model, m.head_dim, k) for k in sizes)
+            self.activation = m.output_activation
 
         def forward(self, x, present, frame_mask):
             keys = present & frame_mask
@@ -375,29 +499,90 @@ def torch_models():
             keep = frame_mask[:, None, :].to(x.dtype)
             for block in self.tcn:
                 x = block(x, keep)
-            h = self.drop(self.pos(self.proj(x).transpose(1, 2)))
-            return self.head(self.encoder(h, src_key_padding_mask=padding_mask(present, frame_mask)))
+            h = self.proj(x).transpose(1, 2)
+            h = self.encoder(h, src_key_padding_mask=padding_mask(present, frame_mask))
+            out = torch.cat([head(h, frame_mask) for head in self.heads], dim=-1)
+            return activate(out, self.activation)
+
+    def head_groups(m, num_outputs):
+        return tuple(m.head_sizes) or (1,) * num_outputs
 
     class SystemC(nn.Module):
-        """Per-set Linear + PE -> concat -> dropout -> TransformerEncoder -> head."""
+        """Per-set Linear -> concat -> dropout -> + per-set PE -> TransformerEncoder -> one head
+        per output group, Linear, masked BatchNorm, Linear."""
 
-        def __init__(self, dims, m):
+        def __init__(self, dims, m, num_outputs):
             super().__init__()
             self.sets = list(m.feature_sets)
             d = m.d_affine * len(self.sets)
             self.affine = nn.ModuleDict({s: nn.Linear(dims[s], m.d_affine) for s in self.sets})
-            self.pos = Positions(m.d_affine)
+            self.register_buffer("pe", positions(1024, m.d_affine).repeat(1, len(self.sets)))
             self.drop = nn.Dropout(m.input_dropout)
             self.encoder = encoder(d, m.num_heads, m.mlp_ratio * d, m.num_layers, m.dropout)
-            self.head = nn.Sequential(nn.Linear(d, d // 2), nn.LayerNorm(d // 2),
-                                      nn.Linear(d // 2, NUM_CLASSES))
+            self.heads = nn.ModuleList(Head(d, d // 2, k) for k in head_groups(m, num_outputs))
+            self.activation = m.output_activation
 
         def forward(self, xs, present, frame_mask):
-            h = torch.cat([self.pos(self.affine[s](xs[s])) for s in self.sets], dim=-1)
-            h = self.encoder(self.drop(h), src_key_padding_mask=padding_mask(present, frame_mask))
-            return self.head(h)
+            h = torch.cat([self.affine[s](xs[s]) for s in self.sets], dim=-1)
+            h = self.drop(h) + self.pe[: h.shape[1]]
+            h = self.encoder(h, src_key_padding_mask=padding_mask(present, frame_mask))
+            out = torch.cat([head(h, frame_mask) for head in self.heads], dim=-1)
+            return activate(out, self.activation)
 
-    return {"transformer": SystemA, "tcn": SystemB, "fusion": SystemC}
+    class StaticSetModel(nn.Module):
+        """One of C's multi-task models (ABAW7): per frame a token per feature set (perturbed in
+        training) and a class token, PE over the tokens, dropout, encoder, linear heads."""
+
+        def __init__(self, dims, m, num_outputs):
+            super().__init__()
+            self.sets, d = list(m.feature_sets), m.d_affine
+            self.noise = m.feature_noise
+            self.affine = nn.ModuleDict({s: nn.Linear(dims[s], d) for s in self.sets})
+            self.cls = nn.Parameter(torch.randn(d) * 0.02)
+            self.register_buffer("pe", positions(len(self.sets) + 1, d))
+            self.drop = nn.Dropout(m.input_dropout)
+            self.encoder = encoder(d, m.num_heads, m.mlp_ratio * d, m.num_layers, m.dropout)
+            self.heads = nn.ModuleList(nn.Linear(d, k) for k in head_groups(m, num_outputs))
+            self.activation = m.output_activation
+
+        def perturb(self, x):
+            k = max(1, x.shape[-1] // 2)
+            u = torch.rand_like(x)
+            chosen = u <= u.sort(dim=-1).values[..., k - 1:k]
+            return x + chosen * torch.randn_like(x) * self.noise
+
+        def forward(self, xs, present, frame_mask):
+            b, l = present.shape
+            tokens = [self.affine[s](self.perturb(xs[s]) if self.training and self.noise else xs[s])
+                      for s in self.sets]
+            h = torch.stack([self.cls.expand_as(tokens[0]), *tokens], dim=2)
+            h = (self.drop(h) + self.pe).reshape(b * l, len(self.sets) + 1, -1)
+            h = self.encoder(h)[:, 0].reshape(b, l, -1)
+            return activate(torch.cat([head(h) for head in self.heads], dim=-1), self.activation)
+
+    class PerTaskModels(nn.Module):
+        """C's multi-task setting: one whole model per output group, each group's outputs read
+        from its own model."""
+
+        def __init__(self, dims, m, num_outputs):
+            super().__init__()
+            self.models = nn.ModuleList(StaticSetModel(dims, m, num_outputs)
+                                        for _ in m.task_models)
+            self.sizes = list(m.task_models)
+
+        def forward(self, xs, present, frame_mask):
+            outs, start = [], 0
+            for model, size in zip(self.models, self.sizes):
+                outs.append(model(xs, present, frame_mask)[..., start:start + size])
+                start += size
+            return torch.cat(outs, dim=-1)
+
+    def fusion(dims, m, num_outputs):
+        if m.get("task_models"):
+            return PerTaskModels(dims, m, num_outputs)
+        return SystemC(dims, m, num_outputs)
+
+    return {"transformer": SystemA, "tcn": SystemB, "fusion": fusion}
 
 
 def torch_row(compiled: bool, threads: int) -> str:
@@ -407,17 +592,57 @@ def torch_row(compiled: bool, threads: int) -> str:
     return name if torch.cuda.is_available() else f"{name} t{threads}"
 
 
-def torch_loss(logits, labels, valid, focal: tuple[float, float] | None):
-    """Softmax focal loss (alpha, gamma) or cross-entropy, averaged over valid frames."""
+def torch_loss(config, out, labels, valid):
+    """The system's loss in PyTorch: EXPR's (focal or cross-entropy), or the multi-task sum of
+    each task's loss over its own valid labels (data/mtl.py's column layout)."""
     import torch
     import torch.nn.functional as F
-    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, labels[..., None].long())[..., 0]
-    per = -logp
-    if focal is not None:
-        alpha, gamma = focal
-        per = -alpha * (1 - logp.exp()) ** gamma * logp
-    w = valid.float()
-    return (per * w).sum() / torch.clamp(w.sum(), min=1.0)
+
+    def mean(per, w):
+        w = w.float()
+        return (per * w).sum() / torch.clamp(w.sum(), min=1.0)
+
+    def expr(name, logits, y, w):
+        logp = F.log_softmax(logits.float(), dim=-1).gather(-1, y[..., None].long())[..., 0]
+        if name == "focal":
+            return mean(-config.loss.alpha * (1 - logp.exp()) ** config.loss.gamma * logp, w)
+        return mean(-logp, w)
+
+    def ccc(x, y, w):
+        w = w.float()
+        n = w.sum(0).clamp(min=1.0)
+        mx, my = (x * w).sum(0) / n, (y * w).sum(0) / n
+        vx, vy = (((x - mx) ** 2) * w).sum(0) / n, (((y - my) ** 2) * w).sum(0) / n
+        cov = ((x - mx) * (y - my) * w).sum(0) / n
+        return 2 * cov / (vx + vy + (mx - my) ** 2 + 1e-8)
+
+    def va(name, x, y, w):
+        x, y, w = x.reshape(-1, 2).float(), y.reshape(-1, 2), w.reshape(-1, 2)
+        if name == "ccc":
+            return 1 - ccc(x, y, w).mean()
+        mse = (((x - y) ** 2) * w).sum(0) / w.float().sum(0).clamp(min=1.0)
+        a, b = torch.tensor([0.6, 0.5]), torch.tensor([0.4, 0.5])
+        return (a * mse + b * (1 - ccc(x, y, w))).mean()
+
+    def au(name, logits, y, w):
+        x = logits.float()
+        if name == "bce":
+            return mean(F.binary_cross_entropy_with_logits(x, y, reduction="none"), w)
+        p = torch.sigmoid(x)
+        if name == "focal":
+            pt = torch.where(y > 0, p, 1 - p)
+            bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+            return mean(config.loss.alpha * (1 - pt) ** config.loss.gamma * bce, w)
+        # The weighted asymmetric loss (weights 1 here), the negative term's p detached.
+        logp, log1mp = F.logsigmoid(x), F.logsigmoid(-x)
+        return mean(-(y * logp + (1 - y) * p.detach() * log1mp), w)
+
+    if config.task != "MTL":
+        return expr(config.loss.name, out, labels, valid)
+    t, weights = config.loss.tasks, config.loss.task_weights
+    return (weights.VA * va(t.VA, out[..., 0:2], labels[..., 0:2], valid[..., 0:2])
+            + weights.EXPR * expr(t.EXPR, out[..., 2:10], labels[..., 2].long(), valid[..., 2])
+            + weights.AU * au(t.AU, out[..., 10:22], labels[..., 3:15], valid[..., 3:15]))
 
 
 def run_torch(system: System, batches: list[dict], dims, args, compiled: bool,
@@ -429,10 +654,10 @@ def run_torch(system: System, batches: list[dict], dims, args, compiled: bool,
     m = config.model
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    model = torch_models()[system.model](dims, m).to(device).train()
+    num_outputs = NUM_OUTPUTS[config.task]
+    model = torch_models()[system.model](dims, m, num_outputs).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr,
                             weight_decay=config.optimizer.weight_decay)
-    focal = (config.loss.alpha, config.loss.gamma) if config.loss.name == "focal" else None
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda")
 
     def to_torch(b):
@@ -448,10 +673,11 @@ def run_torch(system: System, batches: list[dict], dims, args, compiled: bool,
     def step(i):
         x, present, frame_mask, labels, valid = data[i % len(data)]
         with amp:
-            loss = torch_loss(forward(x, present, frame_mask), labels, valid, focal)
+            loss = torch_loss(config, forward(x, present, frame_mask), labels, valid)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
+        if config.optimizer.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optimizer.grad_clip)
         opt.step()
         return loss
 
@@ -619,6 +845,18 @@ def image_rows(work: Images, args, flops: dict[str, float]) -> list[dict]:
 # The table.
 
 
+def cpu_model() -> str:
+    """The processor's name (ratios against PyTorch differ between processors)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown CPU"
+
+
 def print_header(peak: float | None) -> None:
     head = f"{'system':<8}{'row':<20}{'frames/s':>12}{'ms/step':>9}{'wait':>7}{'GFLOP/s':>9}"
     head += f"{'MFU':>7}" if peak else ""
@@ -646,7 +884,7 @@ def print_row(r: dict, flops: dict[str, float], peak: float | None) -> None:
     print(line + note, flush=True)
 
 
-SECTIONS = {"a": "A", "b": "B", "c": "C", "extract": "extract", "mae": "MAE",
+SECTIONS = {"a": "A", "b": "B", "c": "C", "mtl": "MTL", "extract": "extract", "mae": "MAE",
             "pipeline": "pipeline", "detect": "detect"}
 
 
@@ -657,9 +895,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sizes.add_argument("--small", action="store_true", help="reduced sizes for a CPU")
     sizes.add_argument("--tiny", action="store_true",
                        help="the smallest sizes, seconds per section (tests; numbers mean nothing)")
-    parser.add_argument("--systems", default="A,B,C,extract,mae,pipeline",
-                        help="sections to run, any of A,B,C,extract,mae,pipeline,detect "
-                        "(detect: Haar vs BlazeFace on --video; not run by default)")
+    parser.add_argument("--systems", default="A,B,C,MTL,extract,mae,pipeline",
+                        help="sections to run, any of A,B,C,MTL,extract,mae,pipeline,detect "
+                        "(MTL: the three systems' multi-task models; detect: Haar vs "
+                        "BlazeFace on --video, not run by default)")
+    parser.add_argument("--paper-size", default="auto", choices=("auto", "on", "off"),
+                        help="a row per system with its paper-size step's XLA FLOPs and "
+                        "parameters, compiled from shapes (auto: on except with --tiny)")
     parser.add_argument("--video", help="detect: clip (default ../shared/data/videos/fer_woman2.mp4)")
     parser.add_argument("--face-models", help="detect: folder of the BlazeFace .tflite files "
                         "for the LiteRT rows (default ../shared/data/models/mediapipe)")
@@ -709,7 +951,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"--systems: unknown {', '.join(unknown)}; known: "
-                     f"A,B,C,extract,mae,pipeline,detect")
+                     f"A,B,C,MTL,extract,mae,pipeline,detect")
     args.sections = {SECTIONS[x] for x in chosen}
     tiny = args.tiny
     args.frames = args.frames or (20_000 if tiny else 60_000 if args.small else AFFWILD2_FRAMES)
@@ -718,6 +960,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup or (1 if tiny else 3)
     args.repeats = args.repeats or (1 if tiny else 3)
     args.pipeline_batch = args.pipeline_batch or (8 if tiny else 64)
+    args.paper_size = args.paper_size == "on" or (args.paper_size == "auto" and not tiny)
     if not args.no_torch and importlib.util.find_spec("torch") is None:
         print("torch is not installed: no torch rows")
         args.no_torch = True
@@ -741,18 +984,19 @@ def main(argv: list[str] | None = None) -> None:
                          f"{torch.cuda.get_device_name() if cuda else 'cpu'}")
         torch_dtype = ", torch " + ("bf16 autocast" if cuda else "float32")
     print(f"jax {jax.__version__} on {len(jax.devices())} x {device.device_kind}{torch_version}; "
-          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} CPUs ({cpu_model()}), load {os.getloadavg()[0]:.1f}")
 
     # Stores first (their builds print), so that the table below is printed in one piece.
-    chosen = [s for s in systems(args.size) if s.key in args.sections]
+    chosen = [s for s in systems(args.size)
+              if s.key in args.sections or (s.task == "MTL" and "MTL" in args.sections)]
     if chosen:
         needs_c = any(s.model == "fusion" for s in chosen)
         stores, videos = open_store(args, SETS_C if needs_c else {"vit": 768}, args.frames)
         print(f"training rows: store {args.frames:,} frames in {len(videos)} videos; best of "
               f"{args.repeats} runs of {args.steps} steps after {args.warmup} warmup")
         for system in chosen:
-            print(f"  {system.key}  {system.model}: batch {system.batch_size} x {system.seq_len} "
-                  f"frames, {system.overrides or 'paper sizes'}")
+            print(f"  {system.key}  {system.model} {system.task}: batch {system.batch_size} x "
+                  f"{system.seq_len} frames, {system.overrides or 'paper sizes'}")
     if "pipeline" in args.sections:
         pipe_stores, pipe_videos = open_store(args, {"vit": 768}, args.pipeline_frames)
         print(f"pipeline rows: store {args.pipeline_frames:,} frames in {len(pipe_videos)} "
@@ -779,10 +1023,12 @@ def main(argv: list[str] | None = None) -> None:
 
     if "pipeline" in args.sections:
         emit(pipeline_rows(pipe_videos, pipe_stores["vit"], args))
+    full = {s.key: s for s in systems("full")}
     for system in chosen:
         features = FeatureSets(stores) if system.model == "fusion" else stores["vit"]
         dims = dict(features.dims) if system.model == "fusion" else features.dim
-        found, flops[system.key], kept = run_jax(system, videos, features, args, mesh)
+        task_videos = mtl_videos(videos, args.seed) if system.task == "MTL" else videos
+        found, flops[system.key], kept = run_jax(system, task_videos, features, args, mesh)
         torch_threads = [] if args.no_torch else [int(t) for t in args.torch_threads.split(",")]
         for i, threads in enumerate(torch_threads):
             found.append(run_torch(system, kept, dims, args, False, threads))
@@ -794,6 +1040,8 @@ def main(argv: list[str] | None = None) -> None:
                 except Exception as e:  # Inductor needs a working C++ toolchain, and may fail.
                     found.append(dict(row=torch_row(True, threads), seconds=None,
                                       note=failure_note(e)))
+        if args.paper_size:
+            found.append(paper_size_row(full[system.key], task_videos, mesh))
         for r in found:
             r.update(system=system.key, steps=args.steps)
         emit(found)

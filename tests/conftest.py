@@ -105,8 +105,20 @@ def timm_state(width=32, depth=2, mlp=64, patch=8, grid=4, seed=0):
 # Of the parametrised tests in _FAST_PARAMS only the listed cases stay in the fast tier.
 _SLOW_FILES = {
     "tests/test_benchmark.py",   # about 40 s on 2 cores, most of it XLA compiles
+    "tests/test_faults.py",      # about 3 minutes: a killed subprocess and a rerun per case
 }
 _SLOW_TESTS = {
+    "tests/test_workdirs.py::test_another_config_changes_nothing_and_the_right_one_resumes",
+    "tests/test_workdirs.py::test_altered_checkpoint_bytes_are_caught_and_set_aside",
+    "tests/test_workdirs.py::test_nonfinite_message_names_the_checkpoint_verified_intact",
+    "tests/test_workdirs.py::test_nan_predictions_stop_evaluate_naming_video_split_and_store",
+    "tests/test_workdirs.py::test_test_video_without_features_is_an_error_unless_allowed",
+    "tests/test_workdirs.py::test_damaged_best_checkpoint_falls_back_naming_the_step",
+    "tests/test_workdirs.py::test_full_disk_stops_at_the_failing_save_with_one_line",
+    "tests/test_workdirs.py::test_read_only_workdir_is_refused_before_any_device_work",
+    "tests/test_workdirs.py::test_bad_command_line_is_one_error_line",
+    "tests/test_workdirs.py::test_unknown_variant_lists_the_known_ones_and_debug_shows_the_traceback",
+    "tests/test_workdirs.py::test_metrics_hold_each_step_once_after_a_resume",
     "tests/test_reproduce.py::test_system_a_tiny_chains_its_stages_and_a_rerun_skips_them",
     "tests/test_reproduce.py::test_sigterm_mid_stage_then_rerun_gives_the_same_submission",
     "tests/test_reproduce.py::test_system_b_tiny_from_mae_to_fold_ensemble",

@@ -1,7 +1,8 @@
 """scripts/benchmark.py end to end at its --tiny sizes: one table, every section's rows with a rate.
 
 The numbers mean nothing at these sizes; the test checks that every row kind (pipeline, the
-training rows of A, B and C, extract, MAE, and their torch twins) still runs and reports.
+training rows of A, B and C and of their multi-task models, extract, MAE, and their torch
+twins) still runs and reports, and that each twin has its abaw_jax model's parameter count.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from conftest import ROOT
 
 HAS_TORCH = all(importlib.util.find_spec(m) for m in ("torch", "timm", "transformers"))
 JAX_ROWS = ([("-", "pipeline host windows"), ("-", "pipeline index only")]
-            + [(s, r) for s in "ABC" for r in ("abaw_jax host", "abaw_jax bank", "abaw_jax resident")]
+            + [(s, r) for s in ("A", "B", "C", "A-MTL", "B-MTL", "C-MTL")
+               for r in ("abaw_jax host", "abaw_jax bank", "abaw_jax resident")]
             + [("extract", "abaw_jax resident"), ("MAE", "abaw_jax resident")])
-TORCH_ROWS = [(s, "torch eager t1") for s in ("A", "B", "C", "extract", "MAE")]
+TORCH_ROWS = [(s, "torch eager t1")
+              for s in ("A", "B", "C", "A-MTL", "B-MTL", "C-MTL", "extract", "MAE")]
 # "<system> <row words>  <frames/s>": the leading columns of a measured row of the table.
 ROW = re.compile(r"^(\S+) +(\S+(?: \S+)*) {2,}([\d,.]+) ")
 
@@ -70,6 +73,13 @@ def test_torch_rows_next_to_them(run):
         pytest.importorskip(module)
     out, rows = run
     _check(rows, TORCH_ROWS)
+    # The twins are the published defaults' architectures: the same parameters, one by one.
+    params = {}
+    for line in out.splitlines():
+        if (m := ROW.match(line)) and (p := re.search(r"params (\d[\d,]*\d)", line)):
+            params[(m[1], m[2])] = p[1]
+    for system in ("A", "B", "C", "A-MTL", "B-MTL", "C-MTL"):
+        assert params[(system, "torch eager t1")] == params[(system, "abaw_jax host")], system
     # Extract and MAE rows note their speed relative to torch eager.
     for system in ("extract", "MAE"):
         line = next(x for x in out.splitlines()

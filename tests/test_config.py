@@ -13,7 +13,7 @@ from conftest import ROOT, load_config as load
 def test_paper_defaults(name):
     c = load(name)
     config_lib.validate(c)
-    # System A's published hyperparameters (REFERENCE.md).
+    # System A's published hyperparameters (its paper, §4.1; docs/systems.md lists the sources).
     assert (c.model.num_layers, c.model.num_heads, c.model.d_model) == (6, 8, 768)
     assert c.model.dropout == 0.2 and c.model.mask_prob == 0.2 and c.model.mask_mode == "frame"
     assert c.data.seq_len == 100 and c.batch_size == 512

@@ -146,23 +146,23 @@ def test_plan_numbered_generic_and_counts(tmp_path, caplog):
 def test_read_frame_counts(tmp_path):
     good = tmp_path / "counts.csv"
     good.write_text("name_video,total_frame\n1-30-1280x720.mp4,10\nvideo45_1,7\n")
-    assert extract.read_frame_counts(good) == {"1-30-1280x720": 10, "video45_1": 7}
+    assert affwild2.read_frame_counts(good) == {"1-30-1280x720": 10, "video45_1": 7}
     real = SHARED_DATA / "affwild2_meta" / "counter_frame.csv"
     if real.is_file():
-        counts = extract.read_frame_counts(real)
+        counts = affwild2.read_frame_counts(real)
         assert len(counts) == 548 and sum(counts.values()) == 2_610_374
     bad = tmp_path / "bad.csv"
     bad.write_text("name,frames\na,3\nb,three\n")
-    with pytest.raises(extract.ExtractError, match=r"bad\.csv: line 3: frame count 'three'"):
-        extract.read_frame_counts(bad)
+    with pytest.raises(affwild2.AnnotationError, match=r"bad\.csv: line 3: frame count 'three'"):
+        affwild2.read_frame_counts(bad)
     twice = tmp_path / "twice.csv"
     twice.write_text("a,3\na.mp4,4\n")
-    with pytest.raises(extract.ExtractError, match=r"twice\.csv: line 2: video 'a' listed twice"):
-        extract.read_frame_counts(twice)
+    with pytest.raises(affwild2.AnnotationError, match=r"twice\.csv: line 2: video 'a' listed twice"):
+        affwild2.read_frame_counts(twice)
     short = tmp_path / "short.csv"
     short.write_text("a,3\nb\n")
-    with pytest.raises(extract.ExtractError, match=r"short\.csv: line 2"):
-        extract.read_frame_counts(short)
+    with pytest.raises(affwild2.AnnotationError, match=r"short\.csv: line 2"):
+        affwild2.read_frame_counts(short)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,12 @@ def load(self, windows, rows=None, **kwargs):
 pipeline.WindowReader.load = load
 c = tiny_config("VA", {root!r}, batch_size=16, log_every=1, progress=index == 0, **{overrides!r})
 train.train_and_evaluate(c, {workdir!r})
+if {causal!r}:
+    # System A's default readout, each frame from the window ending at it, over both processes.
+    from abaw_jax import evaluation
+    c.data.eval_readout = "last"
+    evaluation.evaluate(c, {workdir!r}, checkpoint="latest", splits=("val",),
+                        out_dir={workdir!r} + "/causal")
 with open({workdir!r} + f"/loaded-{{index}}.json", "w") as f:
     json.dump({{"loaded": loaded, "processes": jax.process_count(),
                "devices": jax.device_count()}}, f)
@@ -55,11 +61,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(count: int, root, workdir: pathlib.Path, **overrides) -> list[subprocess.Popen]:
-    """`count` processes of one run (one process: no jax.distributed)."""
+def start(count: int, root, workdir: pathlib.Path, causal: bool = False,
+          **overrides) -> list[subprocess.Popen]:
+    """`count` processes of one run (one process: no jax.distributed); `causal`: then evaluate
+    the latest checkpoint with causal windows into `<workdir>/causal`."""
     workdir.mkdir(parents=True, exist_ok=True)
     code = _DRIVER.format(tests=str(ROOT / "tests"), coordinator=f"127.0.0.1:{free_port()}",
-                          count=count, root=str(root), workdir=str(workdir), overrides=overrides)
+                          count=count, root=str(root), workdir=str(workdir), overrides=overrides,
+                          causal=causal)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env.update(JAX_PLATFORMS="cpu")
     return [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=ROOT, env=env,
@@ -102,8 +111,8 @@ def test_two_processes_train_like_one(tiny_demo, tmp_path):
     # One warmup step: the learning rates of steps 0 and 1 do not depend on total_steps.
     overrides = {"total_steps": 4, "eval_every": 2, "checkpoint_every": 2,
                  "optimizer.warmup_steps": 1}
-    finish(start(1, tiny_demo, tmp_path / "one", **overrides))
-    finish(start(2, tiny_demo, tmp_path / "two", **overrides))
+    finish(start(1, tiny_demo, tmp_path / "one", causal=True, **overrides))
+    finish(start(2, tiny_demo, tmp_path / "two", causal=True, **overrides))
 
     one = json.loads((tmp_path / "one" / "loaded-0.json").read_text())
     two = [json.loads((tmp_path / "two" / f"loaded-{i}.json").read_text()) for i in (0, 1)]
@@ -120,6 +129,12 @@ def test_two_processes_train_like_one(tiny_demo, tmp_path):
     a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4]
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5, atol=1e-6)
+    # Causal evaluation: two processes split each batch's windows and predict what one does.
+    causal = [np.load(tmp_path / run / "causal" / "val" / "VA_outputs.npz")
+              for run in ("one", "two")]
+    assert sorted(causal[0].files) == sorted(causal[1].files) and causal[0].files
+    for name in causal[0].files:
+        np.testing.assert_allclose(causal[1][name], causal[0][name], rtol=1e-4, atol=1e-5)
     # Only process 0 writes run files; both processes wrote their part of the checkpoints.
     step4 = tmp_path / "two" / "checkpoints" / "4"
     assert (step4 / "state" / "ocdbt.process_0").exists()

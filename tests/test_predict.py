@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pathlib
+import time
 
 import numpy as np
 import pytest
@@ -80,10 +82,10 @@ def _reference_outputs(run: predict_lib.Run, features: np.ndarray, present: np.n
     from abaw_jax import runs, sharding
     from abaw_jax.data import features as features_lib
     t = len(present)
-    with features_lib.FeatureStoreWriter(tmp_path / f"store_{run.task}", dim=features.shape[1],
-                                         dtype="float16") as w:
+    path = tmp_path / f"store_{run.task}_{run.config.data.get('eval_readout', 'average')}"
+    with features_lib.FeatureStoreWriter(path, dim=features.shape[1], dtype="float16") as w:
         w.write("clip", features, present)
-    store = features_lib.FeatureStore(tmp_path / f"store_{run.task}")
+    store = features_lib.FeatureStore(path)
     shape = (t, 2) if run.task == "VA" else (t,)
     video = affwild2.Video("clip", t, np.zeros(shape, np.float32), np.zeros(shape, bool), present)
     mesh = sharding.make_mesh(1)
@@ -168,6 +170,15 @@ def test_temporal_outputs_match_the_evaluation_path(predictor, tmp_path):
         got = predict_lib.run_temporal(run, features, present, batch_size=4)
         want = _reference_outputs(run, features, present, tmp_path)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        # System A's default readout: each frame from the window ending at it.
+        config = run.config.copy_and_resolve_references()
+        config.data.eval_readout = "last"
+        causal = dataclasses.replace(run, config=config)
+        got = predict_lib.run_temporal(causal, features, present, batch_size=4)
+        want = _reference_outputs(causal, features, present, tmp_path)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(got, predict_lib.run_temporal(run, features, present, batch_size=4),
+                               atol=1e-4), "the readouts should differ"
 
 
 def test_no_face_frames_are_flagged_and_predicted(predictor, tmp_path):
@@ -409,3 +420,31 @@ def test_read_csv_names_the_line(tmp_path):
     path.write_text("frame,valence\n")
     with pytest.raises(predict_lib.PredictError, match=rf"{path}: line 1: header"):
         predict_lib.read_csv(path)
+
+
+@pytest.mark.slow
+def test_timings_flag_prints_each_stage(runs, tmp_path, capsys):
+    """`predict --timings`: a row per stage with seconds and frames/s over the clip's frames,
+    the total their sum, and the one-time compilation apart."""
+    clip = tmp_path / "clip.mp4"
+    _write_clip(clip, set(range(5, 25)), n=30)
+    start = time.perf_counter()
+    rc = predict_lib.main(["--video", str(clip), "--workdir", str(runs["VA"]), "--encoder",
+                           TINY_ENCODER, "--out", str(tmp_path / "clip.csv"), "--batch-size", "8",
+                           "--detector", "haar", "--timings"])
+    wall = time.perf_counter() - start
+    assert rc == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.split() == ["stage", "seconds", "frames/s"])
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]]
+            for line in lines[at + 1:at + 2 + len(predict_lib.STAGES)]}
+    assert list(rows) == [*predict_lib.STAGES, "total"]
+    for stage, (seconds, rate) in rows.items():
+        # frames/s is 30 over the unrounded seconds; the table rounds seconds to 0.01.
+        assert seconds >= 0 and (seconds < 0.01 or
+                                 30 / (seconds + 0.005) <= rate * 1.001 and
+                                 rate <= 30 / (seconds - 0.005) * 1.001), stage
+    assert rows["total"][0] == pytest.approx(sum(rows[s][0] for s in predict_lib.STAGES), abs=0.02)
+    assert 0 < rows["total"][0] <= wall
+    assert rows["decode"][0] > 0 and rows["detect"][0] > 0
+    assert lines[at + 2 + len(predict_lib.STAGES)].endswith("30 frames)")

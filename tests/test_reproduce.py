@@ -429,6 +429,15 @@ def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, ca
     assert submission.main(check) == 1
     err = capsys.readouterr().err
     assert f"{path}:" in err and "frame 5" in err and err.count("error:") == 1
+    # Frame counts from a `name,frames` CSV (counter_frame.csv's form); a bad row is named.
+    counts = tmp_path / "counts.csv"
+    counts.write_text("name_video,total_frame\n" + "".join(
+        f"{v.name}.mp4,{v.num_frames}\n" for v in videos))
+    path.write_text("\n".join(lines) + "\n")
+    assert submission.main(check + ["--frame-counts", str(counts)]) == 0
+    counts.write_text(counts.read_text() + "extra,many\n")
+    assert submission.main(check + ["--frame-counts", str(counts)]) == 1
+    assert f"{counts}: line {len(videos) + 2}: frame count 'many'" in capsys.readouterr().err
     # The validation split and the multi-task challenge too.
     val = affwild2.load_split(frames_demo, "VA", "val")
     path = submission.write_submission(tmp_path / "VA.txt", "VA", [v.name for v in val],

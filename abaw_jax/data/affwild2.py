@@ -26,6 +26,7 @@ error rather than a silent "no face anywhere".
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 import logging
@@ -82,6 +83,39 @@ class AnnotationError(ValueError):
 
 class LayoutError(ValueError, FileNotFoundError):
     """A folder or file the official layout requires is missing or empty; the message names it."""
+
+
+def read_frame_counts(path: str | os.PathLike) -> dict[str, int]:
+    """``{video: frames}`` from a CSV of ``name,frames`` rows (a header line is optional).
+
+    Names keep no video-file suffix (``1-30-1280x720.mp4`` -> ``1-30-1280x720``), as in
+    Aff-Wild2's ``counter_frame.csv``.
+    """
+    path = pathlib.Path(path)
+    counts: dict[str, int] = {}
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise AnnotationError(f"{path}: line {lineno}: expected 'name,frames', got {row!r}")
+            name, value = row[0].strip(), row[1].strip()
+            try:
+                frames = int(value)
+            except ValueError:
+                if lineno == 1:
+                    continue  # the header
+                raise AnnotationError(
+                    f"{path}: line {lineno}: frame count {value!r} is not an integer") from None
+            if frames < 1:
+                raise AnnotationError(f"{path}: line {lineno}: frame count {frames} must be >= 1")
+            stem, dot, suffix = name.rpartition(".")
+            if dot and suffix.lower() in ("mp4", "avi", "mkv", "mov", "webm"):
+                name = stem
+            if name in counts:
+                raise AnnotationError(f"{path}: line {lineno}: video {name!r} listed twice")
+            counts[name] = frames
+    return counts
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -451,10 +451,14 @@ class FeatureStore:
         self.extractor: str = self.meta.get("extractor", "")
 
         entries: dict[str, _Entry] = {}
+        # Each index file: (path, videos listed, bytes after its last complete line).
+        self.index_files: list[tuple[pathlib.Path, int, int]] = []
         for index in sorted(self.path.glob("index-p*.jsonl")):
             if not _INDEX_RE.fullmatch(index.name):
                 continue
-            for e in _read_index(index)[0]:
+            listed, committed = _read_index(index)
+            self.index_files.append((index, len(listed), index.stat().st_size - committed))
+            for e in listed:
                 if e.video in entries:
                     raise StoreError(
                         f"{self.path}: video {e.video!r} appears twice "

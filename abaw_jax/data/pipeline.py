@@ -17,6 +17,13 @@ Window placement: starts 0, stride, 2 * stride, ... while the window fits, then 
 right-aligned to the end of the video if frames are left over, so every frame is in a window and
 no window is padded unless the whole video is shorter than `seq_len` (one window at 0).
 
+Overlapping windows are averaged in probability space (EXPR softmax, AU sigmoid, VA as is) and
+returned in raw-output form (log-probabilities, logits): the same rule as an ensemble of runs
+(`abaw_jax.ensemble`). Probabilities are on one scale whatever a window's or a model's logit
+temperature, so one overconfident window cannot outvote the others, and an average of
+probabilities is itself a probability; decisions (argmax, sigmoid >= .5) of a frame seen by one
+window are unchanged.
+
 Training reads in grain threads from memory-mapped shards: each batch is one numpy array per key,
 filled window by window with contiguous slices (and converted to float32 on the way).
 """
@@ -34,14 +41,30 @@ import numpy as np
 from abaw_jax.data.features import FeatureSets, FeatureStore, StoreError
 
 
-def window_starts(num_frames: int, seq_len: int, stride: int) -> np.ndarray:
-    """First frames of the windows over one video of `num_frames` frames (see module doc)."""
+def window_starts(num_frames: int, seq_len: int, stride: int,
+                  truncate_last: bool = False) -> np.ndarray:
+    """First frames of the windows over one video of `num_frames` frames (see module doc).
+
+    `truncate_last`: the last window starts at the next multiple of `stride` and is padded past
+    the video's end (system B's test-time windows) instead of being right-aligned."""
     if num_frames <= seq_len:
         return np.zeros(1, np.int64)
+    if truncate_last:
+        return np.arange(0, num_frames, stride, dtype=np.int64)[
+            :max(1, -(-(num_frames - seq_len) // stride) + 1)]
     starts = np.arange(0, num_frames - seq_len + 1, stride, dtype=np.int64)
     if starts[-1] + seq_len < num_frames:
         starts = np.append(starts, num_frames - seq_len)
     return starts
+
+
+def causal_windows(num_frames: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, read) per frame t of one video: the window of `seq_len` frames that ends at t and
+    t's position in it. The first `seq_len - 1` frames read the window starting at 0, whose
+    frames after t the caller hides (no future frame is seen)."""
+    frame = np.arange(num_frames, dtype=np.int64)
+    start = np.maximum(frame - seq_len + 1, 0)
+    return start, frame - start
 
 
 def _check_window_args(seq_len: int, stride: int | None) -> int:
@@ -54,11 +77,13 @@ def _check_window_args(seq_len: int, stride: int | None) -> int:
     return int(stride)
 
 
-def _windows(lengths: Sequence[int], seq_len: int, stride: int) -> np.ndarray:
+def _windows(lengths: Sequence[int], seq_len: int, stride: int,
+             truncate_last: bool = False) -> np.ndarray:
     """[N, 2] int64 (video, start) for every window of every video, in video order."""
     parts = [
         np.stack([np.full(len(s), v, np.int64), s], axis=1)
-        for v, s in ((v, window_starts(int(t), seq_len, stride)) for v, t in enumerate(lengths))
+        for v, s in ((v, window_starts(int(t), seq_len, stride, truncate_last))
+                     for v, t in enumerate(lengths))
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
 
@@ -357,8 +382,10 @@ def eval_batches(
     num_threads: int = 2,
     prefetch: int | None = None,
     length_tolerance: int = 0,
+    truncate_last: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of `eval_windows` in order, each padded to batch_size // process_count rows.
+    """Batches of `eval_windows` in order, each padded to batch_size // process_count rows
+    (`truncate_last`: see `window_starts`).
 
     Global batch g holds windows [g * batch_size, (g + 1) * batch_size); process p gets its rows
     [p * b, (p + 1) * b), so every process yields the same number of batches. "batch_mask" bool
@@ -369,7 +396,7 @@ def eval_batches(
     if not videos:
         return iter(())
     reader = WindowReader(videos, features, seq_len, length_tolerance)
-    windows = _windows(reader.lengths, seq_len, stride)
+    windows = _windows(reader.lengths, seq_len, stride, truncate_last)
     local = batch_size // process_count
     num_batches = math.ceil(len(windows) / batch_size)
     lo, hi = process_index * local, (process_index + 1) * local
@@ -380,11 +407,47 @@ def eval_batches(
     return iter(ds.to_iter_dataset(options))
 
 
-class Assembler:
-    """Puts per-window outputs back into per-video arrays; overlapping outputs are averaged."""
+def to_probabilities(task: str, outputs: np.ndarray) -> np.ndarray:
+    """Raw outputs -> the space in which outputs are averaged (per task's columns for "MTL")."""
+    x = np.asarray(outputs, np.float64)
+    if task == "MTL":
+        return _per_task(to_probabilities, x)
+    if task == "EXPR":
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    if task == "AU":
+        return 1.0 / (1.0 + np.exp(-x))
+    return x
 
-    def __init__(self, videos: Sequence[Any], out_dim: int):
+
+def from_probabilities(task: str, probs: np.ndarray) -> np.ndarray:
+    """Averaged probabilities -> raw-output form (log-probabilities / logits) for scoring."""
+    if task == "MTL":
+        return _per_task(from_probabilities, np.asarray(probs, np.float64))
+    p = np.clip(probs, 1e-7, 1 - 1e-7) if task != "VA" else probs
+    if task == "EXPR":
+        return np.log(p)
+    if task == "AU":
+        return np.log(p) - np.log1p(-p)
+    return p
+
+
+def _per_task(fn, x: np.ndarray) -> np.ndarray:
+    """`fn` applied to each task's columns of packed multi-task outputs."""
+    from abaw_jax.data import mtl
+    out = np.empty_like(x)
+    for task, cols in mtl.OUTPUT_COLUMNS.items():
+        out[..., cols] = fn(task, x[..., cols])
+    return out
+
+
+class Assembler:
+    """Puts per-window outputs back into per-video arrays; overlapping outputs are averaged,
+    in probability space when `task` is given (see the module doc), else as they come."""
+
+    def __init__(self, videos: Sequence[Any], out_dim: int, task: str = ""):
         """`videos`: the list the windows index into (anything with num_frames, or ints)."""
+        self.task = task
         self.names = [getattr(v, "name", str(i)) for i, v in enumerate(videos)]
         self.lengths = np.array([getattr(v, "num_frames", v) for v in videos], np.int64)
         self.base = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
@@ -421,6 +484,8 @@ class Assembler:
             )
         flat = (self.base[safe_video][:, None] + frames)[frame_mask]
         values = outputs[frame_mask].astype(np.float64)
+        if self.task:
+            values = to_probabilities(self.task, values)
         # Accumulate on the few distinct frames first: scattering into the whole split is slow.
         frames_u, inverse = np.unique(flat, return_inverse=True)
         acc = np.zeros((len(frames_u), self.out_dim), np.float64)
@@ -439,5 +504,8 @@ class Assembler:
                 f"video {self.names[v]!r}: frame {first - self.base[v]} "
                 f"(and {int(missing.sum()) - 1} other frames) received no output"
             )
-        mean = (self._sums / self._counts[:, None]).astype(np.float32)
+        mean = self._sums / self._counts[:, None]
+        if self.task:
+            mean = from_probabilities(self.task, mean)
+        mean = mean.astype(np.float32)
         return [mean[self.base[i] : self.base[i + 1]] for i in range(len(self.lengths))]

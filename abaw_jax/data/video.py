@@ -31,6 +31,7 @@ import math
 import os
 import pathlib
 import re
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -66,6 +67,19 @@ class VideoInfo:
     width: int
     height: int
     num_frames: int
+
+
+def warn_if_short(info: VideoInfo, decoded: int) -> str:
+    """Warns on stderr (and returns the line) when fewer frames decoded than the container
+    declares: a file cut short (an interrupted copy or download) still opens and decodes up to
+    the cut, so the rows past it are silently absent otherwise. One frame less is common (the
+    container's count is an estimate) and not reported."""
+    if info.num_frames <= 0 or decoded >= info.num_frames - 1:
+        return ""
+    line = (f"Warning: {info.path}: decoded {decoded} of the {info.num_frames} frames its "
+            f"container declares; the file may be cut short (the rows stop at frame {decoded})")
+    print(line, file=sys.stderr, flush=True)
+    return line
 
 
 class FrameSource:

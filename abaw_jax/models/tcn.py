@@ -200,7 +200,10 @@ class TemporalBlock(nn.Module):
             h = nn.Dropout(self.dropout)(h, deterministic=not train)
         residual = x
         if x.shape[-1] != self.features:
-            residual = nn.Conv(self.features, (1,), dtype=self.dtype, name="residual")(x)
+            # N(0, 0.01), the code's init_weights; on the weight-normalised convolutions that
+            # init has no effect (weight norm recomputes the weight from g and v at each call).
+            residual = nn.Conv(self.features, (1,), dtype=self.dtype, name="residual",
+                               kernel_init=nn.initializers.normal(0.01))(x)
         return _activation(self.activation, "act_out", self.prelu_slopes)(h + residual)
 
 

@@ -173,6 +173,7 @@ class Predictor:
         # The detector's first-time jit compile is reported with the others, not as detection.
         self._compile_times["detect"] = self._detector_compile_seconds() - compiled_before
         num_frames = len(detections)
+        video_lib.warn_if_short(source.info, num_frames)   # a cut file decodes fewer frames
         followed = faces_lib.faces_of_video(
             detections, (source.info.height, source.info.width), fps, mode=self.track,
             max_gap_s=self.max_gap_s, smooth_s=self.smooth_s)

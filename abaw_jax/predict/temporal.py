@@ -168,24 +168,36 @@ class Compiled:
 
 def run_temporal(run: Run, features: np.ndarray, present: np.ndarray, *, batch_size: int = 32,
                  compiled: Compiled | None = None) -> np.ndarray:
-    """Raw per-frame outputs ``[T, C]`` of one run: sliding windows, overlaps averaged."""
+    """Raw per-frame outputs ``[T, C]`` of one run, read as `evaluate` reads them: sliding
+    windows with overlaps averaged (in probability space, as ensembles average), or, for a run
+    with `data.eval_readout="last"`, each frame from the window that ends at it."""
     t = len(present)
     seq_len = run.seq_len
-    starts = pipeline.window_starts(t, seq_len, run.stride)
+    if run.config.data.get("eval_readout", "average") == "last":
+        starts, reads = pipeline.causal_windows(t, seq_len)
+    else:
+        starts = pipeline.window_starts(t, seq_len, run.stride,
+                                        run.config.data.get("eval_last", "aligned") == "truncated")
+        reads = None
     bs = bucket(len(starts), batch_size)
     compiled = compiled or Compiled(runs.make_predict(run.model), "temporal", {})
-    assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task])
+    assembler = pipeline.Assembler([t], affwild2.NUM_OUTPUTS[run.task], task=run.task)
     feats = round_to_store(features, run.store_dtype)
     for i in range(0, len(starts), bs):
         chunk = starts[i:i + bs]
+        k = len(chunk)
         x = np.zeros((bs, seq_len, feats.shape[1]), np.float32)
         p = np.zeros((bs, seq_len), bool)
         m = np.zeros((bs, seq_len), bool)
         for row, s in enumerate(chunk):
-            n = min(seq_len, t - s)
+            # A causal window shows the frames up to its read position only.
+            n = min(seq_len, t - s) if reads is None else int(reads[i + row]) + 1
             x[row, :n], p[row, :n], m[row, :n] = feats[s:s + n], present[s:s + n], True
         batch = {"features": x, "present": p, "frame_mask": m}
         out = np.asarray(compiled(run.params, batch), np.float32)
-        k = len(chunk)
-        assembler.add(out[:k], np.zeros(k, np.int64), chunk, m[:k])
+        readout = m[:k]
+        if reads is not None:
+            readout = np.zeros((k, seq_len), bool)
+            readout[np.arange(k), reads[i:i + k]] = True
+        assembler.add(out[:k], np.zeros(k, np.int64), chunk, readout)
     return assembler.result()[0]

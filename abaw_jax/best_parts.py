@@ -1,0 +1,107 @@
+"""The best checkpoint of each output kept apart (`config.best_per_output`): system C's code keeps
+a best-valence and a best-arousal model for VA (ABAW5) and the best model of each task for the
+multi-task challenge (ABAW7), each chosen by its own validation metric.
+
+During training, each evaluation that improves an output's metric writes the state's parameters
+(and batch statistics) to `<workdir>/best_parts/<part>.msgpack`, with the metrics so far in
+`best_parts/scores.json` (a resumed run keeps them). `evaluate` with the best checkpoint then
+predicts with each part's parameters and reads that part's output columns from them, the rest
+of a frame's columns from the other parts. Tasks with one output group (EXPR, AU) have nothing
+to split: their parts are the run's best checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import serialization
+
+from abaw_jax import files
+
+DIRECTORY = "best_parts"
+# part -> (the evaluation value of its metric, its output columns).
+PARTS = {
+    "VA": {"valence": ("valence_ccc", slice(0, 1)), "arousal": ("arousal_ccc", slice(1, 2))},
+    "MTL": {"valence": ("valence_ccc", slice(0, 1)), "arousal": ("arousal_ccc", slice(1, 2)),
+            "expr": ("expr_f1", slice(2, 10)), "au": ("au_f1", slice(10, 22))},
+}
+
+
+def enabled(config) -> bool:
+    return bool(config.get("best_per_output", False)) and config.task in PARTS
+
+
+def tracking(run, workdir: str | pathlib.Path, config):
+    """`run` (a `loop.Run`) whose evaluations also keep each output's best parameters when
+    `config.best_per_output` asks for it."""
+    if not enabled(config) or run.evaluate is None:
+        return run
+    tracker, evaluate = Tracker(workdir, config.task), run.evaluate
+
+    def tracked(state, step: int):
+        result = evaluate(state, step)
+        tracker.update(step, state, result.values)
+        return result
+
+    return dataclasses.replace(run, evaluate=tracked)
+
+
+class Tracker:
+    """Writes a part's state whenever its metric improves (process 0 writes)."""
+
+    def __init__(self, workdir: str | pathlib.Path, task: str):
+        self.dir = pathlib.Path(workdir) / DIRECTORY
+        self.parts = PARTS[task]
+        path = self.dir / "scores.json"
+        self.best = json.loads(path.read_text()) if path.is_file() else {}
+
+    def update(self, step: int, state: dict, values: dict) -> None:
+        better = [p for p, (key, _) in self.parts.items()
+                  if key in values and values[key] > self.best.get(p, {}).get("score", -np.inf)]
+        if not better:
+            return
+        kept = {k: state[k] for k in ("params", "model_state") if k in state}
+        host = jax.device_get(kept)
+        if jax.process_index() != 0:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for part in better:
+            with files.atomic_open(self.dir / f"{part}.msgpack", "wb") as f:
+                f.write(serialization.msgpack_serialize(serialization.to_state_dict(host)))
+            self.best[part] = {"score": float(values[self.parts[part][0]]), "step": step}
+        files.write_json(self.dir / "scores.json", self.best)
+
+
+def compose(workdir: str | pathlib.Path, task: str, state: dict,
+            predict: Callable[[dict], list[np.ndarray]],
+            variables: Callable[[dict], Any]) -> list[np.ndarray] | None:
+    """Per-video outputs with each part's columns predicted from its own best parameters;
+    None when the workdir has no part checkpoints. `predict(variables)` predicts the split,
+    `variables(state)` makes a model's variables of a state."""
+    directory = pathlib.Path(workdir) / DIRECTORY
+    parts = PARTS[task]
+    if not all((directory / f"{p}.msgpack").is_file() for p in parts):
+        return None
+    composed = None
+    for part, (_, cols) in parts.items():
+        raw = serialization.msgpack_restore((directory / f"{part}.msgpack").read_bytes())
+        restored = serialization.from_state_dict(
+            {k: state[k] for k in raw}, raw)
+        outputs = predict(variables(dict(state, **restored)))
+        if composed is None:
+            composed = [np.array(o) for o in outputs]
+        for c, o in zip(composed, outputs):
+            c[:, cols] = o[:, cols]
+    return composed
+
+
+def describe(workdir: str | pathlib.Path) -> str:
+    """"valence from step 200, arousal from step 400" for the log line of `evaluate`."""
+    path = pathlib.Path(workdir) / DIRECTORY / "scores.json"
+    best = json.loads(path.read_text()) if path.is_file() else {}
+    return ", ".join(f"{p} from step {b['step']}" for p, b in best.items())
