@@ -369,9 +369,11 @@ def setup_model(config, mesh, init_encoder=None, plan: optim.Plan | None = None)
 # The run.
 
 
-def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> loop_lib.Run:
+def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+              sources=None) -> loop_lib.Run:
     """The pretraining / fine-tuning run of `config` (reconstruction images and the exported
-    encoder go to `workdir`); nothing is compiled or restored yet."""
+    encoder go to `workdir`), on `sources` (`make_sources(config)` when None); nothing is
+    compiled or restored yet."""
     is_main = jax.process_index() == 0
 
     # Devices and mesh.
@@ -382,7 +384,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> loop_
     repl, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
 
     # Input (its size decides the length of a run given in epochs).
-    train_src, val_src = make_sources(config)
+    train_src, val_src = sources if sources is not None else make_sources(config)
     if config.mode == "finetune" and resolve_num_classes(config, train_src):
         loop_lib.prepare_workdir(config, workdir)   # config.json with the resolved count
     plan = optim.resolve_steps(config, max(1, len(train_src) // config.batch_size))
@@ -453,8 +455,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     The workdir's own checkpoint wins over ``config.init_from``, which wins over scratch."""
     config_lib.validate_image(config)
+    # The class count a source decides is resolved before the workdir is claimed, so that its
+    # config.json (and a resume's comparison with it) holds the count the run trains with.
+    sources = make_sources(config)
+    if config.mode == "finetune":
+        resolve_num_classes(config, sources[0])
     workdir = loop_lib.prepare_workdir(config, workdir)
-    run = build_run(config, workdir)
+    run = build_run(config, workdir, sources)
     optim.report(run.plan)
     return loop_lib.execute(run, config, workdir).last_eval
 

@@ -415,6 +415,28 @@ def test_finetuning_on_affwild2_frames_takes_the_sources_class_count(frames_demo
         assert ck.num_classes == 6                                   # its six class folders
 
 
+def test_finetuning_workdir_records_the_resolved_class_count(frames_demo, tmp_path,
+                                                             monkeypatch):
+    """config.json holds the source's class count from the start, so the workdir guard lets
+    the run (and its resume, asked again with num_classes = 0) go on."""
+    from abaw_jax import pretrain
+
+    class Built(Exception):
+        pass
+
+    def stop(config, workdir, sources=None):
+        raise Built(config.num_classes)
+
+    monkeypatch.setattr(pretrain, "build_run", stop)
+    for _ in range(2):
+        config = load_config("finetune_expr", "tiny")
+        config.data.update(source="affwild2", root=str(frames_demo))
+        assert config.num_classes == 0
+        with pytest.raises(Built, match="8"):
+            pretrain.train_and_evaluate(config, tmp_path / "ft")
+        assert json.loads((tmp_path / "ft" / "config.json").read_text())["num_classes"] == 8
+
+
 def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, capsys):
     from abaw_jax import submission
     from abaw_jax.data import affwild2, mtl
