@@ -62,7 +62,9 @@ def with_extra(config: ml_collections.ConfigDict, train):
         return train
     image_sources.check_extra(config.mode, d.extra)
     extra = image_sources.extra_sources(d.extra, split=d.train_split, every=d.every)
-    names = [f"{d.source}:{d.root or d.tfds_name}"] + [
+    main = (f"tfds:{d.tfds_name}" + (f"@{d.root}" if d.root else "") if d.source == "tfds"
+            else f"{d.source}:{d.root}")
+    names = [main] + [
         f"{k}:{w}" + (f"@{dd}" if dd else "") for k, w, dd in image_sources.parse_extra(d.extra)]
     mixture = image_sources.Mixture([train, *extra], names)
     print(f"MAE pretraining on {len(mixture)} images: {mixture.describe()}", file=sys.stderr)
