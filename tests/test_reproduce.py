@@ -505,8 +505,8 @@ def test_demo_variants_name_their_timing_in_the_readme():
     section = (ROOT / "docs" / "performance.md").read_text().split("## Demo runs")[1]
     section = section.split("\n## ")[0]
     measured: dict[tuple[str, str], int] = {}
-    for system, task, wall in re.findall(r"^\| ([ABC]) \| (VA|EXPR|AU|MTL) \| 600[^|]*\| (\d+) s \|",
-                                         section, re.M):
+    row = r"^\| ([ABC]) \| (VA|EXPR|AU|MTL) \| 600[^|]*\| (\d+) s \|"
+    for system, task, wall in re.findall(row, section, re.M):
         measured.setdefault((system, task), int(wall))   # the newest table comes first
     assert {s for s, _ in measured} == {"A", "B", "C"}
     demo = readme.split("The `:demo` variants train 600 steps")[1].split("\n\n")[0]
