@@ -92,12 +92,18 @@ def _on_host(x: Any) -> np.ndarray | None:
     return np.asarray(x.addressable_shards[0].data)
 
 
+def path_name(path: tuple) -> str:
+    """`opt_state/0/mu/...`: a leaf's path by its keys alone, the same whether a checkpoint is
+    restored onto its train state's types (tuples, named tuples) or without a target (dicts)."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+
+
 def digest(tree: Any, *, host: bool | None = None) -> dict:
     """{"format", "arrays": {path: "<16 hex digits>"}} of every array of `tree`. `host` forces
     NumPy (True) or the jitted reduction (False); by default each array is digested where it
     lives (module docstring). Blocks until done."""
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    names = [jax.tree_util.keystr(k) for k, _ in leaves]
+    names = [path_name(k) for k, _ in leaves]
     sums: dict[int, tuple[int, int]] = {}
     on_device = []
     for i, (_, v) in enumerate(leaves):

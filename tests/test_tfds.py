@@ -229,8 +229,10 @@ def test_ckplus_as_tfds_reads_back_and_trains_like_the_folder(tmp_path, shared_c
         ft.data.update({k: mae_cfg.data[k] for k in ("source", "root", "tfds_name")})
         ft.update(init_from=str(runs[kind]["mae"]), total_steps=4, log_every=1, eval_every=4,
                   checkpoint_every=4)
-        assert ft.loss.class_weights == "balanced" and ft.num_classes == 6
+        # num_classes 0: the source's own count, resolved by the run and recorded in its config.
+        assert ft.loss.class_weights == "balanced" and ft.num_classes == 0
         pretrain.train_and_evaluate(ft, runs[kind]["ft"])
+        assert json.loads((runs[kind]["ft"] / "config.json").read_text())["num_classes"] == 6
     compared = {"mae": ("train/loss", "val/loss"),
                 "ft": ("train/loss", "train/accuracy", "val/accuracy", "val/macro_f1")}
     for stage, keys in compared.items():
