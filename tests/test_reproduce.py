@@ -43,14 +43,19 @@ def frames_demo(tmp_path_factory) -> pathlib.Path:
                            feature_sets={"vit": 16, "openface": demo.OPENFACE_DIM})
 
 
-@pytest.fixture(scope="module")
-def run_a(frames_demo, tmp_path_factory) -> pathlib.Path:
-    """System A on VA at the tiny scale, run once for the module (its log in `log.txt`)."""
-    workdir = tmp_path_factory.mktemp("a") / "runs"
-    r = reproduce("--system", "A", "--tasks", "va", "--root", frames_demo, "--workdir", workdir,
+def tiny_journey(system: str, task: str, root, tmp_path_factory) -> pathlib.Path:
+    """`reproduce` of `system` on `task` at the tiny scale; its log in `<workdir>/log.txt`."""
+    workdir = tmp_path_factory.mktemp(system.lower()) / "runs"
+    r = reproduce("--system", system, "--tasks", task, "--root", root, "--workdir", workdir,
                   "--scale", "tiny")
     (workdir / "log.txt").write_text(r.stderr)
     return workdir
+
+
+@pytest.fixture(scope="module")
+def run_a(frames_demo, tmp_path_factory) -> pathlib.Path:
+    """System A on VA at the tiny scale, run once for the module."""
+    return tiny_journey("A", "va", frames_demo, tmp_path_factory)
 
 
 def assert_chained(report: dict, sources: tuple[str, ...] = ()) -> None:
@@ -128,11 +133,8 @@ def test_sigterm_mid_stage_then_rerun_gives_the_same_submission(run_a, frames_de
 
 @pytest.fixture(scope="module")
 def run_b(frames_demo, tmp_path_factory) -> pathlib.Path:
-    workdir = tmp_path_factory.mktemp("b") / "runs"
-    r = reproduce("--system", "B", "--tasks", "expr", "--root", frames_demo, "--workdir", workdir,
-                  "--scale", "tiny")
-    (workdir / "log.txt").write_text(r.stderr)
-    return workdir
+    """System B on EXPR at the tiny scale, run once for the module."""
+    return tiny_journey("B", "expr", frames_demo, tmp_path_factory)
 
 
 def test_system_b_tiny_from_mae_to_fold_ensemble(run_b, frames_demo):
