@@ -300,7 +300,8 @@ class _ReadOnlyNotes(logging.Filter):
     """Drops orbax's warnings that a read-only manager is read-only (asked for here: a restore
     opens the checkpoints read-only on purpose), while the manager is being opened."""
 
-    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+    EXPECTED = ("CheckpointManagerOptions.read_only=True", "Given directory is read only",
+                "Metadata file does not exist")   # item metadata: a manager keeps it per step
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in record.getMessage() for text in self.EXPECTED)
@@ -312,6 +313,15 @@ class _ReadOnlyNotes(logging.Filter):
     def __exit__(self, *exc):
         logging.getLogger("absl").removeFilter(self)
         return False
+
+
+def state_metadata(workdir: str | pathlib.Path, which: str = "best") -> tuple[int, Any]:
+    """(step, the saved state's tree of array metadata) of checkpoint `which`, read without
+    restoring any array (shapes decide a model's input width, for example)."""
+    directory, step = find_step(workdir, which)
+    with _ReadOnlyNotes():
+        saved = ocp.StandardCheckpointer().metadata(pathlib.Path(directory) / str(step) / "state")
+    return step, getattr(saved, "item_metadata", saved)
 
 
 def restore_params(workdir: str | pathlib.Path, abstract_state: Any, which: str = "best") -> tuple[int, Any]:

@@ -448,3 +448,15 @@ def test_timings_flag_prints_each_stage(runs, tmp_path, capsys):
     assert 0 < rows["total"][0] <= wall
     assert rows["decode"][0] > 0 and rows["detect"][0] > 0
     assert lines[at + 2 + len(predict_lib.STAGES)].endswith("30 frames)")
+
+
+def test_restore_prints_no_orbax_metadata_warning(runs, caplog):
+    """The input width is read from the checkpoint's metadata without orbax's expected warning
+    about item metadata (a manager keeps it per step), as evaluate restores quietly."""
+    import logging
+    from abaw_jax import checkpoints
+    with caplog.at_level(logging.WARNING):
+        step, saved = checkpoints.state_metadata(runs["VA"], "best")
+        predict_lib.load_run(runs["VA"])
+    assert step >= 1 and "params" in saved
+    assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]

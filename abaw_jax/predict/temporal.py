@@ -107,7 +107,6 @@ def input_dim(model, seq_len: int, saved, candidates=()) -> int:
 
 def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     """Restores a training workdir's temporal model (one device) for prediction."""
-    import orbax.checkpoint as ocp
     workdir = pathlib.Path(workdir)
     config = runs.load_run_config(workdir)
     if config.model.name == "fusion":
@@ -118,9 +117,7 @@ def load_run(workdir: str | os.PathLike, checkpoint: str = "best") -> Run:
     mesh = sharding.make_mesh(1)
     model = models.build_model(config.model, affwild2.NUM_OUTPUTS[config.task],
                                sharding.compute_dtype(config.compute_dtype, mesh))
-    directory, step = checkpoints.find_step(workdir, checkpoint)
-    saved = ocp.StandardCheckpointer().metadata(directory / str(step) / "state")
-    saved = getattr(saved, "item_metadata", saved)
+    _, saved = checkpoints.state_metadata(workdir, checkpoint)
     dim = input_dim(model, config.data.seq_len, saved["params"],
                     candidates=(config.model.get("d_model"),))
     setup = runs.setup_model(config, dim, mesh)
