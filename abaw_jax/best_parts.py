@@ -4,7 +4,11 @@ multi-task challenge (ABAW7), each chosen by its own validation metric.
 
 During training, each evaluation that improves an output's metric writes the state's parameters
 (and batch statistics) to `<workdir>/best_parts/<part>.msgpack`, with the metrics so far in
-`best_parts/scores.json` (a resumed run keeps them). `evaluate` with the best checkpoint then
+`best_parts/scores.json` (a resumed run keeps them). An improvement is a gain of at least
+`config.early_stopping_min_delta` (ABAW5's VA code: 1e-4), or any gain where that is 0 (ABAW7's
+multi-task code), and such an evaluation resets early stopping's count, as ABAW5's code resets
+it when valence or arousal improves. The first evaluation is always kept, where ABAW5's code
+starts each best at 0 (a part whose CCC never exceeds 1e-4 would have no model there). `evaluate` with the best checkpoint then
 predicts with each part's parameters and reads that part's output columns from them, the rest
 of a frame's columns from the other parts. Tasks with one output group (EXPR, AU) have nothing
 to split: their parts are the run's best checkpoint.
@@ -41,40 +45,51 @@ def tracking(run, workdir: str | pathlib.Path, config):
     `config.best_per_output` asks for it."""
     if not enabled(config) or run.evaluate is None:
         return run
-    tracker, evaluate = Tracker(workdir, config.task), run.evaluate
+    tracker = Tracker(workdir, config.task, config.get("early_stopping_min_delta", 0.0))
+    evaluate = run.evaluate
 
     def tracked(state, step: int):
         result = evaluate(state, step)
-        tracker.update(step, state, result.values)
-        return result
+        better = tracker.update(step, state, result.values)
+        return dataclasses.replace(result, improved=bool(better))
 
     return dataclasses.replace(run, evaluate=tracked)
 
 
 class Tracker:
-    """Writes a part's state whenever its metric improves (process 0 writes)."""
+    """Writes a part's state whenever its metric gains at least `min_delta` (any gain when
+    `min_delta` is 0); process 0 writes."""
 
-    def __init__(self, workdir: str | pathlib.Path, task: str):
+    def __init__(self, workdir: str | pathlib.Path, task: str, min_delta: float = 0.0):
         self.dir = pathlib.Path(workdir) / DIRECTORY
         self.parts = PARTS[task]
+        self.min_delta = float(min_delta)
         path = self.dir / "scores.json"
         self.best = json.loads(path.read_text()) if path.is_file() else {}
 
-    def update(self, step: int, state: dict, values: dict) -> None:
+    def improves(self, part: str, value: float) -> bool:
+        gain = value - self.best.get(part, {}).get("score", -np.inf)
+        return bool(gain > 0 and gain >= self.min_delta)
+
+    def update(self, step: int, state: dict, values: dict) -> list[str]:
+        """Keeps `state` for each part it improves; returns those parts."""
         better = [p for p, (key, _) in self.parts.items()
-                  if key in values and values[key] > self.best.get(p, {}).get("score", -np.inf)]
+                  if key in values and self.improves(p, float(values[key]))]
         if not better:
-            return
+            return better
         kept = {k: state[k] for k in ("params", "model_state") if k in state}
         host = jax.device_get(kept)
+        # Every process keeps the same bests, so that its early-stopping decisions agree.
+        for part in better:
+            self.best[part] = {"score": float(values[self.parts[part][0]]), "step": step}
         if jax.process_index() != 0:
-            return
+            return better
         self.dir.mkdir(parents=True, exist_ok=True)
         for part in better:
             with files.atomic_open(self.dir / f"{part}.msgpack", "wb") as f:
                 f.write(serialization.msgpack_serialize(serialization.to_state_dict(host)))
-            self.best[part] = {"score": float(values[self.parts[part][0]]), "step": step}
         files.write_json(self.dir / "scores.json", self.best)
+        return better
 
 
 def compose(workdir: str | pathlib.Path, task: str, state: dict,

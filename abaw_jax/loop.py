@@ -78,6 +78,10 @@ class Evaluation:
     score: float
     values: dict[str, float]
     line: str = ""
+    # Whether this evaluation counts as an improvement for early stopping, when the evaluation
+    # decides it itself (per-output best checkpoints: any output's gain, `best_parts.py`); None:
+    # the score against the best one so far.
+    improved: bool | None = None
 
 
 @dataclasses.dataclass
@@ -153,7 +157,7 @@ class Loop:
                 print(f"eval at step {s}: {result.line or _line(values)}", file=sys.stderr,
                       flush=True)
             self.ckpt.save_best(s, state, result.score)
-            stopper.update(s, result.score)
+            stopper.update(s, result.score, result.improved)
             return values
 
         with Sigterm() as stop:
@@ -209,13 +213,19 @@ class _EarlyStopping:
             except (ValueError, KeyError, TypeError):
                 pass   # a damaged counter restarts the count; the best checkpoint is unaffected
 
-    def update(self, step: int, score: float) -> None:
+    def update(self, step: int, score: float, improved: bool | None = None) -> None:
+        """Counts one evaluation. `improved`, an evaluation's own verdict (per-output best: any
+        output's gain), replaces the comparison of `score` with the best score so far plus
+        `min_delta`; `best` is then only the best score seen, for the message."""
         if not self.patience:
             return
-        if score > self.best + self.min_delta:
-            self.best, self.best_step, self.since = float(score), step, 0
-        else:
-            self.since += 1
+        if improved is None:
+            improved = score > self.best + self.min_delta
+            if improved:
+                self.best, self.best_step = float(score), step
+        elif score > self.best:
+            self.best, self.best_step = float(score), step
+        self.since = 0 if improved else self.since + 1
         if jax.process_index() == 0:
             files.write_json(self.path, {"best": self.best, "best_step": self.best_step,
                                          "since": self.since, "patience": self.patience})

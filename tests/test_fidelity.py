@@ -424,6 +424,57 @@ def test_early_stopping_min_delta_counts_small_gains_as_none(tmp_path):
     assert not plain.should_stop and plain.best_step == 2
 
 
+def test_per_output_bests_need_the_codes_gain_and_reset_early_stopping(tmp_path):
+    """ABAW5's VA code keeps a best-valence and a best-arousal model, each on a gain of at least
+    1e-4, and resets early stopping whenever either one improves; ABAW7's multi-task code keeps
+    each task's model on any gain (min_delta 0), never on a tie."""
+    import ml_collections
+    from flax import serialization
+    from abaw_jax import best_parts, loop
+    state = {"params": {"w": np.arange(3.0)}}
+    tracker = best_parts.Tracker(tmp_path / "va", "VA", min_delta=1e-4)
+    steps = [({"valence_ccc": 0.50, "arousal_ccc": 0.30}, ["valence", "arousal"]),
+             ({"valence_ccc": 0.50005, "arousal_ccc": 0.40}, ["arousal"]),   # V gains 5e-5
+             ({"valence_ccc": 0.50011, "arousal_ccc": 0.40}, ["valence"]),   # V gains 1.1e-4
+             ({"valence_ccc": 0.45, "arousal_ccc": 0.39}, [])]
+    for step, (values, want) in enumerate(steps, 1):
+        state = {"params": {"w": np.arange(3.0) + step}}
+        assert tracker.update(step, state, values) == want, step
+    scores = json.loads((tmp_path / "va" / "best_parts" / "scores.json").read_text())
+    assert {p: s["step"] for p, s in scores.items()} == {"valence": 3, "arousal": 2}
+    assert scores["valence"]["score"] == pytest.approx(0.50011)
+    saved = serialization.msgpack_restore(
+        (tmp_path / "va" / "best_parts" / "arousal.msgpack").read_bytes())
+    np.testing.assert_array_equal(saved["params"]["w"], np.arange(3.0) + 2)
+    # A resumed tracker continues from the saved bests.
+    again = best_parts.Tracker(tmp_path / "va", "VA", min_delta=1e-4)
+    assert again.update(5, state, {"valence_ccc": 0.5001, "arousal_ccc": 0.40005}) == []
+    # ABAW7 (min_delta 0): any gain counts, a tie does not.
+    mtl = best_parts.Tracker(tmp_path / "mtl", "MTL", min_delta=0.0)
+    first = {"valence_ccc": .5, "arousal_ccc": .3, "expr_f1": .2, "au_f1": .4}
+    assert len(mtl.update(1, state, first)) == 4
+    assert mtl.update(2, state, dict(first, expr_f1=.2 + 1e-9)) == ["expr"]
+
+    # Early stopping: the mean CCC falls while arousal alone improves; the count restarts.
+    stopper = loop._EarlyStopping(tmp_path / "va", patience=2, min_delta=1e-4)
+    means = [0.40, 0.39, 0.38, 0.37]
+    verdicts = [True, False, True, False]
+    for step, (mean, verdict) in enumerate(zip(means, verdicts), 1):
+        stopper.update(step, mean, verdict)
+        assert not stopper.should_stop, step
+    stopper.update(5, 0.36, False)
+    assert stopper.should_stop and stopper.best == 0.40 and stopper.best_step == 1
+    # What the training loop receives: an evaluation carrying the tracker's verdict.
+    evaluation = loop.Evaluation(score=0.3, values={"valence_ccc": 0.9, "arousal_ccc": 0.1})
+    run = loop.Run(mesh=None, plan=None, abstract_state=None, fresh_state=None,
+                   train_iter=None, train_step=None, to_batch=None, items_per_step=0,
+                   evaluate=lambda s, step: evaluation)
+    tracked = best_parts.tracking(run, tmp_path / "t", ml_collections.ConfigDict(
+        {"task": "VA", "best_per_output": True, "early_stopping_min_delta": 1e-4}))
+    assert tracked.evaluate(state, 1).improved is True
+    assert tracked.evaluate(state, 2).improved is False
+
+
 @pytest.mark.slow
 def test_init_from_starts_from_another_runs_params(tiny_demo, tmp_path):
     """`init_from`: a run with a negligible lr started from another run's checkpoint keeps its
