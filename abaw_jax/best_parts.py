@@ -92,16 +92,21 @@ class Tracker:
         return better
 
 
+def available(workdir: str | pathlib.Path, config) -> bool:
+    """Whether `workdir` has every part's parameters of a `best_per_output` run."""
+    directory = pathlib.Path(workdir) / DIRECTORY
+    return enabled(config) and all((directory / f"{p}.msgpack").is_file()
+                                   for p in PARTS[config.task])
+
+
 def compose(workdir: str | pathlib.Path, task: str, state: dict,
             predict: Callable[[dict], list[np.ndarray]],
-            variables: Callable[[dict], Any]) -> list[np.ndarray] | None:
-    """Per-video outputs with each part's columns predicted from its own best parameters;
-    None when the workdir has no part checkpoints. `predict(variables)` predicts the split,
+            variables: Callable[[dict], Any]) -> list[np.ndarray]:
+    """Per-video outputs with each part's columns predicted from its own best parameters (the
+    workdir has them all: `available`). `predict(variables)` predicts the split,
     `variables(state)` makes a model's variables of a state."""
     directory = pathlib.Path(workdir) / DIRECTORY
     parts = PARTS[task]
-    if not all((directory / f"{p}.msgpack").is_file() for p in parts):
-        return None
     composed = None
     for part, (_, cols) in parts.items():
         raw = serialization.msgpack_restore((directory / f"{part}.msgpack").read_bytes())

@@ -165,22 +165,28 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     step, state = runs.restore(workdir, setup.abstract_state, checkpoint)
     predict = runs.jit_predict(setup.model, mesh)
     is_main = jax.process_index() == 0
+    by_part = checkpoint == "best" and best_parts.available(workdir, config)
     if is_main:
         print(f"Evaluating {workdir} ({checkpoint} checkpoint, step {step})", file=sys.stderr)
+        if by_part:
+            print(f"Each output from its own best parameters: {best_parts.describe(workdir)}",
+                  file=sys.stderr)
 
     results = {}
     for split in splits:
         inputs = split_inputs(config, data, split, is_main, allow_incomplete)
         if inputs is None:
             continue
-        outputs = runs.predict_split(predict, models.model_variables(state), inputs.videos,
-                                     inputs.features, config, mesh)
-        if checkpoint == "best" and best_parts.enabled(config):
-            outputs = best_parts.compose(
-                workdir, config.task, state, variables=models.model_variables,
-                predict=lambda v: runs.predict_split(predict, v, inputs.videos, inputs.features,
-                                                     config, mesh),
-            ) or outputs
+
+        def predict_with(variables):
+            return runs.predict_split(predict, variables, inputs.videos, inputs.features,
+                                      config, mesh)
+
+        if by_part:
+            outputs = best_parts.compose(workdir, config.task, state, predict=predict_with,
+                                         variables=models.model_variables)
+        else:
+            outputs = predict_with(models.model_variables(state))
         workdirs.check_finite(outputs, [v.name for v in inputs.videos], split, inputs.features)
         decided = smoothed(config, outputs)   # raw outputs stay unsmoothed for ensembling
         split_dir = out_dir / split
@@ -202,6 +208,6 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                           f"{result['unfiltered_score']:.4f} (the papers' validation protocol)",
                           file=sys.stderr)
             print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
-                  f"frames of {len(names)} videos)", file=sys.stderr)
+                  f"frames of {len(names)} video{'s' if len(names) != 1 else ''})", file=sys.stderr)
         results[split] = result
     return results

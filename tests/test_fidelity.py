@@ -527,7 +527,8 @@ def test_evaluate_ensemble_command_line(tiny_demo, tmp_path):
 
 
 @pytest.mark.slow
-def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, tmp_path):
+def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, tmp_path,
+                                                                    capsys):
     """`best_per_output` (system C's VA): each evaluation that improves valence or arousal keeps
     those parameters; `evaluate` predicts valence from the best-valence ones and arousal from
     the best-arousal ones (checked against a prediction with each part's saved parameters)."""
@@ -547,7 +548,11 @@ def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, t
     for part in ("valence", "arousal"):
         key = next(k for k in evals[scores[part]["step"]] if k.startswith("val/") and part in k)
         assert scores[part]["score"] == pytest.approx(max(e[key] for e in evals.values()))
+    capsys.readouterr()
     result = evaluation.evaluate(config, tmp_path, splits=("val",))["val"]
+    assert (f"Each output from its own best parameters: valence from step "
+            f"{scores['valence']['step']}, arousal from step {scores['arousal']['step']}"
+            in capsys.readouterr().err)
     with np.load(tmp_path / "predictions" / "val" / "VA_outputs.npz") as z:
         got = {k: z[k] for k in z.files}
     # The reference: each part's saved parameters, predicted on their own.
