@@ -6,12 +6,12 @@ During training, each evaluation that improves an output's metric writes the sta
 (and batch statistics) to `<workdir>/best_parts/<part>.msgpack`, with the metrics so far in
 `best_parts/scores.json` (a resumed run keeps them). An improvement is a gain of at least
 `config.early_stopping_min_delta` (ABAW5's VA code: 1e-4), or any gain where that is 0 (ABAW7's
-multi-task code), and such an evaluation resets early stopping's count, as ABAW5's code resets
-it when valence or arousal improves. The first evaluation is always kept, where ABAW5's code
-starts each best at 0 (a part whose CCC never exceeds 1e-4 would have no model there). `evaluate` with the best checkpoint then
-predicts with each part's parameters and reads that part's output columns from them, the rest
-of a frame's columns from the other parts. Tasks with one output group (EXPR, AU) have nothing
-to split: their parts are the run's best checkpoint.
+multi-task code), and such an evaluation resets early stopping's count, as ABAW5's code resets it
+when valence or arousal improves. The first evaluation is always kept, where ABAW5's code starts
+each best at 0 (a part whose CCC never exceeds 1e-4 would have no model there). `evaluate` with the
+best checkpoint then predicts with each part's parameters and reads that part's output columns from
+them, the rest of a frame's columns from the other parts. Tasks with one output group (EXPR, AU)
+have nothing to split: their parts are the run's best checkpoint.
 """
 
 from __future__ import annotations

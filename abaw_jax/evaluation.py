@@ -207,7 +207,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                           f"{result['filtered_score']:.4f} (the score above), unfiltered "
                           f"{result['unfiltered_score']:.4f} (the papers' validation protocol)",
                           file=sys.stderr)
+            videos = f"{len(names)} video{'s' if len(names) != 1 else ''}"
             print(f"wrote {split_dir / (config.task + '.txt')} ({sum(len(o) for o in outputs)} "
-                  f"frames of {len(names)} video{'s' if len(names) != 1 else ''})", file=sys.stderr)
+                  f"frames of {videos})", file=sys.stderr)
         results[split] = result
     return results
