@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, load_config
 
 
 def _run(module: str, *args: str, env_extra: dict | None = None):
@@ -36,7 +36,6 @@ def test_print_config_prints_json_and_exits_before_device_work(module, config, s
     assert r.returncode == 0, r.stderr
     printed = json.loads(r.stdout)
     assert printed["system"] == system and printed["model"]["name"] == model
-    from conftest import load_config
     name, _, arg = config.removeprefix("configs/").partition(":")
     expected = load_config(name.removesuffix(".py"), arg or None)
     assert printed == json.loads(json.dumps(expected.to_dict()))
@@ -47,12 +46,16 @@ def test_print_config_prints_json_and_exits_before_device_work(module, config, s
     ("abaw_jax.extract", "configs/extract_vit.py:demo"),
 ])
 def test_print_config_of_pretrain_and_extract(module, config):
-    overrides = (["--config.data.root=/nonexistent"] if "pretrain" in module
-                 else ["--config.frames=/nonexistent"])
-    r = _run(module, "--config", config, "--print_config", *overrides,
+    key = "data.root" if "pretrain" in module else "frames"
+    r = _run(module, "--config", config, "--print_config", f"--config.{key}=/nonexistent",
              env_extra={"JAX_PLATFORMS": "no_such_backend"})
     assert r.returncode == 0, r.stderr
     printed = json.loads(r.stdout)
+    name, _, arg = config.removeprefix("configs/").partition(":")
+    expected = load_config(name.removesuffix(".py"), arg or None)
+    node = expected.data if key == "data.root" else expected
+    node[key.rpartition(".")[2]] = "/nonexistent"
+    assert printed == json.loads(json.dumps(expected.to_dict()))
     assert ("model" in printed) == ("pretrain" in module)
 
 
@@ -103,7 +106,6 @@ def parse_value(text: str):
 def resolved(system: str, scope: str):
     """The config(s) an item's scope names: tasks ('VA', 'EXPR+AU'; default all four with the
     system's model) or a config file with its variant ('finetune_expr', 'extract_vit:mae')."""
-    from conftest import load_config
     names = scope.split("+") if scope else list(TASKS)
     if all(n in TASKS for n in names):
         return [(n, load_config(n.lower(), f"model={SYSTEM_MODELS[system]}")) for n in names]
@@ -173,7 +175,6 @@ def test_fold_schemes_of_the_authors_code(tiny_demo):
     from abaw_jax import config as config_lib
     from abaw_jax.data import affwild2
     from abaw_jax.data.folds import fold_split
-    from conftest import load_config
     train = affwild2.load_split(tiny_demo, "EXPR", "train")
     val = affwild2.load_split(tiny_demo, "EXPR", "val")
     names = sorted(v.name for v in train + val)
@@ -198,7 +199,6 @@ def test_fold_schemes_of_the_authors_code(tiny_demo):
 
 
 def test_system_a_windows_default_to_the_codes_and_chunks_is_a_variant():
-    from conftest import load_config
     c = load_config("va")
     assert (c.data.train_stride, c.data.eval_readout) == (1, "last")
     c = load_config("va", "windows=chunks")
@@ -237,7 +237,6 @@ def test_tiled_windows_are_the_test_codes():
     """`eval=tiled`: starts 0, L, 2L, ... while a window begins before the end, as system B's
     test loop (`range(length // stride + 1)`, stopping at a start past the end)."""
     from abaw_jax.data.pipeline import window_starts
-    from conftest import load_config
 
     def code_starts(length, window, stride):
         out = []
@@ -356,7 +355,6 @@ def test_feature_perturbation_moves_half_of_each_vector_in_training_only():
 
 def test_mtl_defaults_are_abaw7s_and_abaw5_is_a_recipe():
     from abaw_jax import config as config_lib
-    from conftest import load_config
     c = load_config("mtl")
     config_lib.validate(c)
     assert (c.model.fuse, c.model.d_affine, c.model.mlp_ratio, c.model.dropout) == ("sets", 384, 4, 0.5)

@@ -307,27 +307,38 @@ def test_batches_kept_by_the_consumer_are_never_overwritten(tmp_path):
 
 def test_overlaps_are_averaged_in_probability_space_like_ensembles():
     """Overlapping windows of one run are averaged as an ensemble averages runs: EXPR softmax,
-    AU sigmoid (float64 NumPy references), VA as is."""
-    from abaw_jax import ensemble
+    AU sigmoid, VA as is, and the multi-task columns each by its task's rule (float64 NumPy
+    references)."""
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    def sigmoid(x):
+        return 1 / (1 + np.exp(-x))
+
     rng = np.random.default_rng(0)
     # Frame 0 seen by two windows: one sure of class 0, one mildly for class 1 and sure it is not
     # class 0. Averaged probabilities pick class 0 (p .5), averaged logits class 1.
     expr = np.array([[[9.0, 0, 0, 0, 0, 0, 0, -9.0]], [[-9.0, 1.0, 0, 0, 0, 0, 0, 0]]])
     asm = Assembler([1], 8, task="EXPR")
     asm.add(expr, [0, 0], [0, 0], np.ones((2, 1), bool))
-    probs = np.exp(expr) / np.exp(expr).sum(-1, keepdims=True)
     got = asm.result()[0]
-    np.testing.assert_allclose(np.exp(got), probs.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.exp(got), softmax(expr).mean(0), rtol=1e-5)
     assert int(np.argmax(got)) == 0 != int(np.argmax(expr.mean(0)))
+    results = {}
     for task, dim in (("AU", 12), ("VA", 2), ("MTL", 22)):
         outs = rng.normal(size=(3, 1, dim)) * 3
         asm = Assembler([1], dim, task=task)
         asm.add(outs, [0, 0, 0], [0, 0, 0], np.ones((3, 1), bool))
-        members = [ensemble.to_probabilities(task, o) for o in outs]
-        want = ensemble.from_probabilities(task, np.mean(members, axis=0))
-        np.testing.assert_allclose(asm.result()[0], want, rtol=1e-5, atol=1e-6)
-    au = rng.normal(size=(2, 1, 12))
-    asm = Assembler([1], 12, task="AU")
-    asm.add(au, [0, 0], [0, 0], np.ones((2, 1), bool))
-    np.testing.assert_allclose(1 / (1 + np.exp(-asm.result()[0])),
-                               (1 / (1 + np.exp(-au))).mean(0), rtol=1e-5)
+        results[task] = outs, asm.result()[0]
+    outs, got = results["AU"]
+    np.testing.assert_allclose(sigmoid(got), sigmoid(outs).mean(0), rtol=1e-5)
+    outs, got = results["VA"]
+    np.testing.assert_allclose(got, outs.mean(0), rtol=1e-5, atol=1e-6)
+    # MTL: valence and arousal as is, the 8 expression logits by softmax, the 12 AUs by sigmoid.
+    outs, got = results["MTL"]
+    np.testing.assert_allclose(got[:, :2], outs[..., :2].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(softmax(got[:, 2:10]), softmax(outs[..., 2:10]).mean(0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sigmoid(got[:, 10:]), sigmoid(outs[..., 10:]).mean(0),
+                               rtol=1e-5, atol=1e-7)
