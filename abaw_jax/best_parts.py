@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from flax import serialization
 
-from abaw_jax import files
+from abaw_jax import files, loop
 
 DIRECTORY = "best_parts"
 # part -> (the evaluation value of its metric, its output columns).
@@ -56,6 +56,23 @@ def tracking(run, workdir: str | pathlib.Path, config):
     return dataclasses.replace(run, evaluate=tracked)
 
 
+class PartsError(ValueError):
+    """A part checkpoint or `scores.json` that cannot be read; names the file."""
+
+
+def _read_scores(path: pathlib.Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        scores = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise PartsError(f"{path}: not the JSON of the per-output best scores ({e}); delete "
+                         f"it (and the part files beside it) to start their count again") from e
+    if not isinstance(scores, dict):
+        raise PartsError(f"{path}: expected a JSON object of the per-output best scores")
+    return scores
+
+
 class Tracker:
     """Writes a part's state whenever its metric gains at least `min_delta` (any gain when
     `min_delta` is 0); process 0 writes."""
@@ -64,30 +81,23 @@ class Tracker:
         self.dir = pathlib.Path(workdir) / DIRECTORY
         self.parts = PARTS[task]
         self.min_delta = float(min_delta)
-        path = self.dir / "scores.json"
-        self.best = json.loads(path.read_text()) if path.is_file() else {}
-
-    def improves(self, part: str, value: float) -> bool:
-        gain = value - self.best.get(part, {}).get("score", -np.inf)
-        return bool(gain > 0 and gain >= self.min_delta)
+        self.best = _read_scores(self.dir / "scores.json")
 
     def update(self, step: int, state: dict, values: dict) -> list[str]:
         """Keeps `state` for each part it improves; returns those parts."""
-        better = [p for p, (key, _) in self.parts.items()
-                  if key in values and self.improves(p, float(values[key]))]
-        if not better:
-            return better
-        kept = {k: state[k] for k in ("params", "model_state") if k in state}
-        host = jax.device_get(kept)
+        better = [p for p, (key, _) in self.parts.items() if key in values and loop.gains(
+            float(values[key]), self.best.get(p, {}).get("score", -np.inf), self.min_delta)]
         # Every process keeps the same bests, so that its early-stopping decisions agree.
         for part in better:
             self.best[part] = {"score": float(values[self.parts[part][0]]), "step": step}
-        if jax.process_index() != 0:
+        if not better or jax.process_index() != 0:
             return better
+        kept = {k: state[k] for k in ("params", "model_state") if k in state}
+        data = serialization.msgpack_serialize(serialization.to_state_dict(jax.device_get(kept)))
         self.dir.mkdir(parents=True, exist_ok=True)
         for part in better:
             with files.atomic_open(self.dir / f"{part}.msgpack", "wb") as f:
-                f.write(serialization.msgpack_serialize(serialization.to_state_dict(host)))
+                f.write(data)
         files.write_json(self.dir / "scores.json", self.best)
         return better
 
@@ -99,20 +109,32 @@ def available(workdir: str | pathlib.Path, config) -> bool:
                                    for p in PARTS[config.task])
 
 
-def compose(workdir: str | pathlib.Path, task: str, state: dict,
+def load(workdir: str | pathlib.Path, task: str, state: dict) -> dict[str, dict]:
+    """Each part's state (`state` with the part's parameters and batch statistics), on the
+    devices as `state`'s arrays are; read once, for every split."""
+    directory = pathlib.Path(workdir) / DIRECTORY
+    loaded = {}
+    for part in PARTS[task]:
+        path = directory / f"{part}.msgpack"
+        try:
+            raw = serialization.msgpack_restore(path.read_bytes())
+            template = {k: state[k] for k in raw}
+            restored = serialization.from_state_dict(template, raw)
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            raise PartsError(f"{path}: not this run's per-output parameters ({e})") from e
+        loaded[part] = dict(state, **jax.tree.map(
+            lambda x, like: jax.device_put(x, like.sharding), restored, template))
+    return loaded
+
+
+def compose(task: str, part_states: dict[str, dict],
             predict: Callable[[dict], list[np.ndarray]],
             variables: Callable[[dict], Any]) -> list[np.ndarray]:
-    """Per-video outputs with each part's columns predicted from its own best parameters (the
-    workdir has them all: `available`). `predict(variables)` predicts the split,
-    `variables(state)` makes a model's variables of a state."""
-    directory = pathlib.Path(workdir) / DIRECTORY
-    parts = PARTS[task]
+    """Per-video outputs with each part's columns predicted from its own state (`load`).
+    `predict(variables)` predicts the split, `variables(state)` makes a model's variables."""
     composed = None
-    for part, (_, cols) in parts.items():
-        raw = serialization.msgpack_restore((directory / f"{part}.msgpack").read_bytes())
-        restored = serialization.from_state_dict(
-            {k: state[k] for k in raw}, raw)
-        outputs = predict(variables(dict(state, **restored)))
+    for part, (_, cols) in PARTS[task].items():
+        outputs = predict(variables(part_states[part]))
         if composed is None:
             composed = [np.array(o) for o in outputs]
         for c, o in zip(composed, outputs):
@@ -122,6 +144,5 @@ def compose(workdir: str | pathlib.Path, task: str, state: dict,
 
 def describe(workdir: str | pathlib.Path) -> str:
     """"valence from step 200, arousal from step 400" for the log line of `evaluate`."""
-    path = pathlib.Path(workdir) / DIRECTORY / "scores.json"
-    best = json.loads(path.read_text()) if path.is_file() else {}
+    best = _read_scores(pathlib.Path(workdir) / DIRECTORY / "scores.json")
     return ", ".join(f"{p} from step {b['step']}" for p, b in best.items())

@@ -166,6 +166,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
     predict = runs.jit_predict(setup.model, mesh)
     is_main = jax.process_index() == 0
     by_part = checkpoint == "best" and best_parts.available(workdir, config)
+    part_states = best_parts.load(workdir, config.task, state) if by_part else None
     if is_main:
         print(f"Evaluating {workdir} ({checkpoint} checkpoint, step {step})", file=sys.stderr)
         if by_part:
@@ -183,7 +184,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path, *,
                                       config, mesh)
 
         if by_part:
-            outputs = best_parts.compose(workdir, config.task, state, predict=predict_with,
+            outputs = best_parts.compose(config.task, part_states, predict=predict_with,
                                          variables=models.model_variables)
         else:
             outputs = predict_with(models.model_variables(state))

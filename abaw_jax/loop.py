@@ -197,6 +197,12 @@ def _line(values: dict) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in values.items() if isinstance(v, float))
 
 
+def gains(value: float, best: float, min_delta: float) -> bool:
+    """Whether a validation value improves on the best one: by at least `min_delta`, and by
+    something when that is 0 (a tie is no gain), as the seeds' code compares them."""
+    return bool(value > best and value - best >= min_delta)
+
+
 class _EarlyStopping:
     """Counts evaluations since the best score; the count survives a resume (a JSON file)."""
 
@@ -220,7 +226,7 @@ class _EarlyStopping:
         if not self.patience:
             return
         if improved is None:
-            improved = score > self.best + self.min_delta
+            improved = gains(score, self.best, self.min_delta)
             if improved:
                 self.best, self.best_step = float(score), step
         elif score > self.best:
