@@ -243,7 +243,7 @@ class Recipe:
             else:
                 out += ["--config.model.d_model=16", "--config.model.num_heads=2",
                         "--config.model.mlp_dim=32", "--config.model.num_layers=1"]
-        if steps:
+        if steps and int(steps) > 0:   # 0: the scale's own length
             out.append(f"--config.total_steps={int(steps)}")
         return out
 
@@ -286,6 +286,8 @@ class Recipe:
         dest = self.path("submission", f"{upper}.txt")
         argv = self.py("abaw_jax.submission", "check", str(source), "--root", str(self.root),
                        "--task", upper, "--split", "test", "--copy-to", str(dest))
+        if self.settings["frame_counts"]:   # as extraction and so the test predictions had them
+            argv += ["--frame-counts", self.settings["frame_counts"]]
 
         def complete() -> str:
             if not dest.is_file() or not source.is_file():
@@ -580,10 +582,13 @@ def run_recipe(recipe: Recipe, only: str = "", log=print) -> dict:
 def verify_submissions(recipe: Recipe) -> list[str]:
     """Checks every submission file against the dataset; returns their paths."""
     from abaw_jax import submission
+    from abaw_jax.data import affwild2
+    given = recipe.settings["frame_counts"]
+    counts = affwild2.read_frame_counts(given) if given else None
     out = []
     for task in recipe.tasks:
         path = recipe.path("submission", f"{task.upper()}.txt")
-        submission.check_file(path, recipe.root, task.upper(), "test")
+        submission.check_file(path, recipe.root, task.upper(), "test", counts)
         out.append(str(path))
     return out
 

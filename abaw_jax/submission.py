@@ -430,7 +430,6 @@ def check_file(path: str | pathlib.Path, root: str | pathlib.Path, task: str, sp
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import shutil
     import sys
     p = argparse.ArgumentParser(prog="python -m abaw_jax.submission",
                                 description="Checks ABAW submission files against a dataset.",
@@ -452,19 +451,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.frame_counts:
             counts = affwild2.read_frame_counts(args.frame_counts)
+        # The bytes checked are the bytes copied.
+        data = pathlib.Path(args.file).read_bytes()
         warnings = check_file(args.file, args.root, args.task, args.split, counts)
-    except (ValueError, FileNotFoundError) as e:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        if args.copy_to:
+            dest = pathlib.Path(args.copy_to)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            files.write_atomic(dest, data)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
     if args.copy_to:
-        dest = pathlib.Path(args.copy_to)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(args.file, tmp)
-        tmp.replace(dest)
-        print(f"{args.file}: OK; copied to {dest}", file=sys.stderr)
+        print(f"{args.file}: OK; copied to {args.copy_to}", file=sys.stderr)
     else:
         print(f"{args.file}: OK ({args.task}, {args.split} split of {args.root})", file=sys.stderr)
     return 0

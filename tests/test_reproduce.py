@@ -440,6 +440,26 @@ def test_finetuning_workdir_records_the_resolved_class_count(frames_demo, tmp_pa
         assert json.loads((tmp_path / "ft" / "config.json").read_text())["num_classes"] == 8
 
 
+def test_frame_counts_reach_the_submission_check_and_steps_0_is_the_scales(frames_demo,
+                                                                          tmp_path, capsys):
+    """A `frame_counts` CSV given to the recipe reaches extraction and the submission check
+    alike (the test predictions have its counts); `steps=0` leaves each run its scale's
+    length."""
+    from abaw_jax import reproduce as rep
+    counts = tmp_path / "counts.csv"
+    counts.write_text("name,frames\n")
+    base = ["--system", "A", "--tasks", "va", "--root", str(frames_demo), "--workdir",
+            str(tmp_path / "runs"), "--scale", "demo", "--dry-run"]
+    assert rep.main(base + ["--set", f"frame_counts={counts}", "--set", "steps=0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"--config.frame_counts={counts}" in next(x for x in lines if "abaw_jax.extract" in x)
+    check = next(x for x in lines if "abaw_jax.submission check" in x)
+    assert check.endswith(f"--frame-counts {counts}")
+    assert not any("total_steps" in x for x in lines)
+    assert rep.main(base + ["--set", "steps=40"]) == 0
+    assert "--config.total_steps=40" in capsys.readouterr().out
+
+
 def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, capsys):
     from abaw_jax import submission
     from abaw_jax.data import affwild2, mtl
@@ -460,9 +480,15 @@ def test_submission_check_command_derives_frame_counts(frames_demo, tmp_path, ca
         f"{v.name}.mp4,{v.num_frames}\n" for v in videos))
     path.write_text("\n".join(lines) + "\n")
     assert submission.main(check + ["--frame-counts", str(counts)]) == 0
+    # --copy-to writes the checked bytes, nothing beside them.
+    copy = tmp_path / "out" / "AU.txt"
+    assert submission.main(check + ["--frame-counts", str(counts), "--copy-to", str(copy)]) == 0
+    assert copy.read_bytes() == path.read_bytes() and os.listdir(copy.parent) == ["AU.txt"]
     counts.write_text(counts.read_text() + "extra,many\n")
     assert submission.main(check + ["--frame-counts", str(counts)]) == 1
     assert f"{counts}: line {len(videos) + 2}: frame count 'many'" in capsys.readouterr().err
+    assert submission.main(check + ["--frame-counts", str(tmp_path)]) == 1   # a folder
+    assert capsys.readouterr().err.count("error:") == 1
     # The validation split and the multi-task challenge too.
     val = affwild2.load_split(frames_demo, "VA", "val")
     path = submission.write_submission(tmp_path / "VA.txt", "VA", [v.name for v in val],
