@@ -290,6 +290,9 @@ def find_step(workdir: str | pathlib.Path, which: str = "best") -> tuple[pathlib
     if which in ("best", "latest"):
         # The best directory keeps a single checkpoint, so its newest is the best.
         return directory, steps[-1]
+    if not str(which).isdigit():
+        raise CheckpointError(f"checkpoint {which!r}: expected best, latest or a step number "
+                              f"(steps in {directory}: {steps})")
     step = int(which)
     if step not in steps:
         raise FileNotFoundError(f"no checkpoint at step {step} in {directory}; have {steps}")

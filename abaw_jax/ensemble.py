@@ -45,8 +45,8 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
     configs = [runs.load_run_config(w) for w in workdirs]
     tasks = {c.task for c in configs}
     if len(tasks) != 1:
-        raise ValueError(f"ensemble members must share one task, got {sorted(tasks)} from "
-                         f"{[str(w) for w in workdirs]}")
+        raise EnsembleError(f"ensemble members must share one task, got {sorted(tasks)} from "
+                            f"{[str(w) for w in workdirs]}")
     task = tasks.pop()
     out_dir = pathlib.Path(out_dir)
     results = {}
@@ -74,8 +74,8 @@ def ensemble(workdirs: list[str | pathlib.Path], out_dir: str | pathlib.Path,
                 raise EnsembleError(f"{w}: predicted videos of {split} differ from {workdirs[0]}")
             for n in names:
                 if m[n].shape != members[0][n].shape:
-                    raise ValueError(f"{w}: video {n} has {m[n].shape[0]} frames, "
-                                     f"{workdirs[0]} has {members[0][n].shape[0]}")
+                    raise EnsembleError(f"{w}: video {n} has {m[n].shape[0]} frames, "
+                                        f"{workdirs[0]} has {members[0][n].shape[0]}")
         outputs = [from_probabilities(task, np.mean(
             [to_probabilities(task, m[n]) for m in members], axis=0)) for n in names]
         split_dir = out_dir / split

@@ -7,6 +7,7 @@ import pathlib
 import sys
 from collections.abc import Mapping, Sequence
 
+from abaw_jax import cli
 from abaw_jax.data import faces as faces_lib
 from abaw_jax.data import video as video_lib
 from abaw_jax.predict.overlay import write_overlay
@@ -81,7 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                               batch_size=args.batch_size, detector=detector, track=args.track,
                               max_gap_s=args.max_gap)
         tables = predictor.predict_tracks(source)
-    except (PredictError, video_lib.VideoError, FileNotFoundError) as e:
+    except Exception as e:   # bad input (a run, a checkpoint, a video) is one line, a bug is not
+        if not cli.is_input_error(e):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
 

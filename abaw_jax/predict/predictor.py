@@ -99,6 +99,8 @@ class Predictor:
         self.track = track
         self.zoom = zoom
         self.last_faces: list[faces_lib.FollowedFace] = []
+        if batch_size < 1:
+            raise PredictError(f"batch size {batch_size}: must be at least 1")
         self.batch_size = batch_size
         self.crop_size = crop_size
         self.margin = margin
