@@ -108,6 +108,14 @@ _SLOW_FILES = {
     "tests/test_faults.py",      # about 3 minutes: a killed subprocess and a rerun per case
 }
 _SLOW_TESTS = {
+    "tests/test_fidelity.py::test_evaluate_reports_filtered_and_unfiltered_expr",
+    "tests/test_fidelity.py::test_abaw7_task_models_each_give_their_own_outputs",
+    "tests/test_fidelity.py::test_abaw7_model_is_static_per_frame",
+    "tests/test_fidelity.py::test_feature_perturbation_moves_half_of_each_vector_in_training_only",
+    "tests/test_fidelity.py::test_init_from_starts_from_another_runs_params",
+    "tests/test_fidelity.py::test_evaluate_ensemble_command_line",
+    "tests/test_fidelity.py::test_best_per_output_reads_each_output_from_its_best_parameters",
+    "tests/test_predict.py::test_timings_flag_prints_each_stage",
     "tests/test_workdirs.py::test_another_config_changes_nothing_and_the_right_one_resumes",
     "tests/test_workdirs.py::test_altered_checkpoint_bytes_are_caught_and_set_aside",
     "tests/test_workdirs.py::test_nonfinite_message_names_the_checkpoint_verified_intact",

@@ -253,7 +253,6 @@ def test_tiled_windows_are_the_test_codes():
     assert (c.data.eval_stride, c.data.eval_last) == (0, "truncated")
 
 
-@pytest.mark.slow
 def test_evaluate_reports_filtered_and_unfiltered_expr(tiny_demo, tmp_path):
     """B's EXPR evaluation: the mode-filtered F1 is the headline, the unfiltered one (the
     papers' validation protocol) is reported next to it; both recomputed here from the saved
@@ -305,7 +304,6 @@ def _abaw7_model(feature_noise=0.0):
     return model, variables, feats, mask
 
 
-@pytest.mark.slow
 def test_abaw7_task_models_each_give_their_own_outputs():
     """Four whole models trained together: outputs V, A, EXPR, AU come from models 0..3 only."""
     import jax
@@ -324,7 +322,6 @@ def test_abaw7_task_models_each_give_their_own_outputs():
         assert changed[cols].all() and not np.delete(changed, np.arange(22)[cols]).any(), k
 
 
-@pytest.mark.slow
 def test_abaw7_model_is_static_per_frame():
     """Tokens are the feature sets of one frame: a frame's outputs ignore every other frame."""
     model, variables, feats, mask = _abaw7_model()
@@ -335,7 +332,6 @@ def test_abaw7_model_is_static_per_frame():
     assert moved[1, 3] and moved.sum() == 1
 
 
-@pytest.mark.slow
 def test_feature_perturbation_moves_half_of_each_vector_in_training_only():
     import jax
     import jax.numpy as jnp
@@ -473,7 +469,6 @@ def test_per_output_bests_need_the_codes_gain_and_reset_early_stopping(tmp_path)
     assert tracked.evaluate(state, 2).improved is False
 
 
-@pytest.mark.slow
 def test_init_from_starts_from_another_runs_params(tiny_demo, tmp_path):
     """`init_from`: a run with a negligible lr started from another run's checkpoint keeps its
     params."""
@@ -499,7 +494,6 @@ def test_init_from_starts_from_another_runs_params(tiny_demo, tmp_path):
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(leaves[0], other))
 
 
-@pytest.mark.slow
 def test_evaluate_ensemble_command_line(tiny_demo, tmp_path):
     """`python -m abaw_jax.evaluate --ensemble`: members averaged as probabilities per frame,
     the submission written under <workdir>/ensemble and the score printed."""
@@ -524,7 +518,6 @@ def test_evaluate_ensemble_command_line(tiny_demo, tmp_path):
     np.testing.assert_array_equal([int(np.ravel(got[i])[0]) for i in sorted(got)], want)
 
 
-@pytest.mark.slow
 def test_best_per_output_reads_each_output_from_its_best_parameters(tiny_demo, tmp_path,
                                                                     capsys):
     """`best_per_output` (system C's VA): each evaluation that improves valence or arousal keeps

@@ -422,7 +422,6 @@ def test_read_csv_names_the_line(tmp_path):
         predict_lib.read_csv(path)
 
 
-@pytest.mark.slow
 def test_timings_flag_prints_each_stage(runs, tmp_path, capsys):
     """`predict --timings`: a row per stage with seconds and frames/s over the clip's frames,
     the total their sum, and the one-time compilation apart."""
