@@ -224,6 +224,13 @@ def test_no_face_frames_are_flagged_and_predicted(predictor, tmp_path):
     while cap.read()[0]:
         n += 1
     assert n == 40
+    assert sorted(x.name for x in tmp_path.glob("*overlay*")) == ["overlay.mp4"]
+    # A table that runs out mid-video (a failure while drawing) leaves no video behind.
+    broken = tmp_path / "broken.mp4"
+    with pytest.raises(KeyError):
+        predict_lib.write_overlay(clip, {k: v for k, v in table.items() if k != "face_found"},
+                                  broken)
+    assert not list(tmp_path.glob("*broken*"))
 
 
 def test_clip_without_any_face_warns(predictor, tmp_path):

@@ -24,7 +24,10 @@ def write_overlay(video: str | os.PathLike | video_lib.FrameSource, table: Mappi
     info = source.info
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), info.fps,
+    # Written beside the target (the .mp4 suffix tells OpenCV the container) and renamed when
+    # complete: a failed or interrupted run leaves no truncated video under the asked name.
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), info.fps,
                              (info.width, info.height))
     if not writer.isOpened():
         raise video_lib.VideoError(f"{path}: OpenCV cannot write an mp4v video here")
@@ -47,8 +50,12 @@ def write_overlay(video: str | os.PathLike | video_lib.FrameSource, table: Mappi
                                 (255, 255, 255), max(1, int(1.5 * scale)), cv2.LINE_AA)
                 writer.write(img)
                 i += 1
-    finally:
+    except BaseException:
         writer.release()
+        partial.unlink(missing_ok=True)
+        raise
+    writer.release()
+    os.replace(partial, path)
 
 
 def _draw_face(cv2, img: np.ndarray, table: Mapping[str, np.ndarray], i: int, scale: float) -> None:
