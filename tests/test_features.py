@@ -410,6 +410,10 @@ def test_import_openface_errors(tmp_path):
     csv.write_text("frame, face_id, timestamp, confidence, success, AU01_r\n1, 0, 0, 1, 1, 0.5\n")
     with pytest.raises(StoreError, match=rf"{csv}: line 1: header lacks OpenFace column\(s\) \['AU02_r'"):
         F.read_openface_csv(csv)
+    # A folder of CSVs of another form: the error, and no empty store left to be taken as one.
+    with pytest.raises(StoreError, match=r"header lacks OpenFace column"):
+        F.import_openface(tmp_path, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
     with pytest.raises(StoreError, match=r"nothing.csv: OpenFace CSV not found"):
         F.import_openface([tmp_path / "nothing.csv"], tmp_path / "out")
 

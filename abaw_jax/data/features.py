@@ -715,17 +715,21 @@ def import_openface(
     already in the store are skipped, so an interrupted import can be rerun.
     """
     paths = _openface_csvs(csv_paths_or_dir)
+
+    def read(p: pathlib.Path):
+        return read_openface_csv(p, None if num_frames is None else num_frames.get(p.stem))
+
+    # The first CSV is read before the store is created: a folder of CSVs of another form
+    # stops with its error and leaves no empty store that a later command would take as one.
+    first = read(paths[0]) if paths else None
     params = {"columns": list(OPENFACE_AU_COLUMNS), "source": "OpenFace 2.0 FeatureExtraction CSV"}
     with FeatureStoreWriter(
         out, dim=len(OPENFACE_AU_COLUMNS), dtype=dtype, extractor="openface_au_r",
         process_index=process_index, params=params,
     ) as writer:
-        for p in paths:
-            if writer.has(p.stem):
-                continue
-            n = None if num_frames is None else num_frames.get(p.stem)
-            features, present = read_openface_csv(p, n)
-            writer.write(p.stem, features, present)
+        for k, p in enumerate(paths):
+            if not writer.has(p.stem):
+                writer.write(p.stem, *(first if k == 0 else read(p)))
 
 
 def import_npy(
