@@ -466,3 +466,23 @@ def test_restore_prints_no_orbax_metadata_warning(runs, caplog):
         predict_lib.load_run(runs["VA"])
     assert step >= 1 and "params" in saved
     assert not [r for r in caplog.records if "Metadata file does not exist" in r.getMessage()]
+
+
+def test_a_damaged_run_or_a_bad_checkpoint_name_is_one_error_line(tmp_path, capsys):
+    """Input mistakes reach the user as one line naming the file or the flag, not a traceback."""
+    from abaw_jax import checkpoints
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{not json")
+    assert predict_lib.main(["--video", str(FER_TEST), "--workdir", str(run),
+                             "--out", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {run / 'config.json'}" in err and "Traceback" not in err
+    assert not (tmp_path / "x.csv").exists()
+    step = run / "checkpoints" / "5"
+    step.mkdir(parents=True)
+    (step / checkpoints.COMMIT_FILE).write_text("")
+    with pytest.raises(checkpoints.CheckpointError, match=r"checkpoint 'abc': expected best, "
+                       r"latest or a step number \(steps in .*: \[5\]\)"):
+        checkpoints.find_step(run, "abc")
+    assert checkpoints.find_step(run, "5")[1] == 5
